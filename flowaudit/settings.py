@@ -1,0 +1,102 @@
+"""The one settings object, read from the environment (`FLOWAUDIT_*`) once; flags may override.
+
+URLs may carry credentials: `Settings.masked()` is what logs and `flowaudit config` print.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from policy import DEFAULT_POLICY_DIR
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]+:)(?P<secret>[^@]*)(?P<tail>@)", re.I)
+
+
+def mask_url(url: str | None) -> str | None:
+    """Replace the password of a URL with `***`."""
+    if url is None:
+        return None
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOWAUDIT_", extra="ignore", frozen=True)
+
+    kafka_url: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (kafka://host:9092,...); unset starts an embedded broker",
+    )
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="chdb:///path or http(s)://user:pass@host:8123/db; default chdb://<data dir>/audit",
+    )
+    data_dir: Path = Field(default=Path(".flowaudit"), description="where embedded state lives")
+    policy_dir: Path = Field(default=DEFAULT_POLICY_DIR, description="policy data directory")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="Prometheus metrics port (0 = off)")
+
+    topic_device_sync: str = "flowaudit.device-sync"
+    topic_sharing: str = "flowaudit.sharing"
+    topic_subcontractor_transfer: str = "flowaudit.subcontractor-transfer"
+    topic_approved: str = "flowaudit.approved"
+    topic_blocked: str = "flowaudit.blocked"
+    topic_dead_letter: str = "flowaudit.dead-letter"
+    topic_partitions: int = Field(
+        default=4, ge=1, description="partitions of topics the embedded broker creates"
+    )
+    consumer_group: str = "flowaudit-worker"
+
+    batch_max_rows: int = Field(default=20_000, ge=1, description="audit rows per insert, at most")
+    batch_max_seconds: float = Field(
+        default=1.0, gt=0, description="longest wait before a partial batch is written"
+    )
+    insert_retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="cap of the insert retry back-off"
+    )
+    invalid_ratio_limit: float = Field(
+        default=0.5, gt=0, le=1, description="stop when more than this share of a window is invalid"
+    )
+    invalid_ratio_window: int = Field(default=1000, ge=10, description="records per invalid-ratio window")
+
+    web_port: int = Field(
+        default=6066, ge=0, le=65535, description="worker's web port (reports while it runs)"
+    )
+
+    @field_validator("kafka_url", "clickhouse_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """event kind -> topic name"""
+        return {
+            "device_sync": self.topic_device_sync,
+            "sharing": self.topic_sharing,
+            "subcontractor_transfer": self.topic_subcontractor_transfer,
+        }
+
+    @property
+    def resolved_clickhouse_url(self) -> str:
+        return self.clickhouse_url or f"chdb://{(self.data_dir / 'audit').resolve()}"
+
+    def masked(self) -> dict[str, Any]:
+        values = self.model_dump()
+        values["kafka_url"] = mask_url(self.kafka_url)
+        values["clickhouse_url"] = mask_url(self.resolved_clickhouse_url)
+        return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+
+    def __repr__(self) -> str:
+        return f"Settings({self.masked()!r})"
+
+    __str__ = __repr__
+
+
+def kafka_bootstrap(url: str) -> str:
+    """`kafka://h1:9092,h2:9092` (or a bare `h1:9092,...`) -> `h1:9092,h2:9092`."""
+    servers = url.split("://", 1)[1] if "://" in url else url
+    return servers.rstrip("/")

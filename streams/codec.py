@@ -1,0 +1,162 @@
+"""Avro single-object encoding with writer-schema resolution by fingerprint.
+
+Wire format (Avro specification, "Single-object encoding"): the two bytes C3 01, the 8-byte
+little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro
+binary body. Every `*.avsc` under the schema directory is a known writer schema; the reader schema of
+a kind is its highest version, so records written with an older or newer known version are resolved
+to the current reader (schema evolution). fastavro does the hot-path reading and writing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = 10
+_FILE_NAME = re.compile(r"^(?P<kind>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
+
+_CRC64_EMPTY = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        fp = byte
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
+        table.append(fp)
+    return tuple(table)
+
+
+_CRC64_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The CRC-64-AVRO fingerprint (Rabin) of `data`, as the Avro specification defines it."""
+    fp = _CRC64_EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+class EncodeError(ValueError):
+    """A record that does not fit the writer schema."""
+
+
+class DecodeError(ValueError):
+    """Bytes that cannot be read as a known Avro single-object record; the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason  # closed set, usable as a metric label
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSchema:
+    kind: str
+    version: int
+    fingerprint: bytes  # 8 bytes, little-endian, as on the wire
+    parsed: Any
+    path: Path
+
+
+class AvroCodec:
+    """Encodes and decodes the schemas found in one directory. Thread-safe after construction."""
+
+    def __init__(self, schema_dir: str | Path) -> None:
+        self.schema_dir = Path(schema_dir)
+        self._by_fingerprint: dict[bytes, WriterSchema] = {}
+        self._versions: dict[str, dict[int, WriterSchema]] = {}
+        for path in sorted(self.schema_dir.glob("*.avsc")):
+            match = _FILE_NAME.match(path.name)
+            if not match:
+                raise ValueError(f"{path}: schema files are named KIND.vN.avsc")
+            try:
+                raw = json.loads(path.read_text())
+                parsed = fastavro.parse_schema(raw)
+            except (ValueError, fastavro.schema.SchemaParseException) as exc:
+                raise ValueError(f"{path}: invalid Avro schema: {exc}") from exc
+            canonical = to_parsing_canonical_form(raw)
+            fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
+            kind, version = match["kind"], int(match["version"])
+            schema = WriterSchema(kind, version, fingerprint, parsed, path)
+            if fingerprint in self._by_fingerprint:
+                other = self._by_fingerprint[fingerprint].path.name
+                raise ValueError(f"{path}: same canonical form as {other}")
+            self._by_fingerprint[fingerprint] = schema
+            self._versions.setdefault(kind, {})[version] = schema
+        self._readers = {kind: versions[max(versions)] for kind, versions in self._versions.items()}
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(sorted(self._readers))
+
+    def reader(self, kind: str) -> WriterSchema:
+        return self._readers[kind]
+
+    def schema(self, kind: str, version: int | None = None) -> WriterSchema:
+        if version is None:
+            return self._readers[kind]
+        try:
+            return self._versions[kind][version]
+        except KeyError:
+            raise KeyError(f"no schema {kind}.v{version}.avsc in {self.schema_dir}") from None
+
+    def encode(self, kind: str, record: dict[str, Any], version: int | None = None) -> bytes:
+        """Validate `record` against the schema and return its single-object encoding.
+
+        Raises EncodeError when the record does not fit the schema (fastavro's writer alone would
+        write some wrong types silently, e.g. a string where an array is expected).
+        """
+        schema = self.schema(kind, version)
+        try:
+            validate(record, schema.parsed, raise_errors=True)
+        except ValidationError as exc:
+            raise EncodeError(f"record does not fit {schema.path.name}: {exc}") from None
+        buffer = io.BytesIO()
+        buffer.write(MAGIC)
+        buffer.write(schema.fingerprint)
+        fastavro.schemaless_writer(buffer, schema.parsed, record)
+        return buffer.getvalue()
+
+    def decode(self, data: bytes, expected_kind: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Return (kind, record) read with the kind's reader schema. Raises DecodeError."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError("not_bytes", "record value is empty or not bytes")
+        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            raise DecodeError("bad_magic", "not Avro single-object encoding (missing C3 01 marker)")
+        fingerprint = bytes(data[2:HEADER_SIZE])
+        writer = self._by_fingerprint.get(fingerprint)
+        if writer is None:
+            raise DecodeError(
+                "unknown_schema", f"unknown writer schema fingerprint {fingerprint.hex()} (not in schemas/)"
+            )
+        if expected_kind is not None and writer.kind != expected_kind:
+            raise DecodeError(
+                "wrong_kind",
+                f"record written with {writer.path.name}, but this topic carries {expected_kind}",
+            )
+        reader = self._readers[writer.kind]
+        buffer = io.BytesIO(data[HEADER_SIZE:])
+        try:
+            record = fastavro.schemaless_reader(
+                buffer, writer.parsed, None if reader is writer else reader.parsed
+            )
+        except Exception as exc:  # fastavro raises a variety of errors on corrupt bodies
+            raise DecodeError(
+                "corrupt_body", f"Avro body cannot be read: {type(exc).__name__}: {exc}"
+            ) from exc
+        if buffer.tell() != len(data) - HEADER_SIZE:
+            raise DecodeError("corrupt_body", "trailing bytes after the Avro body")
+        if not isinstance(record, dict):
+            raise DecodeError("corrupt_body", "Avro body is not a record")
+        return writer.kind, record

@@ -1,0 +1,146 @@
+"""Every schema parses with the `avro` package, reads the example events, rejects the invalid ones,
+and the Avro form of an event decides exactly like its JSON form."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import avro.io
+import avro.schema
+import pytest
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from schemas import SCHEMA_DIR
+from streams.codec import AvroCodec, DecodeError, EncodeError, crc64_avro
+from streams.decision import Decider
+from streams.events import event_from_mapping
+from streams.policy import Policy
+from tests.conftest import DATA_DIR, read_data
+
+SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.avsc"))
+EVENT_SCHEMAS = [p for p in SCHEMA_FILES if not p.name.startswith("decision")]
+
+
+def _examples() -> list[dict[str, Any]]:
+    lines = (DATA_DIR / "events" / "valid.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _avro_record(event: dict[str, Any], policy: Policy) -> dict[str, Any]:
+    parsed = event_from_mapping(event, policy)
+    record = parsed.to_json_dict()
+    del record["event_type"]
+    record["occurred_at"] = parsed.occurred_at_ms
+    return record
+
+
+@pytest.mark.parametrize("path", SCHEMA_FILES, ids=lambda p: p.name)
+def test_schema_parses_and_documents_every_field(path: Path) -> None:
+    raw = json.loads(path.read_text())
+    schema = avro.schema.parse(path.read_text())
+    assert schema.type == "record" and raw.get("doc")
+    for field in raw["fields"]:
+        assert field.get("doc"), f"{path.name}: field {field['name']} has no doc"
+    logical = {f["name"]: f["type"].get("logicalType") for f in raw["fields"] if isinstance(f["type"], dict)}
+    assert logical.get("event_id") == "uuid" and logical.get("occurred_at") == "timestamp-millis"
+
+
+@pytest.mark.parametrize("path", EVENT_SCHEMAS, ids=lambda p: p.name)
+def test_every_schema_version_reads_its_examples(path: Path, policy: Policy) -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    kind, version = path.name.split(".")[0], int(path.name.split(".")[1][1:])
+    schema = avro.schema.parse(path.read_text())
+    examples = [e for e in _examples() if e["event_type"] == kind]
+    assert examples
+    decider = Decider(policy)
+    for example in examples:
+        record = _avro_record(example, policy)
+        # the reference implementation agrees the record is valid for this schema and can write it
+        writer = avro.io.DatumWriter(schema)
+        buffer = io.BytesIO()
+        moment = datetime.fromtimestamp(record["occurred_at"] / 1000, tz=UTC)
+        writer.write(record | {"occurred_at": moment}, avro.io.BinaryEncoder(buffer))
+        # our codec writes single-object encoding; decoding resolves to the current reader schema
+        data = codec.encode(kind, record, version=version)
+        assert data[2:10] == codec.schema(kind, version).fingerprint
+        decoded_kind, decoded = codec.decode(data, expected_kind=kind)
+        assert decoded_kind == kind
+        from_avro = decider.decide(event_from_mapping(decoded, policy, event_type=kind))
+        from_json = decider.decide(event_from_mapping(example, policy))
+        assert from_avro == from_json
+        # the body is exactly the Avro binary encoding the reference implementation produces
+        assert data[10:] == buffer.getvalue()
+
+
+@pytest.mark.parametrize("path", EVENT_SCHEMAS, ids=lambda p: p.name)
+def test_every_schema_version_rejects_invalid_records(path: Path, policy: Policy) -> None:
+    kind = path.name.split(".")[0]
+    schema = avro.schema.parse(path.read_text())
+    example = next(e for e in _examples() if e["event_type"] == kind)
+    base = _avro_record(example, policy)
+    for case in read_data("avro_invalid_records.yaml")[kind]:
+        record = {k: v for k, v in base.items() if k not in case.get("drop", [])} | case.get("set", {})
+        assert not avro.io.validate(schema, record), case["why"]
+        with pytest.raises(EncodeError):
+            AvroCodec(SCHEMA_DIR).encode(kind, record, version=int(path.name.split(".")[1][1:]))
+
+
+def test_fingerprint_is_crc64_avro_of_the_canonical_form() -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    for path in SCHEMA_FILES:
+        canonical = to_parsing_canonical_form(json.loads(path.read_text()))
+        kind, version = path.name.split(".")[0], int(path.name.split(".")[1][1:])
+        wire = codec.schema(kind, version).fingerprint
+        assert wire.hex() == fingerprint(canonical, "CRC-64-AVRO")  # fastavro's hex is little-endian
+        assert int.from_bytes(wire, "little") == crc64_avro(canonical.encode())
+    # the test vector from the Avro specification's reference implementation
+    assert crc64_avro(b'"int"') == 0x7275D51A3F395C8F
+
+
+def test_schema_evolution_v1_and_v2_of_device_sync(policy: Policy) -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    example = next(e for e in _examples() if e["event_type"] == "device_sync")
+    record = _avro_record(example, policy)
+    old = codec.encode("device_sync", record, version=1)
+    new = codec.encode("device_sync", record | {"firmware_version": "2.4.1"}, version=2)
+    assert old[2:10] != new[2:10]
+    assert codec.reader("device_sync").version == 2
+    _, from_old = codec.decode(old)
+    _, from_new = codec.decode(new)
+    assert from_old["firmware_version"] is None and from_new["firmware_version"] == "2.4.1"
+    assert event_from_mapping(from_old, policy, "device_sync") == event_from_mapping(
+        from_new, policy, "device_sync"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "bad_magic"),
+        (b'{"event_id": 1}', "bad_magic"),
+        (b"\xc3\x01" + b"\x00" * 8 + b"\x02", "unknown_schema"),
+    ],
+)
+def test_decode_errors_have_reasons(data: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        AvroCodec(SCHEMA_DIR).decode(data)
+    assert caught.value.reason == reason
+
+
+def test_corrupt_body_and_wrong_kind(policy: Policy) -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    example = next(e for e in _examples() if e["event_type"] == "sharing")
+    data = codec.encode("sharing", _avro_record(example, policy))
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(data[:20])
+    assert caught.value.reason == "corrupt_body"
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(data + b"\x00")
+    assert caught.value.reason == "corrupt_body"
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(data, expected_kind="device_sync")
+    assert caught.value.reason == "wrong_kind"

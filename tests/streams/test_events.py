@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from streams.events import Event, InvalidEvent, event_from_mapping, format_millis
+from streams.policy import Policy
+from tests.conftest import DATA_DIR, read_data
+
+
+def _lines(name: str) -> list[str]:
+    return (DATA_DIR / "events" / name).read_text().split("\n")[:-1]
+
+
+def test_valid_examples_parse_and_round_trip(policy: Policy) -> None:
+    import json
+
+    for line in _lines("valid.jsonl"):
+        raw = json.loads(line)
+        event = event_from_mapping(raw, policy)
+        again = event_from_mapping(event.to_json_dict(), policy)
+        assert again == event
+
+
+def test_invalid_examples_give_their_reason(policy: Policy) -> None:
+    import json
+
+    reasons = read_data("events/invalid_reasons.yaml")
+    lines = _lines("invalid.jsonl")
+    assert len(lines) == len(reasons)
+    for number, line in enumerate(lines, start=1):
+        with pytest.raises(InvalidEvent) as caught:
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise InvalidEvent(f"not valid JSON: {exc}") from None
+            event_from_mapping(record, policy)
+        assert reasons[number] in str(caught.value), (number, str(caught.value))
+
+
+def test_countries_are_upper_cased(policy: Policy) -> None:
+    event = event_from_mapping(
+        {
+            "event_id": str(uuid.uuid4()),
+            "event_type": "device_sync",
+            "occurred_at": "2025-01-01T00:00:00Z",
+            "user_id": "u",
+            "user_country": "de",
+            "fields": [],
+            "destination_country": " fr ",
+            "purpose": "hosting",
+            "consent_id": None,
+            "device_model": "m",
+            "device_id": "d",
+        },
+        policy,
+    )
+    assert (event.user_country, event.destination_country) == ("DE", "FR")
+
+
+def test_topic_kind_overrides_and_must_agree(policy: Policy) -> None:
+    record = {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": datetime(2025, 1, 1, tzinfo=UTC),
+        "user_id": None,
+        "user_country": None,
+        "fields": ["email"],
+        "destination_country": "US",
+        "purpose": "marketing",
+        "consent_id": "c",
+        "subcontractor": "Mailgun",
+        "record_count": 1,
+        "encrypted": True,
+        "pseudonymized": False,
+    }
+    event = event_from_mapping(record, policy, event_type="subcontractor_transfer")
+    assert event.occurred_at_ms == 1735689600000
+    with pytest.raises(InvalidEvent, match="does not match"):
+        event_from_mapping(record | {"event_type": "sharing"}, policy, event_type="subcontractor_transfer")
+
+
+def test_timestamps_format_back_to_utc_iso() -> None:
+    assert format_millis(1735689600123) == "2025-01-01T00:00:00.123Z"
+
+
+def test_counterparty() -> None:
+    base = dict(
+        event_id="x",
+        occurred_at_ms=0,
+        user_id=None,
+        user_country=None,
+        fields=(),
+        destination_country="FR",
+        purpose="p",
+        consent_id=None,
+    )
+    assert Event(event_type="sharing", recipient="Strava", **base).counterparty == "Strava"  # type: ignore[arg-type]
+    assert Event(event_type="subcontractor_transfer", subcontractor="BSO", **base).counterparty == "BSO"  # type: ignore[arg-type]
+    assert Event(event_type="device_sync", **base).counterparty is None  # type: ignore[arg-type]
