@@ -7,9 +7,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flowaudit.settings import Settings
 from streams.policy import Policy, PolicyError, load_policy
+
+if TYPE_CHECKING:
+    from sinks.clickhouse import AuditStore
 
 
 def _load_policy_or_exit(directory: Path) -> Policy:
@@ -94,6 +98,98 @@ def _cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def open_store(settings: Settings, policy: Policy) -> AuditStore:
+    """The audit store named by the settings, connected (DDL applied). Raises StoreError."""
+    from sinks.clickhouse import AuditStore, load_chain_key
+
+    key = load_chain_key(settings.chain_key_value, settings.data_dir)
+    store = AuditStore(settings.resolved_clickhouse_url, policy, key)
+    store.connect()
+    return store
+
+
+def _store_or_worker(settings: Settings, policy: Policy) -> AuditStore | str:
+    """The store, or the base URL of the running worker that holds the embedded store."""
+    from flowaudit.webapi import running_worker_url
+    from sinks.clickhouse import StoreError
+
+    try:
+        return open_store(settings, policy)
+    except StoreError as exc:
+        url = running_worker_url(settings) if settings.resolved_clickhouse_url.startswith("chdb:") else None
+        if url is None:
+            raise
+        print(
+            f"flowaudit: the embedded store is held by the running worker; asking it at {url}",
+            file=sys.stderr,
+        )
+        del exc
+        return url
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.webapi import fetch_json
+    from sinks.clickhouse import StoreError, qualify
+    from sinks.reports import ReportError, load_reports, render, report_parameters
+
+    reports = load_reports()
+    if args.list or not args.name:
+        for listed in reports.values():
+            params = ", ".join(listed.parameters)
+            print(f"{listed.name:<26} {listed.description}  [parameters: {params}]")
+        return 0
+    report = reports.get(args.name)
+    if report is None:
+        print(
+            f"flowaudit: unknown report {args.name!r}; `flowaudit report --list` lists them", file=sys.stderr
+        )
+        return 2
+    try:
+        parameters = report_parameters(report, args.since, args.until, args.user)
+        policy = _load_policy_or_exit(settings.policy_dir)
+        target = _store_or_worker(settings, policy)
+        if isinstance(target, str):
+            answer = fetch_json(f"{target}/flowaudit/report/{report.name}", parameters)
+            columns, rows = answer["columns"], [tuple(row) for row in answer["rows"]]
+        else:
+            try:
+                columns, rows = target.query(qualify(report.sql, target.table), parameters)
+            finally:
+                target.close()
+    except (ReportError, StoreError) as exc:
+        print(f"flowaudit: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(columns, rows, args.format))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.webapi import fetch_json
+    from sinks.clickhouse import StoreError
+    from sinks.verify import verify_store
+
+    policy = _load_policy_or_exit(settings.policy_dir)
+    try:
+        target = _store_or_worker(settings, policy)
+        if isinstance(target, str):
+            result = fetch_json(f"{target}/flowaudit/verify", {})
+        else:
+            try:
+                result = verify_store(target).as_dict()
+            finally:
+                target.close()
+    except StoreError as exc:
+        print(f"flowaudit: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    elif result["ok"]:
+        print(f"OK: {result['rows']} rows in {result['links']} links of {result['chains']} chains verify")
+    else:
+        print(f"BROKEN: {result['problems'][0]}")
+    return 0 if result["ok"] else 1
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.masked(), indent=2))
     return 0
@@ -121,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate a policy directory")
     check.add_argument("directory", type=Path)
     check.set_defaults(handler=_cmd_policy_check)
+
+    report = sub.add_parser("report", help="run a compliance report against the audit store")
+    report.add_argument("name", nargs="?", help="report name (see --list)")
+    report.add_argument("--list", action="store_true", help="list the reports")
+    report.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
+    report.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
+    report.add_argument("--user", help="data subject (user id), for user-disclosures")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.set_defaults(handler=_cmd_report)
+
+    verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_cmd_verify)
 
     config = sub.add_parser("config", help="print the effective settings (secrets masked)")
     config.set_defaults(handler=_cmd_config)

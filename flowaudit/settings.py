@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policy import DEFAULT_POLICY_DIR
@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     web_port: int = Field(
         default=6066, ge=0, le=65535, description="worker's web port (reports while it runs)"
     )
+    chain_key: SecretStr | None = Field(
+        default=None, description="HMAC key of the audit chain; unset: a key kept in <data dir>/chain.key"
+    )
 
     @field_validator("kafka_url", "clickhouse_url")
     @classmethod
@@ -81,6 +84,10 @@ class Settings(BaseSettings):
         }
 
     @property
+    def chain_key_value(self) -> str | None:
+        return self.chain_key.get_secret_value() if self.chain_key else None
+
+    @property
     def resolved_clickhouse_url(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.data_dir / 'audit').resolve()}"
 
@@ -88,6 +95,7 @@ class Settings(BaseSettings):
         values = self.model_dump()
         values["kafka_url"] = mask_url(self.kafka_url)
         values["clickhouse_url"] = mask_url(self.resolved_clickhouse_url)
+        values["chain_key"] = "***" if self.chain_key else None
         return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
 
     def __repr__(self) -> str:

@@ -26,3 +26,36 @@ def policy() -> Policy:
 def contract() -> dict[str, Any]:
     data: dict[str, Any] = read_data("contract.yaml")
     return data
+
+
+_CHDB_PATH: Path | None = None
+_DB_COUNTER = [0]
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """chDB allows one store path per process, for the life of the process: tests share it."""
+    global _CHDB_PATH
+    if _CHDB_PATH is None:
+        _CHDB_PATH = tmp_path_factory.mktemp("chdb") / "store"
+    return _CHDB_PATH
+
+
+@pytest.fixture
+def store_factory(chdb_path: Path, policy: Policy) -> Any:
+    """Open AuditStores on a fresh database of the shared chDB store; closes them afterwards."""
+    from sinks.clickhouse import AuditStore
+
+    _DB_COUNTER[0] += 1
+    database = f"t{_DB_COUNTER[0]}"
+    opened: list[AuditStore] = []
+
+    def make(key: bytes = b"test-key" * 4, use_policy: Policy | None = None) -> AuditStore:
+        store = AuditStore(f"chdb://{chdb_path}", use_policy or policy, key, database=database)
+        store.connect()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()

@@ -1,0 +1,74 @@
+"""Reaching a running worker's web server (reports and verify while it holds the embedded store).
+
+chDB lets only one process open a store. While the worker runs on the embedded store it writes
+`<data dir>/worker.json` with its web address; `flowaudit report|verify` read it and ask the worker,
+which runs the query on its own store connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from flowaudit.settings import Settings
+
+
+def worker_file(settings: Settings) -> Path:
+    return settings.data_dir / "worker.json"
+
+
+def write_worker_file(settings: Settings, web_url: str, bootstrap: str | None) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "web": web_url, "kafka_bootstrap": bootstrap}
+    tmp = worker_file(settings).with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(worker_file(settings))
+
+
+def remove_worker_file(settings: Settings) -> None:
+    path = worker_file(settings)
+    try:
+        info = json.loads(path.read_text())
+        if info.get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def read_worker_file(settings: Settings) -> dict[str, Any] | None:
+    try:
+        info: dict[str, Any] = json.loads(worker_file(settings).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return None  # stale file: that worker is gone
+    return info
+
+
+def running_worker_url(settings: Settings) -> str | None:
+    info = read_worker_file(settings)
+    return str(info["web"]) if info and info.get("web") else None
+
+
+def fetch_json(url: str, parameters: dict[str, Any], timeout: float = 600.0) -> Any:
+    query = urllib.parse.urlencode(parameters)
+    full = f"{url}?{query}" if query else url
+    try:
+        with urllib.request.urlopen(full, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        from sinks.clickhouse import StoreError
+
+        raise StoreError(f"the worker answered {exc.code}: {detail}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        from sinks.clickhouse import StoreError
+
+        raise StoreError(f"cannot reach the worker at {url}: {exc}") from exc

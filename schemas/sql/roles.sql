@@ -1,0 +1,20 @@
+-- ClickHouse server deployment: least-privilege roles for the audit store. Apply as an admin once
+-- (docker-compose mounts this into the server's init directory). The worker connects as a user with
+-- the writer role: it may create the table at start-up and INSERT, never ALTER/UPDATE/DELETE/DROP.
+-- Compliance users get the reader role: SELECT only.
+CREATE DATABASE IF NOT EXISTS flowaudit;
+
+CREATE ROLE IF NOT EXISTS flowaudit_writer;
+GRANT CREATE TABLE ON flowaudit.* TO flowaudit_writer;
+GRANT INSERT, SELECT ON flowaudit.audit_events TO flowaudit_writer;
+
+CREATE ROLE IF NOT EXISTS flowaudit_reader;
+GRANT SELECT ON flowaudit.audit_events TO flowaudit_reader;
+
+-- Passwords come from the environment of the init script (see docker-compose.yml).
+CREATE USER IF NOT EXISTS flowaudit_worker IDENTIFIED WITH sha256_password BY '${FLOWAUDIT_WRITER_PASSWORD}'
+    DEFAULT ROLE flowaudit_writer DEFAULT DATABASE flowaudit;
+CREATE USER IF NOT EXISTS flowaudit_dpo IDENTIFIED WITH sha256_password BY '${FLOWAUDIT_READER_PASSWORD}'
+    DEFAULT ROLE flowaudit_reader DEFAULT DATABASE flowaudit;
+GRANT flowaudit_writer TO flowaudit_worker;
+GRANT flowaudit_reader TO flowaudit_dpo;

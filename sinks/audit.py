@@ -1,0 +1,206 @@
+"""Audit rows and the hash chain: pure functions shared by the writer and the verifier.
+
+A row's content is a tuple in `CONTENT_COLUMNS` order with plain JSON values (timestamps as
+"<epoch seconds>.<millis>" strings, which ClickHouse reads exactly into DateTime64(3)). The row
+hash is SHA-256 over the compact JSON of that tuple: the very bytes written. The verifier rebuilds
+the tuple from what ClickHouse returns and must get the same bytes.
+
+Rows of one batch from one source partition form a *link* of that partition's chain:
+
+    link_hash = HMAC-SHA256(key, chain_id | seq | previous link_hash | row count | row hashes...)
+
+Chains are per source partition, so each has a single writer (the partition's owner in the consumer
+group) and the design scales with partitions and workers. The HMAC key keeps someone who can write
+to the store but does not hold the key from forging a consistent chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from streams.decision import Decision
+from streams.events import Event
+from streams.policy import Policy
+
+GENESIS = "0" * 64
+
+CONTENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "event_type",
+    "occurred_at",
+    "user_id",
+    "user_country",
+    "destination_country",
+    "outside_protected_zone",
+    "protected_zone",
+    "counterparty_type",
+    "counterparty",
+    "device_model",
+    "device_id",
+    "record_count",
+    "encrypted",
+    "pseudonymized",
+    "purpose",
+    "consent_id",
+    "fields",
+    "data_categories",
+    "special_category",
+    "undeclared_categories",
+    "legal_basis",
+    "decision",
+    "rules",
+    "waived",
+    "policy_version",
+    "decided_at",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "ingested_at",
+)
+LINK_COLUMNS: tuple[str, ...] = ("chain_id", "chain_seq", "link_rows", "link_index", "link_hash", "row_hash")
+ALL_COLUMNS = CONTENT_COLUMNS + LINK_COLUMNS
+TIMESTAMP_COLUMNS = frozenset({"occurred_at", "decided_at", "ingested_at"})
+
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+
+class AuditRecord(NamedTuple):
+    """One decided event and where it came from: what the stream hands to the sink."""
+
+    event: Event
+    decision: Decision
+    topic: str
+    partition: int
+    offset: int
+    decided_at_ms: int
+
+    @property
+    def chain_id(self) -> str:
+        return chain_id_for(self.topic, self.partition)
+
+
+def chain_id_for(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+def ch_time(millis: int) -> str:
+    """Epoch milliseconds -> the exact DateTime64(3) text form used in rows and hashes."""
+    return f"{millis // 1000}.{millis % 1000:03d}"
+
+
+def millis_of(value: datetime) -> int:
+    """A DateTime64 read back from ClickHouse (naive UTC, or aware) -> epoch milliseconds, exactly."""
+    naive = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    delta = naive - _EPOCH_NAIVE
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+class RowBuilder:
+    """Builds the content tuple of an audit row. Needs the policy for the zone and register facts."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._special = policy.special_categories
+        self._unclassified_is_special = policy.unclassified_treated_as in policy.special_categories
+        self._unclassified = policy.unclassified_category
+        self._zone = policy.protected_countries
+        self._zone_id = policy.protected_zone
+        self._declared = {pid: p.data_categories for pid, p in policy.purposes.items()}
+
+    def content(self, record: AuditRecord, ingested_at_ms: int) -> tuple[Any, ...]:
+        event, decision = record.event, record.decision
+        categories = decision.data_categories
+        special = any(
+            c in self._special or (c == self._unclassified and self._unclassified_is_special)
+            for c in categories
+        )
+        declared = self._declared.get(event.purpose)
+        undeclared = [c for c in categories if declared is None or c not in declared]
+        kind = event.event_type
+        if kind == "sharing":
+            counterparty_type, counterparty = event.recipient_type or "", event.recipient
+        elif kind == "subcontractor_transfer":
+            counterparty_type, counterparty = "subcontractor", event.subcontractor
+        else:
+            counterparty_type, counterparty = "platform", None
+        return (
+            decision.event_id,
+            kind,
+            ch_time(event.occurred_at_ms),
+            event.user_id,
+            event.user_country,
+            event.destination_country,
+            event.destination_country not in self._zone,
+            self._zone_id,
+            counterparty_type,
+            counterparty,
+            event.device_model,
+            event.device_id,
+            event.record_count if event.record_count is not None else 1,
+            event.encrypted,
+            event.pseudonymized,
+            event.purpose,
+            event.consent_id,
+            list(event.fields),
+            list(categories),
+            special,
+            undeclared,
+            decision.legal_basis,
+            decision.decision,
+            list(decision.rules),
+            list(decision.waived),
+            decision.policy_version,
+            ch_time(record.decided_at_ms),
+            record.topic,
+            record.partition,
+            record.offset,
+            ch_time(ingested_at_ms),
+        )
+
+
+def content_bytes(content: Sequence[Any]) -> bytes:
+    return orjson.dumps(content if isinstance(content, tuple | list) else tuple(content))
+
+
+def row_hash(content_json: bytes) -> str:
+    return hashlib.sha256(content_json).hexdigest()
+
+
+def link_hash(key: bytes, chain_id: str, seq: int, previous: str, row_hashes: Iterable[str]) -> str:
+    hashes = list(row_hashes)
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    mac.update(f"{chain_id}|{seq}|{previous}|{len(hashes)}|".encode())
+    for value in hashes:
+        mac.update(value.encode())
+    return mac.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The last durable link of a chain."""
+
+    seq: int = 0
+    link_hash: str = GENESIS
+    last_offset: int = -1
+
+
+def content_from_stored(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Rebuild the content tuple from a row as clickhouse-connect returns it (the verifier's side)."""
+    values = []
+    for name in CONTENT_COLUMNS:
+        value = row[name]
+        if name in TIMESTAMP_COLUMNS:
+            value = ch_time(millis_of(value))
+        elif name == "event_id":
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        values.append(value)
+    return tuple(values)

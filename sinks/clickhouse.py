@@ -1,0 +1,319 @@
+"""The audit store in ClickHouse, through clickhouse-connect.
+
+`chdb:///path` opens the embedded engine (chDB, in-process, one process per path); `http(s)://…`
+reaches a ClickHouse server. The same DDL, inserts and queries serve both.
+
+Writing is split in two steps so the caller can overlap them: `prepare` (CPU: rows, hashes, chain
+links, deduplication token) and `insert` (I/O: one INSERT of the whole batch). Chain heads advance
+only after an insert returns, so a failed insert is retried with the very same prepared batch, and
+its deduplication token lets ClickHouse drop a retry of an insert that had in fact succeeded.
+Records at or below a chain's durable offset are skipped: after a crash between insert and offset
+commit, the replayed records are recognised and not written twice.
+
+Not thread-safe: the worker calls it from a single executor thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+
+from schemas import SCHEMA_DIR
+from sinks.audit import (
+    ALL_COLUMNS,
+    GENESIS,
+    AuditRecord,
+    ChainHead,
+    RowBuilder,
+    content_bytes,
+    link_hash,
+    row_hash,
+)
+from streams.policy import Policy
+
+log = logging.getLogger(__name__)
+
+TABLE = "audit_events"
+_TABLE_NAME = re.compile(r"\baudit_events\b")
+DDL_FILE = SCHEMA_DIR / "sql" / "audit.sql"
+
+_INSERT_SETTINGS = {
+    "input_format_parallel_parsing": 1,
+    "min_chunk_bytes_for_parallel_parsing": 1 << 20,
+    "insert_deduplicate": 1,
+}
+
+
+class StoreError(Exception):
+    """The store could not be reached or refused an operation (retryable for inserts)."""
+
+
+@dataclass
+class PreparedBatch:
+    """A batch ready to insert: identical bytes and token on every retry."""
+
+    payload: bytes
+    token: str
+    rows: int
+    skipped: int
+    heads: dict[str, ChainHead] = field(default_factory=dict)  # chain heads once this batch is durable
+    rows_by_decision: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.rows == 0
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a DDL file on `;` at line ends, dropping comment-only pieces."""
+    statements = []
+    for piece in sql.split(";\n"):
+        lines = [line for line in piece.strip().splitlines() if not line.strip().startswith("--")]
+        text = "\n".join(lines).strip().rstrip(";")
+        if text:
+            statements.append(text)
+    return statements
+
+
+def load_chain_key(explicit: str | None, data_dir: Path) -> bytes:
+    """The HMAC key of the chain: FLOWAUDIT_CHAIN_KEY, else a key created once in the data directory."""
+    if explicit:
+        return explicit.encode()
+    path = data_dir / "chain.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        log.warning(
+            "created a new audit chain key in %s; keep it with the store (or set FLOWAUDIT_CHAIN_KEY)", path
+        )
+    return path.read_text().strip().encode()
+
+
+def qualify(sql: str, table: str) -> str:
+    """Point SQL written against `audit_events` at the store's (possibly database-qualified) table."""
+    return _TABLE_NAME.sub(table, sql) if table != TABLE else sql
+
+
+class AuditStore:
+    def __init__(self, url: str, policy: Policy, chain_key: bytes, *, database: str | None = None) -> None:
+        self.url = url
+        self.policy = policy
+        self.key = chain_key
+        self.database = database
+        self.table = f"{database}.{TABLE}" if database else TABLE
+        self.rows = RowBuilder(policy)
+        self.heads: dict[str, ChainHead] = {}
+        self._client: Any = None
+
+    # --- connection -----------------------------------------------------------------------------------
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("chdb:")
+
+    def connect(self) -> None:
+        """Open the client, apply the DDL (idempotent), load the chain heads. Raises StoreError."""
+        try:
+            if self.embedded:
+                path = self.url.split("://", 1)[1]
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._client = clickhouse_connect.get_client(dsn=self.url)
+            self.apply_ddl()
+            self.heads = self.load_heads()
+        except StoreError:
+            raise
+        except Exception as exc:
+            self._client = None
+            raise StoreError(f"cannot open the audit store {self.masked_url}: {exc}") from exc
+
+    @property
+    def masked_url(self) -> str:
+        from flowaudit.settings import mask_url
+
+        return mask_url(self.url) or ""
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise StoreError("the audit store is not connected")
+        return self._client
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing is best effort
+                log.debug("closing the ClickHouse client failed", exc_info=True)
+
+    def apply_ddl(self) -> None:
+        if self.database:
+            self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        for statement in split_statements(DDL_FILE.read_text()):
+            self.client.command(qualify(statement, self.table))
+
+    def load_heads(self) -> dict[str, ChainHead]:
+        result = self.client.query(
+            f"SELECT chain_id, max(chain_seq), argMax(link_hash, chain_seq), max(source_offset) "
+            f"FROM {self.table} GROUP BY chain_id"
+        )
+        return {
+            chain: ChainHead(int(seq), str(head), int(offset))
+            for chain, seq, head, offset in result.result_rows
+        }
+
+    # --- writing --------------------------------------------------------------------------------------
+
+    def prepare(self, records: Sequence[AuditRecord], ingested_at_ms: int | None = None) -> PreparedBatch:
+        """Build the rows and chain links of a batch. Pure CPU; does not change the heads."""
+        ingested = ingested_at_ms if ingested_at_ms is not None else int(time.time() * 1000)
+        by_chain: dict[str, list[AuditRecord]] = {}
+        skipped = 0
+        for record in records:
+            chain = record.chain_id
+            head = self.heads.get(chain)
+            if head is not None and record.offset <= head.last_offset:
+                skipped += 1  # already durable: a replay after a crash between insert and commit
+                continue
+            by_chain.setdefault(chain, []).append(record)
+        lines: list[bytes] = []
+        new_heads: dict[str, ChainHead] = {}
+        decisions: dict[str, int] = {}
+        build = self.rows.content
+        for chain, chain_records in by_chain.items():
+            chain_records.sort(key=lambda r: r.offset)
+            head = self.heads.get(chain, ChainHead())
+            seq = head.seq + 1
+            contents = [content_bytes(build(r, ingested)) for r in chain_records]
+            hashes = [row_hash(c) for c in contents]
+            link = link_hash(self.key, chain, seq, head.link_hash, hashes)
+            count = len(contents)
+            prefix = f'"{chain}",{seq},{count},'.encode()
+            suffix = f',"{link}","'.encode()
+            for index, (content, digest) in enumerate(zip(contents, hashes, strict=True)):
+                lines.append(
+                    content[:-1] + b"," + prefix + str(index).encode() + suffix + digest.encode() + b'"]'
+                )
+            new_heads[chain] = ChainHead(seq, link, chain_records[-1].offset)
+            for r in chain_records:
+                decisions[r.decision.decision] = decisions.get(r.decision.decision, 0) + 1
+        token = hashlib.sha256(
+            "|".join(f"{c}:{h.seq}:{h.link_hash}" for c, h in sorted(new_heads.items())).encode()
+        )
+        return PreparedBatch(
+            payload=b"\n".join(lines),
+            token=token.hexdigest(),
+            rows=len(lines),
+            skipped=skipped,
+            heads=new_heads,
+            rows_by_decision=decisions,
+        )
+
+    def insert(self, batch: PreparedBatch) -> None:
+        """One INSERT of the whole batch; on success the chain heads advance. Raises StoreError."""
+        if batch.empty:
+            return
+        for chain, head in batch.heads.items():
+            current = self.heads.get(chain, ChainHead())
+            if head.seq != current.seq + 1:
+                raise StoreError(f"stale batch for chain {chain}: link {head.seq} after {current.seq}")
+        try:
+            self.client.raw_insert(
+                self.table,
+                list(ALL_COLUMNS),
+                batch.payload,
+                settings={**_INSERT_SETTINGS, "insert_deduplication_token": batch.token},
+                fmt="JSONCompactEachRow",
+            )
+        except Exception as exc:
+            raise StoreError(f"insert into {self.table} failed: {exc}") from exc
+        self.heads.update(batch.heads)
+
+    def write(self, records: Sequence[AuditRecord]) -> PreparedBatch:
+        batch = self.prepare(records)
+        self.insert(batch)
+        return batch
+
+    def insert_with_retry(
+        self,
+        batch: PreparedBatch,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        max_backoff: float = 30.0,
+        on_retry: Callable[[int, Exception], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Insert, retrying with bounded exponential back-off until it succeeds (never drops).
+
+        Raises StoreError only when `should_stop()` says the service is shutting down; the batch's
+        offsets are then not committed and the records are read again after a restart.
+        """
+        delay = 0.1
+        attempt = 0
+        while True:
+            try:
+                self.insert(batch)
+                return
+            except StoreError as exc:
+                attempt += 1
+                if on_retry is not None:
+                    on_retry(attempt, exc)
+                if should_stop():
+                    raise
+                log.warning("audit insert failed (attempt %d), retrying in %.1f s: %s", attempt, delay, exc)
+                sleep(delay)
+                delay = min(delay * 2, max_backoff)
+                if self._client is None:
+                    self._reconnect_quietly()
+
+    def _reconnect_quietly(self) -> None:
+        try:
+            self._client = clickhouse_connect.get_client(dsn=self.url)
+        except Exception as exc:
+            log.warning("reconnecting to the audit store failed: %s", exc)
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    def query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        try:
+            result = self.client.query(sql, parameters=parameters or {})
+        except Exception as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+        return list(result.column_names), [tuple(row) for row in result.result_rows]
+
+    def stream(self, sql: str, parameters: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Rows as dicts, fetched block by block (memory stays bounded)."""
+        with self.client.query_row_block_stream(sql, parameters=parameters or {}) as stream:
+            names = stream.source.column_names
+            for block in stream:
+                for row in block:
+                    yield dict(zip(names, row, strict=True))
+
+    def count(self) -> int:
+        _, rows = self.query(f"SELECT count() FROM {self.table}")
+        return int(rows[0][0])
+
+
+__all__ = [
+    "GENESIS",
+    "AuditStore",
+    "PreparedBatch",
+    "StoreError",
+    "load_chain_key",
+    "qualify",
+    "split_statements",
+]

@@ -1,0 +1,125 @@
+"""Compliance reports: named SQL files in `schemas/reports/`, run against the audit store.
+
+Each file starts with `-- name:`, `-- description:` and `-- parameters:` lines. Parameters use
+ClickHouse's `{name:Type}` syntax, so a DPO can paste the same file into clickhouse-client with
+`--param_name=value`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from schemas import SCHEMA_DIR
+
+REPORT_DIR = SCHEMA_DIR / "reports"
+DEFAULT_SINCE = "1970-01-01 00:00:00"
+DEFAULT_UNTIL = "2100-01-01 00:00:00"
+_HEADER = re.compile(r"^--\s*(name|description|parameters):\s*(.*)$")
+
+
+class ReportError(ValueError):
+    """Unknown report, or missing or malformed parameters."""
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    description: str
+    parameters: tuple[str, ...]
+    sql: str
+    path: Path
+
+
+def load_reports(directory: Path = REPORT_DIR) -> dict[str, Report]:
+    reports: dict[str, Report] = {}
+    for path in sorted(directory.glob("*.sql")):
+        header: dict[str, str] = {}
+        for line in path.read_text().splitlines():
+            match = _HEADER.match(line.strip())
+            if match:
+                header[match[1]] = match[2].strip()
+        name = header.get("name", path.stem)
+        if name != path.stem:
+            raise ReportError(f"{path}: name {name!r} differs from the file name")
+        parameters = tuple(p.strip() for p in header.get("parameters", "").split(",") if p.strip())
+        reports[name] = Report(name, header.get("description", ""), parameters, path.read_text(), path)
+    return reports
+
+
+def normalize_time(value: str | None, default: str) -> str:
+    """Accept ISO-8601 dates or timestamps (UTC assumed) and return ClickHouse's DateTime64 text."""
+    if value is None or value == "":
+        return default
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ReportError(f"not an ISO-8601 date or time: {value!r}") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def report_parameters(
+    report: Report, since: str | None, until: str | None, user: str | None
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "since" in report.parameters:
+        values["since"] = normalize_time(since, DEFAULT_SINCE)
+    if "until" in report.parameters:
+        values["until"] = normalize_time(until, DEFAULT_UNTIL)
+    if "user" in report.parameters:
+        if not user:
+            raise ReportError(f"report {report.name} needs --user (the data subject's user id)")
+        values["user"] = user
+    return values
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def as_records(columns: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [{name: _plain(value) for name, value in zip(columns, row, strict=True)} for row in rows]
+
+
+def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
+    records = as_records(columns, rows)
+    if fmt == "json":
+        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for record in records:
+            writer.writerow([",".join(map(str, v)) if isinstance(v, list) else v for v in record.values()])
+        return buffer.getvalue()
+    if fmt != "table":
+        raise ReportError(f"unknown format {fmt!r} (table, json or csv)")
+    cells = [
+        [", ".join(map(str, v)) if isinstance(v, list) else ("" if v is None else str(v)) for v in r.values()]
+        for r in records
+    ]
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(columns)]
+    lines = ["  ".join(name.ljust(widths[i]) for i, name in enumerate(columns)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells)
+    lines.append(f"({len(cells)} rows)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,176 @@
+"""`flowaudit verify`: recompute every row hash and chain link of the audit store.
+
+Works in two passes, both streaming:
+1. the link index (one small row per link: `GROUP BY chain_id, chain_seq`) finds missing links,
+   links whose row count differs from the count they were written with, and links with rows of
+   different link hashes;
+2. the rows of each chain, read in windows of links, are re-hashed and the links recomputed.
+
+The first problem found is reported, naming the chain, the link and, where one exists, the row
+(its event id and source offset). A deleted row is named by its position in its link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sinks.audit import (
+    CONTENT_COLUMNS,
+    GENESIS,
+    content_bytes,
+    content_from_stored,
+    link_hash,
+    row_hash,
+)
+from sinks.clickhouse import AuditStore
+
+_WINDOW_ROWS = 200_000
+
+
+@dataclass
+class VerifyReport:
+    chains: int = 0
+    links: int = 0
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "chains": self.chains,
+            "links": self.links,
+            "rows": self.rows,
+            "problems": self.problems,
+        }
+
+
+def _describe(row: dict[str, Any]) -> str:
+    return f"event_id={row['event_id']} source offset {row['source_offset']}"
+
+
+def verify_link_rows(
+    key: bytes, chain: str, seq: int, previous: str, expected_rows: int, rows: list[dict[str, Any]]
+) -> tuple[str | None, str]:
+    """Check one link's rows (ordered by link_index). Returns (problem or None, recomputed link hash)."""
+    where = f"chain {chain} link {seq}"
+    hashes: list[str] = []
+    seen_index: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        content = content_bytes(content_from_stored(row))
+        digest = row_hash(content)
+        if digest != row["row_hash"]:
+            return f"{where}: row {_describe(row)} was altered (its content no longer matches its hash)", ""
+        index = int(row["link_index"])
+        if index in seen_index:
+            forged = _find_forged(key, chain, seq, previous, rows, str(rows[0]["link_hash"]))
+            return f"{where}: forged row {_describe(forged)} (a second row claims position {index})", ""
+        seen_index[index] = row
+        hashes.append(digest)
+    for position in range(expected_rows):
+        if position not in seen_index:
+            before = seen_index.get(position - 1)
+            after = seen_index.get(position + 1)
+            around = ", ".join(
+                part
+                for part in (
+                    f"after source offset {before['source_offset']}" if before else "",
+                    f"before source offset {after['source_offset']}" if after else "",
+                )
+                if part
+            )
+            return f"{where}: row #{position} of {expected_rows} was deleted ({around or 'only row'})", ""
+    if len(rows) > expected_rows:
+        forged = _find_forged(key, chain, seq, previous, rows, str(rows[0]["link_hash"]))
+        return f"{where}: forged row {_describe(forged)} (the link was written with {expected_rows} rows)", ""
+    computed = link_hash(key, chain, seq, previous, hashes)
+    stored = {str(row["link_hash"]) for row in rows}
+    if stored != {computed}:
+        return f"{where}: link hash does not match (rows forged, reordered or the chain rewritten)", computed
+    return None, computed
+
+
+def _find_forged(
+    key: bytes, chain: str, seq: int, previous: str, rows: list[dict[str, Any]], stored: str
+) -> dict[str, Any]:
+    """The row whose removal makes the link verify again (rows were hashed in position order)."""
+    hashes = [str(row["row_hash"]) for row in rows]
+    for skip in range(len(rows)):
+        if link_hash(key, chain, seq, previous, hashes[:skip] + hashes[skip + 1 :]) == stored:
+            return rows[skip]
+    return rows[-1]
+
+
+def verify_store(store: AuditStore) -> VerifyReport:
+    report = VerifyReport()
+    table = store.table
+    _, index_rows = store.query(
+        f"SELECT chain_id, chain_seq, count(), min(link_rows), max(link_rows), uniqExact(link_hash) "
+        f"FROM {table} GROUP BY chain_id, chain_seq ORDER BY chain_id, chain_seq"
+    )
+    chains: dict[str, list[tuple[int, int, int, int, int]]] = {}
+    for chain, seq, count, min_rows, max_rows, distinct in index_rows:
+        chains.setdefault(str(chain), []).append(
+            (int(seq), int(count), int(min_rows), int(max_rows), int(distinct))
+        )
+    report.chains = len(chains)
+    report.links = len(index_rows)
+    for chain, links in chains.items():
+        for expected, (seq, _count, min_rows, max_rows, _distinct) in enumerate(links, start=1):
+            if seq != expected:
+                report.problems.append(f"chain {chain}: link {expected} is missing (the next link is {seq})")
+                return report
+            if min_rows != max_rows:
+                report.problems.append(
+                    f"chain {chain} link {seq}: rows disagree on the link's size (forged rows)"
+                )
+        if report.problems:
+            return report
+        previous = GENESIS
+        for window in _windows(links):
+            first, last = window[0][0], window[-1][0]
+            rows_by_seq: dict[int, list[dict[str, Any]]] = {}
+            columns = ", ".join(
+                (*CONTENT_COLUMNS, "chain_seq", "link_rows", "link_index", "link_hash", "row_hash")
+            )
+            for row in store.stream(
+                f"SELECT {columns} FROM {table} WHERE chain_id = {{chain:String}} "
+                f"AND chain_seq BETWEEN {{first:UInt64}} AND {{last:UInt64}} "
+                f"ORDER BY chain_seq, link_index, source_offset",
+                {"chain": chain, "first": first, "last": last},
+            ):
+                rows_by_seq.setdefault(int(row["chain_seq"]), []).append(row)
+            for seq, _count, expected_rows, _max, _distinct in window:
+                rows = rows_by_seq.get(seq, [])
+                report.rows += len(rows)
+                problem, computed = verify_link_rows(store.key, chain, seq, previous, expected_rows, rows)
+                if problem:
+                    report.problems.append(problem)
+                    return report
+                previous = computed
+    return report
+
+
+def _windows(links: list[tuple[int, int, int, int, int]]) -> Iterator[list[tuple[int, int, int, int, int]]]:
+    window: list[tuple[int, int, int, int, int]] = []
+    size = 0
+    for link in links:
+        window.append(link)
+        size += link[1]
+        if size >= _WINDOW_ROWS:
+            yield window
+            window, size = [], 0
+    if window:
+        yield window
+
+
+def first_problem(report: VerifyReport) -> str | None:
+    return report.problems[0] if report.problems else None
+
+
+__all__ = ["VerifyReport", "first_problem", "verify_link_rows", "verify_store"]
