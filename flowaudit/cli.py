@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,6 +191,25 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result["ok"] else 1
 
 
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.runtime import run_worker
+
+    return run_worker(settings, args.loglevel.upper())
+
+
+def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.produce import run_produce
+
+    policy = _load_policy_or_exit(settings.policy_dir)
+    return run_produce(settings, policy, args.file, args.rate)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.demo import run_demo
+
+    return run_demo(settings, args.events, args.json, seed=args.seed)
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.masked(), indent=2))
     return 0
@@ -231,12 +251,33 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_cmd_verify)
 
+    worker = sub.add_parser(
+        "worker", help="run the stream service (embedded broker when FLOWAUDIT_KAFKA_URL is unset)"
+    )
+    worker.add_argument("--loglevel", default="info", choices=("debug", "info", "warning", "error"))
+    worker.set_defaults(handler=_cmd_worker)
+
+    produce = sub.add_parser("produce", help="send canonical JSON events, Avro-encoded, to their topics")
+    produce.add_argument("file", nargs="?", default="-", help="JSON-lines file, or - for standard input")
+    produce.add_argument("--rate", type=float, help="events per second at most")
+    produce.set_defaults(handler=_cmd_produce)
+
+    demo = sub.add_parser(
+        "demo", help="run broker, worker and audit store on embedded defaults with generated events"
+    )
+    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.set_defaults(handler=_cmd_demo)
+
     config = sub.add_parser("config", help="print the effective settings (secrets masked)")
     config.set_defaults(handler=_cmd_config)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `flowaudit report ... | head` should end quietly, as other command-line tools do.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = Settings()

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     web_port: int = Field(
         default=6066, ge=0, le=65535, description="worker's web port (reports while it runs)"
     )
+    web_bind: str = Field(default="127.0.0.1", description="address the worker's web server binds to")
+    metrics_bind: str = Field(default="127.0.0.1", description="address the metrics endpoint binds to")
     chain_key: SecretStr | None = Field(
         default=None, description="HMAC key of the audit chain; unset: a key kept in <data dir>/chain.key"
     )

@@ -1,0 +1,256 @@
+"""`flowaudit demo`: the whole service on embedded defaults, fed a realistic, reproducible mix.
+
+Starts the embedded broker, the worker (Faust) and the embedded audit store in this process; a
+producer thread sends the generated events (and a few corrupt records, which must end up as dead
+letters); progress is shown until every record is decided and written; then a summary is read back
+from the audit store itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowaudit.generator import EventGenerator
+from flowaudit.produce import EventProducer
+from flowaudit.runtime import Runtime, build_runtime, make_worker, start_metrics_server
+from flowaudit.settings import Settings
+from sinks.clickhouse import AuditStore, StoreError, load_chain_key
+from streams.codec import MAGIC
+from streams.pipeline import BatchResult
+from streams.policy import load_policy
+
+log = logging.getLogger(__name__)
+
+# One record in this many is deliberately broken (truncated body, unknown schema, invalid content).
+BAD_RECORD_EVERY = 500
+
+
+@dataclass
+class Progress:
+    produced: int = 0
+    producing_done: bool = False
+    producer_error: str | None = None
+    consumed: int = 0
+    allowed: int = 0
+    blocked: int = 0
+    dead_lettered: int = 0
+    written: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, kind: str, result: BatchResult) -> None:
+        with self.lock:
+            self.consumed += result.consumed
+            self.allowed += result.allowed
+            self.blocked += result.blocked
+            self.dead_lettered += result.dead_lettered
+            self.written += result.written
+
+    @property
+    def complete(self) -> bool:
+        return self.producing_done and self.consumed >= self.produced
+
+
+def _bad_record(number: int, producer: EventProducer, generator: EventGenerator) -> None:
+    """Send one deliberately broken record of a rotating sort."""
+    raw = generator.next_event()
+    kind = raw["event_type"]
+    sort = number % 3
+    if sort == 0:  # a truncated body
+        from flowaudit.produce import avro_record
+        from streams.events import event_from_mapping
+
+        data = producer.codec.encode(kind, avro_record(event_from_mapping(raw, producer.policy)))
+        producer.send_bytes(kind, data[: len(data) // 2])
+    elif sort == 1:  # written with a schema nobody registered
+        producer.send_bytes(kind, MAGIC + b"\xde\xad\xbe\xef\x00\x00\x00\x01" + b"\x00" * 16)
+    else:  # well-formed Avro, invalid event: not a country
+        from flowaudit.produce import avro_record
+        from streams.events import event_from_mapping
+
+        record = avro_record(event_from_mapping(raw, producer.policy))
+        record["destination_country"] = "XX"
+        producer.send_bytes(kind, producer.codec.encode(kind, record))
+
+
+def _produce(runtime: Runtime, progress: Progress, count: int, seed: int) -> None:
+    try:
+        producer = EventProducer(runtime.bootstrap, runtime.settings, runtime.policy)
+        generator = EventGenerator(runtime.policy, seed=seed)
+        for number in range(1, count + 1):
+            if number % BAD_RECORD_EVERY == 0:
+                _bad_record(number // BAD_RECORD_EVERY, producer, generator)
+            else:
+                producer.send(generator.next_event())
+            if number % 1000 == 0:
+                with progress.lock:
+                    progress.produced = producer.sent
+        producer.close()
+        with progress.lock:
+            progress.produced = producer.sent
+    except Exception as exc:  # shown in the summary; the demo then stops
+        log.exception("the demo producer failed")
+        progress.producer_error = str(exc)
+    finally:
+        progress.producing_done = True
+
+
+def _summary(store: AuditStore, progress: Progress, started_ms: int) -> dict[str, Any]:
+    since = {"since": started_ms / 1000}
+    where = (
+        f"FROM {store.table} WHERE ingested_at >= fromUnixTimestamp64Milli(toInt64({{since:Float64}} * 1000))"
+    )
+    _, by_kind = store.query(
+        f"SELECT event_type, decision, count() {where} GROUP BY 1, 2 ORDER BY 1, 2", since
+    )
+    _, by_rule = store.query(
+        f"SELECT arrayJoin(rules) AS rule, count() {where} GROUP BY rule ORDER BY 2 DESC, 1", since
+    )
+    _, health = store.query(
+        f"SELECT destination_country, countIf(decision = 'blocked'), count() {where} AND special_category "
+        "GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT 10",
+        since,
+    )
+    kinds: dict[str, dict[str, int]] = {}
+    for kind, decision, count in by_kind:
+        kinds.setdefault(kind, {"allowed": 0, "blocked": 0})[decision] = int(count)
+    allowed = sum(k["allowed"] for k in kinds.values())
+    blocked = sum(k["blocked"] for k in kinds.values())
+    return {
+        "events": progress.produced,
+        "allowed": allowed,
+        "blocked": blocked,
+        "dead_lettered": progress.dead_lettered,
+        "audit_rows": allowed + blocked,
+        "accounted_for": allowed + blocked + progress.dead_lettered == progress.produced,
+        "by_kind": kinds,
+        "blocked_by_rule": {rule: int(count) for rule, count in by_rule},
+        "health_data_destinations": [
+            {"country": c, "blocked": int(b), "events": int(n)} for c, b, n in health
+        ],
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print()
+    print(
+        f"flowaudit demo: {summary['events']:,} records produced in {summary['elapsed_seconds']:.1f} s "
+        f"({summary['events_per_second']:,.0f}/s end to end)"
+    )
+    print(
+        f"  allowed {summary['allowed']:,}   blocked {summary['blocked']:,}   "
+        f"dead-lettered {summary['dead_lettered']:,}   audit rows {summary['audit_rows']:,}   "
+        f"all accounted for: {'yes' if summary['accounted_for'] else 'NO'}"
+    )
+    print("\nevents by kind and decision:")
+    for kind, counts in summary["by_kind"].items():
+        print(f"  {kind:<24} allowed {counts['allowed']:>7,}   blocked {counts['blocked']:>6,}")
+    print("\nblocked by rule (an event may fire several):")
+    for rule, count in summary["blocked_by_rule"].items():
+        print(f"  {rule:<34} {count:>7,}")
+    print("\ntop destinations of health data:")
+    for row in summary["health_data_destinations"]:
+        print(f"  {row['country']}  {row['events']:>7,} events, {row['blocked']:>6,} blocked")
+    print(f"\naudit store: {summary['store']}  (policy {summary['policy_version']})")
+    print("query it:")
+    for line in summary["how_to_query"]:
+        print(f"  {line}")
+
+
+def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, timeout: float = 900.0) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    demo_dir = settings.data_dir / "demo"
+    embedded_store = settings.clickhouse_url is None
+    if embedded_store:
+        shutil.rmtree(demo_dir / "audit", ignore_errors=True)  # a demo starts from an empty store
+    demo_settings = settings.model_copy(update={"data_dir": demo_dir, "web_port": 0})
+    policy = load_policy(demo_settings.policy_dir)
+    progress = Progress()
+    started_ms = int(time.time() * 1000)
+    started = time.perf_counter()
+    try:
+        runtime = build_runtime(demo_settings, observer=progress.observe, policy=policy, web_enabled=False)
+    except StoreError as exc:
+        print(f"flowaudit demo: {exc}", file=sys.stderr)
+        return 2
+    start_metrics_server(demo_settings)
+    worker = make_worker(runtime.app, "WARNING")
+    stopping: dict[str, Any] = {"done": False, "reason": "", "task": None}
+    last_print = [0.0]
+
+    @runtime.app.timer(0.25)  # type: ignore[untyped-decorator]
+    async def watch() -> None:
+        now = time.perf_counter()
+        if now - last_print[0] >= 1.0 or progress.complete:
+            last_print[0] = now
+            print(
+                f"\r  produced {progress.produced:>8,}  decided {progress.allowed + progress.blocked:>8,} "
+                f"(allowed {progress.allowed:,}, blocked {progress.blocked:,})  dead-lettered "
+                f"{progress.dead_lettered:,}  written {progress.written:,}   ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        reason = ""
+        if progress.complete:
+            reason = "done"
+        elif progress.producer_error:
+            reason = f"producer failed: {progress.producer_error}"
+        elif now - started > timeout:
+            reason = f"timed out after {timeout:.0f} s"
+        if reason and not stopping["done"]:
+            stopping.update(done=True, reason=reason, task=asyncio.ensure_future(worker.stop()))
+
+    print(
+        f"flowaudit demo: embedded broker {runtime.bootstrap} (development only), store "
+        f"{runtime.store.masked_url}, {events:,} events (seed {seed})",
+        file=sys.stderr,
+    )
+    threading.Thread(target=_produce, args=(runtime, progress, events, seed), daemon=True).start()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        runtime.close()
+    print(file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    if stopping["reason"] != "done":
+        print(
+            f"flowaudit demo: stopped before the end: {stopping['reason'] or runtime.app.fatal_error}",
+            file=sys.stderr,
+        )
+        return 1
+
+    store = AuditStore(runtime.store.url, policy, load_chain_key(demo_settings.chain_key_value, demo_dir))
+    store.connect()
+    try:
+        summary = _summary(store, progress, started_ms)
+    finally:
+        store.close()
+    data_dir = demo_dir
+    summary.update(
+        elapsed_seconds=round(elapsed, 2),
+        events_per_second=round(progress.produced / elapsed) if elapsed else 0,
+        store=store.masked_url,
+        policy_version=policy.version,
+        how_to_query=[
+            f"FLOWAUDIT_DATA_DIR={data_dir} flowaudit report --list",
+            f"FLOWAUDIT_DATA_DIR={data_dir} flowaudit report blocked-health-transfers",
+            f"FLOWAUDIT_DATA_DIR={data_dir} flowaudit verify",
+            'python -c "import clickhouse_connect as c; '
+            f"print(c.get_client(dsn='{store.url}').query('SELECT count() FROM audit_events').result_rows)\"",
+        ],
+    )
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    return 0 if summary["accounted_for"] else 1

@@ -1,0 +1,136 @@
+"""Every metric flowaudit exports, declared once with its meaning.
+
+Label values come from closed sets: event kinds, decisions, rule ids, categories and legal bases of
+the loaded policy, ISO country codes, dead-letter reasons, topic roles, and topic/partition pairs of
+the input topics. No user id, event id or free text ever becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS = Counter(
+    "flowaudit_events_total",
+    "Events decided, by kind and decision (allowed or blocked).",
+    ["kind", "decision"],
+    registry=REGISTRY,
+)
+BLOCKED_BY_RULE = Counter(
+    "flowaudit_blocked_events_total",
+    "Blocked events by rule that fired (an event blocked by two rules counts once per rule).",
+    ["kind", "rule"],
+    registry=REGISTRY,
+)
+EVENTS_BY_CATEGORY = Counter(
+    "flowaudit_events_by_category_total",
+    "Decided events by data category carried and legal basis of the purpose ('none' for an unknown purpose).",
+    ["category", "legal_basis"],
+    registry=REGISTRY,
+)
+HEALTH_BY_DESTINATION = Counter(
+    "flowaudit_health_data_events_total",
+    "Events carrying health (or unclassified) data, by destination country and decision.",
+    ["destination_country", "decision"],
+    registry=REGISTRY,
+)
+UNKNOWN_SUBCONTRACTOR = Counter(
+    "flowaudit_unknown_subcontractor_events_total",
+    "Subcontractor transfers naming a processor that is not in the registry.",
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "flowaudit_dead_letters_total",
+    "Records sent to the dead-letter topic, by source kind and reason.",
+    ["kind", "reason"],
+    registry=REGISTRY,
+)
+RECORDS_CONSUMED = Counter(
+    "flowaudit_records_consumed_total",
+    "Records read from the input topics (valid or not), by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+INVALID_RATIO = Gauge(
+    "flowaudit_invalid_ratio",
+    "Share of invalid records in the current window, by kind; the worker stops above the configured limit.",
+    ["kind"],
+    registry=REGISTRY,
+)
+DECISION_LATENCY = Histogram(
+    "flowaudit_decision_latency_seconds",
+    "Time from a record's Kafka timestamp to its decision.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+FORWARDED = Counter(
+    "flowaudit_forwarded_total",
+    "Events forwarded to the gate's output topics, by role (approved or blocked).",
+    ["role"],
+    registry=REGISTRY,
+)
+AUDIT_BATCHES = Counter(
+    "flowaudit_audit_batches_total", "Audit batches written to the store.", registry=REGISTRY
+)
+AUDIT_ROWS = Counter(
+    "flowaudit_audit_rows_total",
+    "Audit rows written to the store, by decision.",
+    ["decision"],
+    registry=REGISTRY,
+)
+AUDIT_ROWS_SKIPPED = Counter(
+    "flowaudit_audit_rows_replayed_total",
+    "Records already in the store when read again (after a restart), not written twice.",
+    registry=REGISTRY,
+)
+AUDIT_INSERT_SECONDS = Histogram(
+    "flowaudit_audit_insert_seconds",
+    "Duration of one audit insert (one batch), successful attempts only.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+AUDIT_INSERT_FAILURES = Counter(
+    "flowaudit_audit_insert_failures_total", "Audit insert attempts that failed.", registry=REGISTRY
+)
+AUDIT_INSERT_RETRIES = Counter(
+    "flowaudit_audit_insert_retries_total",
+    "Audit insert attempts that were retries of a failed one.",
+    registry=REGISTRY,
+)
+BACKPRESSURE = Gauge(
+    "flowaudit_backpressure",
+    "1 while consumption is held back because the audit store is failing (inserts being retried), else 0.",
+    registry=REGISTRY,
+)
+LAST_AUDIT_WRITE = Gauge(
+    "flowaudit_last_audit_write_timestamp_seconds",
+    "Unix time of the last successful audit insert.",
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "flowaudit_consumer_lag",
+    "Records behind the end of each input partition, measured after each batch.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+CHAIN_HEAD = Gauge(
+    "flowaudit_audit_chain_head_seq",
+    "Sequence number of the last durable link of each audit chain (one chain per input partition).",
+    ["chain"],
+    registry=REGISTRY,
+)
+POLICY = Info("flowaudit_policy", "Version (content hash) of the loaded policy.", registry=REGISTRY)
+
+
+def zero_known_series(kinds: list[str], rules: list[str]) -> None:
+    """Create the series with value 0 so dashboards and alerts see them before the first event."""
+    for kind in kinds:
+        RECORDS_CONSUMED.labels(kind)
+        for decision in ("allowed", "blocked"):
+            EVENTS.labels(kind, decision)
+        for rule in rules:
+            BLOCKED_BY_RULE.labels(kind, rule)
+    for role in ("approved", "blocked"):
+        FORWARDED.labels(role)
+    BACKPRESSURE.set(0)

@@ -1,0 +1,145 @@
+"""Assembling and running the stream service: broker, audit store, sink, publisher, Faust app.
+
+`build_runtime` is shared by `flowaudit worker`, `flowaudit demo` and `faust -A flowaudit.faustapp`.
+Without `FLOWAUDIT_KAFKA_URL` it starts the embedded development broker in this process and
+creates the topics; with it, the topics must exist on the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from flowaudit import metrics
+from flowaudit.broker import EmbeddedBroker
+from flowaudit.settings import Settings, kafka_bootstrap
+from sinks.clickhouse import AuditStore, StoreError, load_chain_key
+from streams.app import BatchObserver, FlowauditApp, create_app
+from streams.pipeline import ClickHouseSink
+from streams.policy import Policy, load_policy
+from streams.publish import KafkaPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    policy: Policy
+    broker: EmbeddedBroker | None
+    bootstrap: str
+    store: AuditStore
+    sink: ClickHouseSink
+    publisher: KafkaPublisher
+    app: FlowauditApp
+
+    def close(self) -> None:
+        self.sink.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def all_topics(settings: Settings) -> list[str]:
+    return [
+        *settings.input_topics.values(),
+        settings.topic_approved,
+        settings.topic_blocked,
+        settings.topic_dead_letter,
+    ]
+
+
+def start_embedded_broker(settings: Settings) -> EmbeddedBroker:
+    broker = EmbeddedBroker().start()
+    broker.create_topics(all_topics(settings), settings.topic_partitions)
+    return broker
+
+
+def start_metrics_server(settings: Settings) -> None:
+    if not settings.metrics_port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=metrics.REGISTRY)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_bind, settings.metrics_port)
+    except OSError as exc:
+        log.error("metrics endpoint not started on port %d: %s", settings.metrics_port, exc)
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    observer: BatchObserver | None = None,
+    policy: Policy | None = None,
+    web_enabled: bool = True,
+) -> Runtime:
+    policy = policy or load_policy(settings.policy_dir)
+    metrics.POLICY.info({"version": policy.version})
+    metrics.zero_known_series(list(settings.input_topics), [rule.id for rule in policy.rules])
+    broker = None
+    if settings.kafka_url:
+        bootstrap = kafka_bootstrap(settings.kafka_url)
+    else:
+        broker = start_embedded_broker(settings)
+        bootstrap = broker.bootstrap
+    try:
+        store = AuditStore(
+            settings.resolved_clickhouse_url,
+            policy,
+            load_chain_key(settings.chain_key_value, settings.data_dir),
+        )
+        store.connect()
+    except StoreError:
+        if broker is not None:
+            broker.stop()
+        raise
+    sink = ClickHouseSink(store, settings.insert_retry_max_seconds)
+    publisher = KafkaPublisher(bootstrap)
+    app = create_app(settings, policy, bootstrap, sink, publisher, observer=observer, web_enabled=web_enabled)
+    return Runtime(settings, policy, broker, bootstrap, store, sink, publisher, app)
+
+
+def make_worker(app: FlowauditApp, loglevel: str = "WARNING") -> Any:
+    from faust.worker import Worker
+
+    # Faust's terminal decorations (spinner, cursor codes) go to stderr: stdout is for results (--json).
+    return Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, stdout=sys.stderr)
+
+
+def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
+    """`flowaudit worker`: run until SIGTERM/SIGINT; exit 0 after a clean stop."""
+    from flowaudit.webapi import remove_worker_file, write_worker_file
+
+    logging.basicConfig(
+        level=getattr(logging, loglevel), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log.info("settings: %s", settings)
+    try:
+        runtime = build_runtime(settings)
+    except StoreError as exc:
+        print(f"flowaudit worker: {exc}", file=sys.stderr)
+        return 2
+    start_metrics_server(settings)
+    web = f"http://{settings.web_bind}:{settings.web_port}" if settings.web_port else ""
+    write_worker_file(settings, web, runtime.bootstrap)
+    log.info(
+        "worker consuming %s from %s; audit store %s",
+        ", ".join(settings.input_topics.values()),
+        runtime.bootstrap,
+        runtime.store.masked_url,
+    )
+    worker = make_worker(runtime.app, loglevel)
+    code = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        runtime.close()
+        remove_worker_file(settings)
+    if runtime.app.fatal_error is not None:
+        print(f"flowaudit worker stopped: {runtime.app.fatal_error}", file=sys.stderr)
+        return 3
+    return code

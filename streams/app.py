@@ -1,0 +1,221 @@
+"""The Faust application: one agent per input topic, each running the batch pipeline.
+
+Each agent reads batches with `Stream.noack_take` (by size and by time) and acknowledges the
+batch's events only after `BatchProcessor.process` returned, i.e. after the audit rows, the
+forwarded events and the dead letters are durable. Faust commits acknowledged offsets. A batch
+whose processing failed is not acknowledged. The worker stops (the invalid-ratio guard, or a
+store that cannot be written at shutdown), and the batch is read again after a restart.
+
+On SIGTERM/SIGINT Faust cancels the agents. The batch in flight is shielded from the cancellation
+and finished (and then acknowledged) before the agent lets go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from flowaudit import metrics
+from flowaudit.settings import Settings
+from sinks.clickhouse import qualify
+from sinks.reports import ReportError, load_reports, report_parameters
+from sinks.verify import verify_store
+from streams.codec import AvroCodec
+from streams.pipeline import (
+    BatchProcessor,
+    BatchResult,
+    ClickHouseSink,
+    InboundMessage,
+    InvalidRatioExceeded,
+    InvalidRatioGuard,
+    Publisher,
+    Topics,
+)
+from streams.policy import Policy
+
+log = logging.getLogger(__name__)
+
+BatchObserver = Callable[[str, BatchResult], None]
+
+
+class FlowauditApp(faust.App):
+    """A Faust app that also owns the gate's publisher and the audit sink, and closes them last."""
+
+    publisher: Any = None
+    sink: Any = None
+    fatal_error: BaseException | None = None
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        if self.publisher is not None and hasattr(self.publisher, "stop"):
+            await self.publisher.stop()
+
+
+def _inbound(event: Any) -> InboundMessage:
+    message = event.message
+    timestamp = message.timestamp
+    return InboundMessage(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        int(timestamp * 1000) if timestamp else None,
+    )
+
+
+def create_app(
+    settings: Settings,
+    policy: Policy,
+    bootstrap: str,
+    sink: ClickHouseSink | Any,
+    publisher: Publisher,
+    *,
+    codec: AvroCodec | None = None,
+    observer: BatchObserver | None = None,
+    web_enabled: bool = True,
+) -> FlowauditApp:
+    codec = codec or AvroCodec(_schema_dir())
+    app = FlowauditApp(
+        settings.consumer_group,
+        broker=f"kafka://{bootstrap}",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=web_enabled and settings.web_port > 0,
+        web_port=settings.web_port or 6066,  # Faust validates the port even when the web is off
+        web_bind=settings.web_bind,
+        web_host=settings.web_bind,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_commit_every=10_000,
+        stream_buffer_maxsize=max(4096, settings.batch_max_rows * 2),
+        producer_acks=-1,
+        autodiscover=False,
+    )
+    app.publisher = publisher
+    app.sink = sink
+    topics = Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
+
+    for kind, topic_name in settings.input_topics.items():
+        guard = InvalidRatioGuard(settings.invalid_ratio_limit, settings.invalid_ratio_window)
+        processor = BatchProcessor(kind, policy, codec, publisher, sink, topics, guard)
+        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", partitions=None)
+        app.agent(topic, name=f"flowaudit.{kind}")(_make_agent(app, processor, settings, observer))
+
+    if web_enabled and settings.web_port > 0 and isinstance(sink, ClickHouseSink):
+        _add_web_views(app, sink)
+    return app
+
+
+def _make_agent(
+    app: FlowauditApp, processor: BatchProcessor, settings: Settings, observer: BatchObserver | None
+) -> Callable[[Any], Any]:
+    async def agent(stream: Any) -> None:
+        async for events in stream.noack_take(settings.batch_max_rows, within=settings.batch_max_seconds):
+            if not events:
+                continue
+            await _process_batch(app, processor, events, observer)
+
+    agent.__name__ = f"process_{processor.kind}"
+    return agent
+
+
+async def _process_batch(
+    app: FlowauditApp, processor: BatchProcessor, events: Sequence[Any], observer: BatchObserver | None
+) -> None:
+    messages = [_inbound(event) for event in events]
+    task = asyncio.ensure_future(processor.process(messages))
+    try:
+        result = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # Shutting down: finish the batch in flight (the sink makes one last attempt), then ack it.
+        if app.sink is not None and hasattr(app.sink, "stop"):
+            app.sink.stop()
+        try:
+            result = await task
+        except Exception as exc:
+            log.error(
+                "batch of %d %s records not finished at shutdown; it will be read again: %s",
+                len(events),
+                processor.kind,
+                exc,
+            )
+            raise asyncio.CancelledError() from exc
+        _ack(events)
+        raise
+    except InvalidRatioExceeded as exc:
+        log.critical("STOPPING: %s", exc)
+        app.fatal_error = exc
+        await app.crash(exc)
+        return
+    except Exception as exc:
+        log.critical("STOPPING: batch of %d %s records failed: %s", len(events), processor.kind, exc)
+        app.fatal_error = exc
+        await app.crash(exc)
+        return
+    _ack(events)
+    _measure_lag(app, messages)
+    if observer is not None:
+        observer(processor.kind, result)
+
+
+def _ack(events: Sequence[Any]) -> None:
+    for event in events:
+        event.ack()
+
+
+def _measure_lag(app: FlowauditApp, messages: Sequence[InboundMessage]) -> None:
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        last[(message.topic, message.partition)] = message.offset
+    for (topic, partition), offset in last.items():
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # lag is best effort: not every consumer state knows its highwater
+            continue
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, highwater - offset - 1))
+
+
+def _add_web_views(app: FlowauditApp, sink: ClickHouseSink) -> None:
+    """Reports and verify over HTTP, for `flowaudit report|verify` while this worker holds the store."""
+    reports = load_reports()
+
+    @app.page("/flowaudit/report/{name}/")
+    async def report_view(web: Any, request: Any, name: str) -> Any:
+        report = reports.get(name)
+        if report is None:
+            return web.json({"error": f"unknown report {name!r}"}, status=404)
+        query = request.query
+        try:
+            parameters = report_parameters(report, query.get("since"), query.get("until"), query.get("user"))
+        except ReportError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        store = sink.store
+        columns, rows = await sink.run(store.query, qualify(report.sql, store.table), parameters)
+        from sinks.reports import as_records
+
+        records = as_records(columns, rows)
+        return web.json({"columns": columns, "rows": [list(r.values()) for r in records]})
+
+    @app.page("/flowaudit/verify/")
+    async def verify_view(web: Any, request: Any) -> Any:
+        report = await sink.run(verify_store, sink.store)
+        return web.json(report.as_dict())
+
+    @app.page("/flowaudit/health/")
+    async def health_view(web: Any, request: Any) -> Any:
+        return web.json({"ok": True, "store": sink.store.masked_url})
+
+
+def _schema_dir() -> Any:
+    from schemas import SCHEMA_DIR
+
+    return SCHEMA_DIR

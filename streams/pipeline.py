@@ -1,0 +1,366 @@
+"""The per-batch pipeline: decode → validate → decide → route → write. Framework-independent.
+
+`BatchProcessor.process(messages)` takes one batch of raw Kafka records of one kind and returns only
+when everything it produced is durable: the audit rows are in the store, allowed and blocked events
+are on the gate's topics, invalid records are on the dead-letter topic. The caller (the Faust agent)
+acknowledges the batch's offsets only after that, so a crash at any point means the batch is read
+again, never lost; the store recognises rows it already holds.
+
+An invalid record never stops the batch: it becomes a dead letter with its reason and origin. The
+`InvalidRatioGuard` is the exception: when most records of a window are invalid (a bad deploy of a
+producer, a wrong schema), it raises instead of dead-lettering everything, and the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from flowaudit import metrics
+from sinks.audit import AuditRecord
+from sinks.clickhouse import AuditStore, PreparedBatch, StoreError
+from streams.codec import AvroCodec, DecodeError
+from streams.decision import Decider, Decision
+from streams.events import InvalidEvent, event_from_mapping
+from streams.policy import Policy
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+class InboundMessage(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+class OutboundRecord(NamedTuple):
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    partition_hint: int
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, records: Sequence[OutboundRecord]) -> None:
+        """Send the records and return once the broker has acknowledged all of them."""
+
+
+class AuditSink(Protocol):
+    async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
+        """Make the records durable; return (rows written, rows already present). Retries inside."""
+
+
+class InvalidRatioExceeded(RuntimeError):
+    """Too many invalid records in a window: stop instead of dead-lettering everything."""
+
+
+class InvalidRatioGuard:
+    """Tracks the share of invalid records over the last `window` records of one kind."""
+
+    def __init__(self, limit: float, window: int) -> None:
+        self.limit = limit
+        self.window = window
+        self._batches: deque[tuple[int, int]] = deque()
+        self._total = 0
+        self._invalid = 0
+
+    def observe(self, kind: str, total: int, invalid: int) -> float:
+        self._batches.append((total, invalid))
+        self._total += total
+        self._invalid += invalid
+        while self._batches and self._total - self._batches[0][0] >= self.window:
+            old_total, old_invalid = self._batches.popleft()
+            self._total -= old_total
+            self._invalid -= old_invalid
+        ratio = self._invalid / self._total if self._total else 0.0
+        metrics.INVALID_RATIO.labels(kind).set(ratio)
+        if self._total >= self.window and ratio > self.limit:
+            raise InvalidRatioExceeded(
+                f"{self._invalid} of the last {self._total} {kind} records are invalid "
+                f"({ratio:.0%} > limit {self.limit:.0%}); stopping rather than dead-lettering them all. "
+                "Fix the producer (or raise FLOWAUDIT_INVALID_RATIO_LIMIT) and restart: the records "
+                "are still in Kafka and will be read again."
+            )
+        return ratio
+
+
+@dataclass
+class BatchResult:
+    consumed: int = 0
+    allowed: int = 0
+    blocked: int = 0
+    dead_lettered: int = 0
+    written: int = 0
+    replayed: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    approved: str
+    blocked: str
+    dead_letter: str
+
+
+def _header_value(value: object) -> bytes:
+    return str(value).encode()
+
+
+class BatchProcessor:
+    """Runs the pipeline for one event kind. Pure CPU except the awaited publish and write."""
+
+    def __init__(
+        self,
+        kind: str,
+        policy: Policy,
+        codec: AvroCodec,
+        publisher: Publisher,
+        sink: AuditSink,
+        topics: Topics,
+        guard: InvalidRatioGuard,
+    ) -> None:
+        self.kind = kind
+        self.policy = policy
+        self.codec = codec
+        self.decider = Decider(policy)
+        self.publisher = publisher
+        self.sink = sink
+        self.topics = topics
+        self.guard = guard
+        self._special = set(policy.special_categories)
+        if policy.unclassified_treated_as in policy.special_categories:
+            self._special.add(policy.unclassified_category)
+
+    def _decision_header(self, decision: Decision, decided_at_ms: int) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": decision.event_id,
+                "decision": decision.decision,
+                "data_categories": decision.data_categories,
+                "legal_basis": decision.legal_basis,
+                "rules": decision.rules,
+                "waived": decision.waived,
+                "policy_version": decision.policy_version,
+                "decided_at": decided_at_ms,
+            }
+        )
+
+    async def process(self, messages: Sequence[InboundMessage]) -> BatchResult:
+        kind = self.kind
+        now_ms = int(time.time() * 1000)
+        decode, decide, policy = self.codec.decode, self.decider.decide, self.policy
+        records: list[AuditRecord] = []
+        approved: list[OutboundRecord] = []
+        blocked: list[OutboundRecord] = []
+        dead: list[OutboundRecord] = []
+        reasons: Counter[str] = Counter()
+        latencies: list[float] = []
+        for message in messages:
+            try:
+                _, raw = decode(message.value, kind)  # type: ignore[arg-type]
+                event = event_from_mapping(raw, policy, event_type=kind)
+            except DecodeError as exc:
+                dead.append(self._dead_letter(message, exc.reason, str(exc)))
+                reasons[exc.reason] += 1
+                continue
+            except InvalidEvent as exc:
+                dead.append(self._dead_letter(message, "invalid_event", str(exc)))
+                reasons["invalid_event"] += 1
+                continue
+            decision = decide(event)
+            records.append(
+                AuditRecord(event, decision, message.topic, message.partition, message.offset, now_ms)
+            )
+            outbound = OutboundRecord(
+                event.event_id.encode(),
+                message.value,
+                [("flowaudit-decision", self._decision_header(decision, now_ms))],
+                message.partition,
+            )
+            (blocked if decision.rules else approved).append(outbound)
+            if message.timestamp_ms:
+                latencies.append(max(0.0, (now_ms - message.timestamp_ms) / 1000))
+
+        self.guard.observe(kind, len(messages), len(dead))  # may raise: then nothing is acked
+
+        publishes = [
+            self.publisher.publish(topic, items)
+            for topic, items in (
+                (self.topics.approved, approved),
+                (self.topics.blocked, blocked),
+                (self.topics.dead_letter, dead),
+            )
+            if items
+        ]
+        writing = asyncio.ensure_future(self.sink.write(records))
+        await asyncio.gather(writing, *publishes)
+        written, replayed = writing.result()
+
+        result = BatchResult(
+            consumed=len(messages),
+            allowed=len(approved),
+            blocked=len(blocked),
+            dead_lettered=len(dead),
+            written=written,
+            replayed=replayed,
+            dead_letter_reasons=dict(reasons),
+        )
+        self._count(records, result, reasons, latencies)
+        return result
+
+    def _dead_letter(self, message: InboundMessage, reason: str, error: str) -> OutboundRecord:
+        headers: Headers = [
+            ("flowaudit-error-reason", reason.encode()),
+            ("flowaudit-error", error.encode()[:2000]),
+            ("flowaudit-source-topic", message.topic.encode()),
+            ("flowaudit-source-partition", _header_value(message.partition)),
+            ("flowaudit-source-offset", _header_value(message.offset)),
+            ("flowaudit-event-kind", self.kind.encode()),
+            ("flowaudit-policy-version", self.policy.version.encode()),
+        ]
+        log.info("dead letter from %s/%d@%d: %s", message.topic, message.partition, message.offset, error)
+        return OutboundRecord(message.key, message.value, headers, message.partition)
+
+    def _count(
+        self, records: list[AuditRecord], result: BatchResult, reasons: Counter[str], latencies: list[float]
+    ) -> None:
+        kind = self.kind
+        metrics.RECORDS_CONSUMED.labels(kind).inc(result.consumed)
+        if result.allowed:
+            metrics.EVENTS.labels(kind, "allowed").inc(result.allowed)
+        if result.blocked:
+            metrics.EVENTS.labels(kind, "blocked").inc(result.blocked)
+        for reason, count in reasons.items():
+            metrics.DEAD_LETTERS.labels(kind, reason).inc(count)
+        if result.allowed:
+            metrics.FORWARDED.labels("approved").inc(result.allowed)
+        if result.blocked:
+            metrics.FORWARDED.labels("blocked").inc(result.blocked)
+        by_rule: Counter[str] = Counter()
+        by_category: Counter[tuple[str, str]] = Counter()
+        health: Counter[tuple[str, str]] = Counter()
+        unknown_subcontractor = 0
+        special = self._special
+        for record in records:
+            decision = record.decision
+            by_rule.update(decision.rules)
+            basis = decision.legal_basis or "none"
+            for category in decision.data_categories:
+                by_category[(category, basis)] += 1
+            if not special.isdisjoint(decision.data_categories):
+                health[(record.event.destination_country, decision.decision)] += 1
+            if "unknown-subcontractor" in decision.rules:
+                unknown_subcontractor += 1
+        for rule, count in by_rule.items():
+            metrics.BLOCKED_BY_RULE.labels(kind, rule).inc(count)
+        for (category, basis), count in by_category.items():
+            metrics.EVENTS_BY_CATEGORY.labels(category, basis).inc(count)
+        for (country, verdict), count in health.items():
+            metrics.HEALTH_BY_DESTINATION.labels(country, verdict).inc(count)
+        if unknown_subcontractor:
+            metrics.UNKNOWN_SUBCONTRACTOR.inc(unknown_subcontractor)
+        for latency in latencies:
+            metrics.DECISION_LATENCY.observe(latency)
+
+
+class ClickHouseSink:
+    """Writes audit batches through one executor thread (chDB has no async client).
+
+    While inserts fail it keeps retrying with bounded back-off and reports back-pressure: the agent
+    awaiting `write` consumes nothing more, so Kafka holds the records. Only `stop()` ends the retries,
+    and then the batch is not acknowledged.
+    """
+
+    def __init__(self, store: AuditStore, max_backoff: float = 30.0) -> None:
+        self.store = store
+        self.max_backoff = max_backoff
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-store")
+        self._stopping = False
+        for chain, head in store.heads.items():
+            metrics.CHAIN_HEAD.labels(chain).set(head.seq)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.store.close()
+
+    async def run(self, function: Any, *args: Any) -> Any:
+        """Run a blocking store call on the store's thread (reports and verify use it too)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
+        if not records:
+            return 0, 0
+        result: tuple[int, int] = await self.run(self._write_blocking, records)
+        return result
+
+    def _on_retry(self, attempt: int, exc: Exception) -> None:
+        metrics.AUDIT_INSERT_FAILURES.inc()
+        metrics.AUDIT_INSERT_RETRIES.inc()
+        metrics.BACKPRESSURE.set(1)
+
+    def _write_blocking(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
+        batch: PreparedBatch = self.store.prepare(records)
+        if batch.skipped:
+            metrics.AUDIT_ROWS_SKIPPED.inc(batch.skipped)
+        if batch.empty:
+            return 0, batch.skipped
+        started = time.perf_counter()
+        try:
+            self.store.insert_with_retry(
+                batch,
+                should_stop=lambda: self._stopping,
+                max_backoff=self.max_backoff,
+                on_retry=self._on_retry,
+            )
+        except StoreError:
+            metrics.BACKPRESSURE.set(0)
+            raise
+        metrics.BACKPRESSURE.set(0)
+        metrics.AUDIT_INSERT_SECONDS.observe(time.perf_counter() - started)
+        metrics.AUDIT_BATCHES.inc()
+        for decision, count in batch.rows_by_decision.items():
+            metrics.AUDIT_ROWS.labels(decision).inc(count)
+        metrics.LAST_AUDIT_WRITE.set(time.time())
+        for chain, head in batch.heads.items():
+            metrics.CHAIN_HEAD.labels(chain).set(head.seq)
+        return batch.rows, batch.skipped
+
+
+class MemorySink:
+    """An in-memory audit sink for tests: keeps records, can be told to fail a number of times."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.records: list[AuditRecord] = []
+        self.failures = failures
+        self._seen: set[tuple[str, int, int]] = set()
+
+    async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError("memory sink told to fail")
+        written = replayed = 0
+        for record in records:
+            key = (record.topic, record.partition, record.offset)
+            if key in self._seen:
+                replayed += 1
+                continue
+            self._seen.add(key)
+            self.records.append(record)
+            written += 1
+        return written, replayed
