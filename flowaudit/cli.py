@@ -150,7 +150,7 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         policy = _load_policy_or_exit(settings.policy_dir)
         target = _store_or_worker(settings, policy)
         if isinstance(target, str):
-            answer = fetch_json(f"{target}/flowaudit/report/{report.name}", parameters)
+            answer = fetch_json(f"{target}/flowaudit/report/{report.name}/", parameters)
             columns, rows = answer["columns"], [tuple(row) for row in answer["rows"]]
         else:
             try:
@@ -173,7 +173,7 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     try:
         target = _store_or_worker(settings, policy)
         if isinstance(target, str):
-            result = fetch_json(f"{target}/flowaudit/verify", {})
+            result = fetch_json(f"{target}/flowaudit/verify/", {})
         else:
             try:
                 result = verify_store(target).as_dict()

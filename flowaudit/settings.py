@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     batch_max_seconds: float = Field(
         default=1.0, gt=0, description="longest wait before a partial batch is written"
     )
+    commit_interval_seconds: float = Field(
+        default=1.0, gt=0, description="how often Faust commits acknowledged offsets"
+    )
+    session_timeout_seconds: float = Field(
+        default=30.0,
+        ge=6,
+        description="Kafka consumer-group session timeout: how soon a dead worker's partitions move",
+    )
     insert_retry_max_seconds: float = Field(
         default=30.0, gt=0, description="cap of the insert retry back-off"
     )

@@ -50,6 +50,14 @@ class FlowauditApp(faust.App):
     sink: Any = None
     fatal_error: BaseException | None = None
 
+    async def on_stop(self) -> None:
+        # Called before the agents are stopped: a sink retrying against a store that is down gives up
+        # after its current attempt, so the batch in flight ends (unacknowledged) and the worker stops.
+        # A store that works is not affected: the batch in flight is written and acknowledged.
+        if self.sink is not None and hasattr(self.sink, "stop"):
+            self.sink.stop()
+        await super().on_stop()
+
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
         if self.publisher is not None and hasattr(self.publisher, "stop"):
@@ -93,11 +101,16 @@ def create_app(
         web_bind=settings.web_bind,
         web_host=settings.web_bind,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_seconds,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         broker_commit_every=10_000,
         stream_buffer_maxsize=max(4096, settings.batch_max_rows * 2),
         producer_acks=-1,
         autodiscover=False,
+        # Acks happen right after a batch is durable; a batch left unacknowledged at shutdown is so on
+        # purpose (to be read again), so the consumer must not wait for it.
+        stream_wait_empty=False,
     )
     app.publisher = publisher
     app.sink = sink
@@ -135,9 +148,7 @@ async def _process_batch(
     try:
         result = await asyncio.shield(task)
     except asyncio.CancelledError:
-        # Shutting down: finish the batch in flight (the sink makes one last attempt), then ack it.
-        if app.sink is not None and hasattr(app.sink, "stop"):
-            app.sink.stop()
+        # Cancelled while shutting down: finish the batch in flight, then ack it.
         try:
             result = await task
         except Exception as exc:
@@ -156,6 +167,15 @@ async def _process_batch(
         await app.crash(exc)
         return
     except Exception as exc:
+        if app.should_stop:
+            log.error(
+                "batch of %d %s records not written before shutdown; it will be read again: %s",
+                len(events),
+                processor.kind,
+                exc,
+            )
+            app.fatal_error = app.fatal_error or exc
+            return
         log.critical("STOPPING: batch of %d %s records failed: %s", len(events), processor.kind, exc)
         app.fatal_error = exc
         await app.crash(exc)

@@ -1,0 +1,151 @@
+"""Helpers for integration tests: worker subprocesses, topic readers, metric scrapes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def worker_env(broker_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWAUDIT_")}
+    env.update(
+        FLOWAUDIT_KAFKA_URL=broker_url,
+        FLOWAUDIT_DATA_DIR=str(data_dir),
+        FLOWAUDIT_METRICS_PORT=str(free_port()),
+        FLOWAUDIT_WEB_PORT=str(free_port()),
+        FLOWAUDIT_BATCH_MAX_SECONDS="0.2",
+        FLOWAUDIT_TOPIC_PARTITIONS="2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`flowaudit worker` (or another command) in a subprocess; always stopped by the test."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, command: list[str] | None = None) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.command = command or [sys.executable, "-m", "flowaudit.cli", "worker"]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log, cwd=REPO)
+        wait_for(lambda: self.metric_text() is not None or self.exited(), 60, "the worker's metrics endpoint")
+        if self.exited():
+            raise AssertionError(f"worker exited early:\n{self.log()}")
+        return self
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def metric_text(self) -> str | None:
+        try:
+            port = self.env["FLOWAUDIT_METRICS_PORT"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        text = self.metric_text() or ""
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name = head.split("{", 1)[0]
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise AssertionError(f"worker did not stop within {timeout} s:\n{self.log()}") from None
+
+    def ensure_stopped(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def run_cli(
+    env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowaudit.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[Any]:
+    """Every record of `topic` from the start, waiting until at least `expected` are there."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        api_version=(2, 5),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+            if len(records) >= expected:
+                break
+        return records
+    finally:
+        consumer.close()

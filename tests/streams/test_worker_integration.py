@@ -1,0 +1,248 @@
+"""The worker through the Kafka protocol, against the embedded broker (librdkafka's mock cluster).
+
+Each test runs `flowaudit worker` in a subprocess pointed at a mock cluster started by the test,
+produces with `flowaudit produce` (kafka-python) or raw records, and reads the output topics back.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from flowaudit.broker import EmbeddedBroker
+from flowaudit.generator import EventGenerator
+from flowaudit.produce import KAFKA_API_VERSION, avro_record
+from flowaudit.settings import Settings
+from schemas import SCHEMA_DIR
+from streams.codec import MAGIC, AvroCodec
+from streams.decision import Decider
+from streams.events import event_from_mapping
+from streams.policy import Policy
+from tests.conftest import DATA_DIR
+from tests.helpers import REPO, WorkerProcess, read_topic, run_cli, wait_for, worker_env
+
+pytestmark = pytest.mark.integration
+SETTINGS = Settings()
+TOPICS = [
+    *SETTINGS.input_topics.values(),
+    SETTINGS.topic_approved,
+    SETTINGS.topic_blocked,
+    SETTINGS.topic_dead_letter,
+]
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as started:
+        started.create_topics(TOPICS, 2)
+        yield started
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.ensure_stopped()
+
+
+def _start(
+    workers: list[WorkerProcess],
+    env: dict[str, str],
+    tmp_path: Path,
+    name: str,
+    command: list[str] | None = None,
+) -> WorkerProcess:
+    worker = WorkerProcess(env, tmp_path / f"{name}.log", command)
+    workers.append(worker)
+    return worker.start()
+
+
+def _raw_producer(broker: EmbeddedBroker) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=broker.bootstrap, api_version=KAFKA_API_VERSION, acks="all")
+
+
+def test_events_flow_through_the_gate_with_correct_decisions(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy
+) -> None:
+    env = worker_env(broker.url, tmp_path / "data")
+    worker = _start(workers, env, tmp_path, "worker")
+
+    # canonical JSON events: the shipped examples and a generated mix, sent with `flowaudit produce`
+    events = [json.loads(line) for line in (DATA_DIR / "events" / "valid.jsonl").read_text().splitlines()]
+    events += list(EventGenerator(policy, seed=21).events(400))
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    produced = run_cli(env, "produce", str(source))
+    assert produced.returncode == 0, produced.stderr
+
+    # raw records: one corrupt, one with an unknown writer schema, one written with device_sync v1
+    codec = AvroCodec(SCHEMA_DIR)
+    sample = next(e for e in events if e["event_type"] == "device_sync")
+    old = dict(sample, event_id="1f000000-0000-4000-8000-000000000001", destination_country="US")
+    raw = _raw_producer(broker)
+    good = codec.encode("device_sync", avro_record(event_from_mapping(sample, policy)))
+    raw.send(SETTINGS.topic_device_sync, value=good[:12])
+    raw.send(SETTINGS.topic_device_sync, value=MAGIC + bytes(8) + b"\x02")
+    raw.send(
+        SETTINGS.topic_device_sync,
+        value=codec.encode("device_sync", avro_record(event_from_mapping(old, policy)), version=1),
+    )
+    raw.flush()
+    raw.close()
+    events.append(old)
+
+    decider = Decider(policy)
+    expected = {e["event_id"]: decider.decide(event_from_mapping(e, policy)) for e in events}
+    allowed = {k for k, d in expected.items() if d.decision == "allowed"}
+    blocked = set(expected) - allowed
+
+    approved_records = read_topic(broker.bootstrap, SETTINGS.topic_approved, len(allowed))
+    blocked_records = read_topic(broker.bootstrap, SETTINGS.topic_blocked, len(blocked))
+    dead = read_topic(broker.bootstrap, SETTINGS.topic_dead_letter, 2)
+    assert {r.key.decode() for r in approved_records} == allowed
+    assert {r.key.decode() for r in blocked_records} == blocked
+    for record in approved_records + blocked_records:
+        header = json.loads(dict(record.headers)["flowaudit-decision"])
+        decision = expected[record.key.decode()]
+        assert header["decision"] == decision.decision and header["rules"] == list(decision.rules)
+        assert header["data_categories"] == list(decision.data_categories)
+        assert header["legal_basis"] == decision.legal_basis
+    assert expected[old["event_id"]].rules == ("health-data-leaves-eea",)
+
+    reasons = sorted(dict(r.headers)["flowaudit-error-reason"].decode() for r in dead)
+    assert reasons == ["corrupt_body", "unknown_schema"]
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["flowaudit-source-topic"].decode() == SETTINGS.topic_device_sync
+        assert int(headers["flowaudit-source-offset"]) >= 0 and headers["flowaudit-error"]
+
+    # metrics match what was sent, by kind, decision and rule
+    wait_for(lambda: worker.metric("flowaudit_audit_rows_total") == len(expected), 30, "all audit rows")
+    for kind in ("device_sync", "sharing", "subcontractor_transfer"):
+        for verdict in ("allowed", "blocked"):
+            want = sum(
+                1 for e in events if e["event_type"] == kind and expected[e["event_id"]].decision == verdict
+            )
+            assert worker.metric("flowaudit_events_total", kind=kind, decision=verdict) == want, (
+                kind,
+                verdict,
+            )
+    for rule in {r for d in expected.values() for r in d.rules}:
+        want = sum(1 for d in expected.values() if rule in d.rules)
+        assert worker.metric("flowaudit_blocked_events_total", rule=rule) == want, rule
+    assert worker.metric("flowaudit_dead_letters_total", reason="corrupt_body") == 1
+    assert worker.metric("flowaudit_dead_letters_total", reason="unknown_schema") == 1
+    assert worker.metric("flowaudit_backpressure") == 0
+    assert worker.metric("flowaudit_last_audit_write_timestamp_seconds") > 0
+
+    # reports and verify while the worker holds the embedded store are answered by the worker
+    report = run_cli(env, "report", "user-disclosures", "--user", events[0]["user_id"], "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert b"held by the running worker" in report.stderr
+    assert any(row["recipient"] == "(platform: device sync)" for row in json.loads(report.stdout))
+    verify = run_cli(env, "verify")
+    assert verify.returncode == 0 and b"OK" in verify.stdout, verify.stdout + verify.stderr
+
+    assert worker.stop(signal.SIGTERM) == 0, worker.log()
+    after = run_cli(env, "verify", "--json")
+    result = json.loads(after.stdout)
+    assert after.returncode == 0 and result["ok"] and result["rows"] == len(expected)
+
+
+def test_evolved_schema_record_is_decided(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy
+) -> None:
+    env = worker_env(broker.url, tmp_path / "data")
+    _start(workers, env, tmp_path, "worker")
+    codec = AvroCodec(SCHEMA_DIR)
+    sample = json.loads((DATA_DIR / "events" / "valid.jsonl").read_text().splitlines()[1])  # ECG to the US
+    record = avro_record(event_from_mapping(sample, policy)) | {"firmware_version": "3.1.4"}
+    raw = _raw_producer(broker)
+    raw.send(SETTINGS.topic_device_sync, key=b"k", value=codec.encode("device_sync", record, version=2))
+    raw.flush()
+    raw.close()
+    [out] = read_topic(broker.bootstrap, SETTINGS.topic_blocked, 1)
+    assert json.loads(dict(out.headers)["flowaudit-decision"])["rules"] == ["health-data-leaves-eea"]
+    assert out.value == codec.encode("device_sync", record, version=2)  # forwarded untouched
+
+
+def _send_generated(
+    env: dict[str, str], tmp_path: Path, policy: Policy, count: int, seed: int
+) -> list[dict[str, Any]]:
+    events = list(EventGenerator(policy, seed=seed).events(count))
+    source = tmp_path / f"events-{seed}.jsonl"
+    source.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    assert run_cli(env, "produce", str(source)).returncode == 0
+    return events
+
+
+def test_events_whose_sink_write_failed_are_processed_again_after_a_restart(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy
+) -> None:
+    env = worker_env(broker.url, tmp_path / "data", FLOWAUDIT_INSERT_RETRY_MAX_SECONDS="0.5")
+    failing = _start(
+        workers,
+        env,
+        tmp_path,
+        "failing",
+        [sys.executable, str(REPO / "tests" / "streams" / "failing_store_worker.py")],
+    )
+    events = _send_generated(env, tmp_path, policy, 120, seed=5)
+    wait_for(lambda: failing.metric("flowaudit_audit_insert_retries_total") >= 2, 60, "insert retries")
+    assert failing.metric("flowaudit_backpressure") == 1
+    assert failing.metric("flowaudit_audit_rows_total") == 0
+    failing.stop(signal.SIGTERM)  # the batch in flight is not acknowledged: its offsets stay uncommitted
+
+    worker = _start(workers, worker_env(broker.url, tmp_path / "data"), tmp_path, "worker")
+    wait_for(lambda: worker.metric("flowaudit_audit_rows_total") >= len(events), 60, "rows after restart")
+    assert worker.stop() == 0
+    result = json.loads(run_cli(env, "verify", "--json").stdout)
+    assert result["ok"] and result["rows"] == len(events)
+
+
+def test_crash_between_write_and_commit_leaves_no_duplicates(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy
+) -> None:
+    # commits are made rare, so the kill lands after the audit write and before the offset commit
+    env = worker_env(
+        broker.url,
+        tmp_path / "data",
+        FLOWAUDIT_COMMIT_INTERVAL_SECONDS="120",
+        FLOWAUDIT_SESSION_TIMEOUT_SECONDS="6",
+    )
+    first = _start(workers, env, tmp_path, "first")
+    events = _send_generated(env, tmp_path, policy, 300, seed=6)
+    wait_for(lambda: first.metric("flowaudit_audit_rows_total") >= len(events), 60, "rows written")
+    first.stop(signal.SIGKILL)
+
+    second = _start(workers, worker_env(broker.url, tmp_path / "data"), tmp_path, "second")
+    wait_for(lambda: second.metric("flowaudit_audit_rows_replayed_total") >= len(events), 60, "the replay")
+    assert second.metric("flowaudit_audit_rows_total") == 0
+    assert second.stop() == 0
+    result = json.loads(run_cli(env, "verify", "--json").stdout)
+    assert result["ok"] and result["rows"] == len(events)
+
+
+def test_a_flood_of_invalid_records_stops_the_worker_loudly(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    env = worker_env(broker.url, tmp_path / "data", FLOWAUDIT_INVALID_RATIO_WINDOW="20")
+    worker = _start(workers, env, tmp_path, "worker")
+    raw = _raw_producer(broker)
+    for n in range(60):
+        raw.send(SETTINGS.topic_sharing, value=b"not avro %d" % n)
+    raw.flush()
+    raw.close()
+    wait_for(worker.exited, 60, "the worker to stop")
+    assert worker.process is not None and worker.process.returncode == 3
+    assert "invalid" in worker.log()
+    assert read_topic(broker.bootstrap, SETTINGS.topic_dead_letter, 1, timeout=3) == []
