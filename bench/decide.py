@@ -13,6 +13,7 @@ import json
 import time
 
 from flowaudit.generator import EventGenerator
+from flowaudit.tuning import tune_process
 from policy import DEFAULT_POLICY_DIR
 from streams.decision import Decider
 from streams.events import event_from_mapping
@@ -20,6 +21,7 @@ from streams.policy import load_policy
 
 
 def main() -> None:
+    tune_process()
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)

@@ -22,6 +22,7 @@ from flowaudit.generator import EventGenerator
 from flowaudit.produce import EventProducer
 from flowaudit.runtime import Runtime, build_runtime, make_worker, start_metrics_server
 from flowaudit.settings import Settings
+from flowaudit.tuning import tune_process
 from sinks.clickhouse import AuditStore, StoreError, load_chain_key
 from streams.codec import MAGIC
 from streams.pipeline import BatchResult
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # One record in this many is deliberately broken (truncated body, unknown schema, invalid content).
 BAD_RECORD_EVERY = 500
+# The embedded broker keeps about 5 MB per partition; the producer never runs further ahead of the
+# worker than this, so no record falls off the log before it is read.
+MAX_AHEAD = 20_000
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Progress:
     blocked: int = 0
     dead_lettered: int = 0
     written: int = 0
+    stopping: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, kind: str, result: BatchResult) -> None:
@@ -92,6 +97,9 @@ def _produce(runtime: Runtime, progress: Progress, count: int, seed: int) -> Non
             if number % 1000 == 0:
                 with progress.lock:
                     progress.produced = producer.sent
+                while producer.sent - progress.consumed > MAX_AHEAD and not progress.stopping:
+                    producer.flush()
+                    time.sleep(0.05)
         producer.close()
         with progress.lock:
             progress.produced = producer.sent
@@ -165,6 +173,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, timeout: float = 900.0) -> int:
+    tune_process()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     demo_dir = settings.data_dir / "demo"
     embedded_store = settings.clickhouse_url is None
@@ -206,6 +215,7 @@ def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, tim
         elif now - started > timeout:
             reason = f"timed out after {timeout:.0f} s"
         if reason and not stopping["done"]:
+            progress.stopping = True
             stopping.update(done=True, reason=reason, task=asyncio.ensure_future(worker.stop()))
 
     print(

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import orjson
 
+from flowaudit.tuning import tune_process
 from streams.decision import Decider
 from streams.events import InvalidEvent, event_from_mapping
 from streams.policy import Policy
@@ -64,6 +65,7 @@ def read_lines(source: BinaryIO) -> Iterable[bytes]:
 
 
 def run(path: str, policy: Policy, *, verbose: bool, quiet: bool) -> int:
+    tune_process()
     if path == "-":
         stats = evaluate_lines(read_lines(sys.stdin.buffer), policy, sys.stdout.buffer, verbose=verbose)
     else:

@@ -15,6 +15,7 @@ from typing import Any
 from flowaudit import metrics
 from flowaudit.broker import EmbeddedBroker
 from flowaudit.settings import Settings, kafka_bootstrap
+from flowaudit.tuning import tune_process
 from sinks.clickhouse import AuditStore, StoreError, load_chain_key
 from streams.app import BatchObserver, FlowauditApp, create_app
 from streams.pipeline import ClickHouseSink
@@ -112,6 +113,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     """`flowaudit worker`: run until SIGTERM/SIGINT; exit 0 after a clean stop."""
     from flowaudit.webapi import remove_worker_file, write_worker_file
 
+    tune_process()
     logging.basicConfig(
         level=getattr(logging, loglevel), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -1,7 +1,7 @@
 """Audit rows and the hash chain: pure functions shared by the writer and the verifier.
 
 A row's content is a tuple in `CONTENT_COLUMNS` order with plain JSON values (timestamps as
-"<epoch seconds>.<millis>" strings, which ClickHouse reads exactly into DateTime64(3)). The row
+"YYYY-MM-DD HH:MM:SS.mmm" UTC strings, which ClickHouse reads exactly into DateTime64(3)). The row
 hash is SHA-256 over the compact JSON of that tuple: the very bytes written. The verifier rebuilds
 the tuple from what ClickHouse returns and must get the same bytes.
 
@@ -16,11 +16,12 @@ to the store but does not hold the key from forging a consistent chain.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -69,6 +70,7 @@ ALL_COLUMNS = CONTENT_COLUMNS + LINK_COLUMNS
 TIMESTAMP_COLUMNS = frozenset({"occurred_at", "decided_at", "ingested_at"})
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
+_EPOCH_DATE = date(1970, 1, 1)
 
 
 class AuditRecord(NamedTuple):
@@ -90,9 +92,21 @@ def chain_id_for(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_text(days: int) -> str:
+    return (_EPOCH_DATE + timedelta(days=days)).isoformat()
+
+
 def ch_time(millis: int) -> str:
-    """Epoch milliseconds -> the exact DateTime64(3) text form used in rows and hashes."""
-    return f"{millis // 1000}.{millis % 1000:03d}"
+    """Epoch milliseconds -> 'YYYY-MM-DD HH:MM:SS.mmm' (UTC), the DateTime64(3) text used in rows and hashes.
+
+    Not epoch-seconds text: ClickHouse reads short numbers (any time before 2001) as other formats.
+    """
+    days, rest = divmod(millis, 86_400_000)
+    seconds, ms = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_day_text(days)} {hours:02d}:{minutes:02d}:{seconds:02d}.{ms:03d}"
 
 
 def millis_of(value: datetime) -> int:
@@ -113,56 +127,78 @@ class RowBuilder:
         self._zone = policy.protected_countries
         self._zone_id = policy.protected_zone
         self._declared = {pid: p.data_categories for pid, p in policy.purposes.items()}
+        self._facts_memo: dict[tuple[str, tuple[str, ...]], tuple[bool, tuple[str, ...]]] = {}
+        self._times: dict[int, str] = {}
 
-    def content(self, record: AuditRecord, ingested_at_ms: int) -> tuple[Any, ...]:
-        event, decision = record.event, record.decision
-        categories = decision.data_categories
+    def _facts(self, purpose: str, categories: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
+        """(carries special-category data, categories the register does not declare for the purpose)."""
         special = any(
             c in self._special or (c == self._unclassified and self._unclassified_is_special)
             for c in categories
         )
-        declared = self._declared.get(event.purpose)
-        undeclared = [c for c in categories if declared is None or c not in declared]
+        declared = self._declared.get(purpose)
+        undeclared = tuple(c for c in categories if declared is None or c not in declared)
+        if len(self._facts_memo) >= 65_536:
+            self._facts_memo.clear()
+        self._facts_memo[(purpose, categories)] = (special, undeclared)
+        return special, undeclared
+
+    def content(self, record: AuditRecord, ingested_at_ms: int) -> tuple[Any, ...]:
+        """The row's content columns. Tuples serialize as JSON arrays, exactly like lists."""
+        event, decision = record.event, record.decision
+        categories = decision.data_categories
+        purpose = event.purpose
+        facts = self._facts_memo.get((purpose, categories)) or self._facts(purpose, categories)
         kind = event.event_type
-        if kind == "sharing":
-            counterparty_type, counterparty = event.recipient_type or "", event.recipient
-        elif kind == "subcontractor_transfer":
-            counterparty_type, counterparty = "subcontractor", event.subcontractor
-        else:
+        if kind == "device_sync":
             counterparty_type, counterparty = "platform", None
+        elif kind == "sharing":
+            counterparty_type, counterparty = event.recipient_type or "", event.recipient
+        else:
+            counterparty_type, counterparty = "subcontractor", event.subcontractor
+        destination = event.destination_country
         return (
             decision.event_id,
             kind,
             ch_time(event.occurred_at_ms),
             event.user_id,
             event.user_country,
-            event.destination_country,
-            event.destination_country not in self._zone,
+            destination,
+            destination not in self._zone,
             self._zone_id,
             counterparty_type,
             counterparty,
             event.device_model,
             event.device_id,
-            event.record_count if event.record_count is not None else 1,
+            event.record_count or 1,
             event.encrypted,
             event.pseudonymized,
-            event.purpose,
+            purpose,
             event.consent_id,
-            list(event.fields),
-            list(categories),
-            special,
-            undeclared,
+            event.fields,
+            categories,
+            facts[0],
+            facts[1],
             decision.legal_basis,
             decision.decision,
-            list(decision.rules),
-            list(decision.waived),
+            decision.rules,
+            decision.waived,
             decision.policy_version,
-            ch_time(record.decided_at_ms),
+            self._batch_time(record.decided_at_ms),
             record.topic,
             record.partition,
             record.offset,
-            ch_time(ingested_at_ms),
+            self._batch_time(ingested_at_ms),
         )
+
+    def _batch_time(self, millis: int) -> str:
+        """ch_time for values shared by a whole batch (decision and ingestion times): remembered."""
+        text = self._times.get(millis)
+        if text is None:
+            if len(self._times) > 64:
+                self._times.clear()
+            text = self._times[millis] = ch_time(millis)
+        return text
 
 
 def content_bytes(content: Sequence[Any]) -> bytes:

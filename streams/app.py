@@ -1,8 +1,9 @@
 """The Faust application: one agent per input topic, each running the batch pipeline.
 
-Each agent reads batches with `Stream.noack_take` (by size and by time) and acknowledges the
-batch's events only after `BatchProcessor.process` returned, i.e. after the audit rows, the
-forwarded events and the dead letters are durable. Faust commits acknowledged offsets. A batch
+Each agent reads batches with `Stream.noack_take` (by size and by time) and acknowledges a
+batch's events only after `BatchProcessor.process` returned for it, i.e. after its audit rows,
+forwarded events and dead letters are durable. Up to two batches per agent are in flight: the next
+one is decided while the previous one is written. Faust commits acknowledged offsets. A batch
 whose processing failed is not acknowledged. The worker stops (the invalid-ratio guard, or a
 store that cannot be written at shutdown), and the batch is read again after a restart.
 
@@ -127,14 +128,28 @@ def create_app(
     return app
 
 
+# An agent decides its next batch while the previous one is being written and forwarded. Writes stay
+# in order (one store thread, first in, first out), and each batch is acknowledged when durable.
+MAX_BATCHES_IN_FLIGHT = 2
+
+
 def _make_agent(
     app: FlowauditApp, processor: BatchProcessor, settings: Settings, observer: BatchObserver | None
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
-        async for events in stream.noack_take(settings.batch_max_rows, within=settings.batch_max_seconds):
-            if not events:
-                continue
-            await _process_batch(app, processor, events, observer)
+        inflight: set[asyncio.Future[None]] = set()
+        try:
+            async for events in stream.noack_take(settings.batch_max_rows, within=settings.batch_max_seconds):
+                if not events:
+                    continue
+                task = asyncio.ensure_future(_process_batch(app, processor, events, observer))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                if len(inflight) >= MAX_BATCHES_IN_FLIGHT:
+                    await asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if inflight:
+                await asyncio.shield(asyncio.gather(*inflight, return_exceptions=True))
 
     agent.__name__ = f"process_{processor.kind}"
     return agent

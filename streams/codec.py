@@ -65,8 +65,22 @@ class WriterSchema:
     kind: str
     version: int
     fingerprint: bytes  # 8 bytes, little-endian, as on the wire
-    parsed: Any
+    parsed: Any  # with logical types: encoding accepts datetimes and UUIDs
+    plain: Any  # logical types removed: decoding yields ints and strings, as the validator wants
     path: Path
+
+
+def _without_logical_types(schema: Any) -> Any:
+    """The same schema minus `logicalType` annotations (Parsing Canonical Form ignores them too).
+
+    Decoding with it skips fastavro's conversion to datetime and UUID objects, which the validator
+    would turn straight back into epoch milliseconds and a string.
+    """
+    if isinstance(schema, dict):
+        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_without_logical_types(item) for item in schema]
+    return schema
 
 
 class AvroCodec:
@@ -88,7 +102,8 @@ class AvroCodec:
             canonical = to_parsing_canonical_form(raw)
             fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
             kind, version = match["kind"], int(match["version"])
-            schema = WriterSchema(kind, version, fingerprint, parsed, path)
+            plain = fastavro.parse_schema(_without_logical_types(raw))
+            schema = WriterSchema(kind, version, fingerprint, parsed, plain, path)
             if fingerprint in self._by_fingerprint:
                 other = self._by_fingerprint[fingerprint].path.name
                 raise ValueError(f"{path}: same canonical form as {other}")
@@ -149,7 +164,7 @@ class AvroCodec:
         buffer = io.BytesIO(data[HEADER_SIZE:])
         try:
             record = fastavro.schemaless_reader(
-                buffer, writer.parsed, None if reader is writer else reader.parsed
+                buffer, writer.plain, None if reader is writer else reader.plain
             )
         except Exception as exc:  # fastavro raises a variety of errors on corrupt bodies
             raise DecodeError(

@@ -240,3 +240,15 @@ def test_reports_on_a_known_input(store_factory: Any, policy: Policy) -> None:
     daily = _run_report(store, "daily-volume", since="2025-11-05", until="2025-11-06")
     assert sum(r["events"] for r in daily if r["category"] == "health") == 2
     assert {str(r["day"]) for r in daily} == {"2025-11-05"}
+
+
+def test_a_batch_prepared_on_one_in_flight_inserts_after_it(store_factory: Any, policy: Policy) -> None:
+    store = store_factory()
+    records = generated(policy, 600)
+    first = store.prepare(records[:300])
+    second = store.prepare(records[300:], after=first)
+    with pytest.raises(StoreError, match="stale batch"):
+        store.insert(second)  # out of order: refused
+    store.insert(first)
+    store.insert(second)
+    assert store.count() == 600 and verify_store(store).ok

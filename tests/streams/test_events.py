@@ -99,3 +99,66 @@ def test_counterparty() -> None:
     assert Event(event_type="sharing", recipient="Strava", **base).counterparty == "Strava"  # type: ignore[arg-type]
     assert Event(event_type="subcontractor_transfer", subcontractor="BSO", **base).counterparty == "BSO"  # type: ignore[arg-type]
     assert Event(event_type="device_sync", **base).counterparty is None  # type: ignore[arg-type]
+
+
+def test_millisecond_timestamps_never_lose_a_millisecond(policy: Policy) -> None:
+    base = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "device_sync",
+        "user_id": "u",
+        "user_country": "FR",
+        "fields": [],
+        "destination_country": "FR",
+        "purpose": "hosting",
+        "consent_id": None,
+        "device_model": "m",
+        "device_id": "d",
+    }
+    for millis in (0, 1, 1762330502120, 1762330502999, 4102444799999):
+        text = format_millis(millis)
+        assert event_from_mapping(base | {"occurred_at": text}, policy).occurred_at_ms == millis
+        moment = datetime.fromtimestamp(millis // 1000, tz=UTC).replace(microsecond=(millis % 1000) * 1000)
+        assert event_from_mapping(base | {"occurred_at": moment}, policy).occurred_at_ms == millis
+
+
+def test_the_avro_fast_path_agrees_with_the_general_validator(policy: Policy) -> None:
+    import copy
+
+    from flowaudit.generator import EventGenerator
+    from flowaudit.produce import avro_record
+    from schemas import SCHEMA_DIR
+    from streams.codec import AvroCodec
+    from streams.events import event_from_avro
+
+    codec = AvroCodec(SCHEMA_DIR)
+    mutations = [
+        {},
+        {"event_id": "0B6F7D58-3A0E-4C55-9A55-0D8F3A1C2B01"},
+        {"event_id": "0b6f7d583a0e4c559a550d8f3a1c2b01"},
+        {"event_id": "nope"},
+        {"destination_country": "fr "},
+        {"destination_country": "XX"},
+        {"user_country": "de"},
+        {"user_country": "Germany"},
+        {"fields": ["weight", ""]},
+        {"purpose": " "},
+        {"device_model": ""},
+        {"recipient": ""},
+        {"subcontractor": " "},
+        {"record_count": 0},
+    ]
+    for raw in EventGenerator(policy, seed=13).events(300):
+        kind = raw["event_type"]
+        _, decoded = codec.decode(codec.encode(kind, avro_record(event_from_mapping(raw, policy))))
+        for change in mutations:
+            record = copy.deepcopy(decoded)
+            record.update({k: v for k, v in change.items() if k in record})
+            try:
+                expected: object = event_from_mapping(record, policy, event_type=kind)
+            except InvalidEvent as exc:
+                expected = ("invalid", str(exc))
+            try:
+                got: object = event_from_avro(record, kind, policy)
+            except InvalidEvent as exc:
+                got = ("invalid", str(exc))
+            assert got == expected, (change, got, expected)

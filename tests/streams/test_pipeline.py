@@ -138,3 +138,23 @@ def test_memory_sink_recognises_replays(policy: Policy) -> None:
     asyncio.run(processor.process(messages))
     again = asyncio.run(processor.process(messages))
     assert (again.written, again.replayed) == (0, 2)
+
+
+def test_decision_header_is_the_decision_as_json(policy: Policy) -> None:
+    from streams.decision import Decider
+
+    processor, _ = _processor(policy, "sharing", MemorySink())
+    decider = Decider(policy)
+    for raw in _examples(policy, "sharing") * 2:  # the second round comes from the cache
+        decision = decider.decide(event_from_mapping(raw, policy))
+        header = json.loads(processor._decision_header(decision, 1234))
+        assert header == {
+            "event_id": decision.event_id,
+            "decided_at": 1234,
+            "decision": decision.decision,
+            "data_categories": list(decision.data_categories),
+            "legal_basis": decision.legal_basis,
+            "rules": list(decision.rules),
+            "waived": list(decision.waived),
+            "policy_version": policy.version,
+        }

@@ -1,0 +1,154 @@
+"""Audit sink benchmark: rows/s written into chDB, and report latency over a 10,000,000-row store.
+
+1. Builds realistic audit records (generator + decision core, not timed), then writes them through
+   `AuditStore.prepare` + `insert` in batches of --batch rows:
+   - sequential: prepare then insert, batch after batch;
+   - overlapped: the next batch is prepared while the previous one is inserted on another thread
+     (chDB releases the GIL while it parses and writes), which is how the worker runs, since its
+     insert happens on the store thread while the event loop decides the next batch.
+2. Grows the store to --rows rows with INSERT … SELECT inside ClickHouse (copies of the written rows
+   with fresh event ids, spread over --users data subjects and a year of timestamps; their chain
+   columns are not valid, this store is for query latency only), then times `user-disclosures` for
+   several users and `blocked-health-transfers`, median of the runs.
+
+Usage: python bench/sink.py [--records 200000] [--rows 10000000] [--batch 20000]
+Targets (issue 4): >= 150,000 rows/s; user-disclosures < 200 ms at 10M rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from flowaudit.generator import EventGenerator
+from flowaudit.tuning import tune_process
+from policy import DEFAULT_POLICY_DIR
+from sinks.audit import AuditRecord
+from sinks.clickhouse import AuditStore, PreparedBatch, qualify
+from sinks.reports import load_reports, report_parameters
+from streams.decision import Decider
+from streams.events import event_from_mapping
+from streams.policy import load_policy
+
+
+def build_records(count: int) -> list[AuditRecord]:
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    decider = Decider(policy)
+    records = []
+    for offset, raw in enumerate(EventGenerator(policy, seed=3).events(count)):
+        event = event_from_mapping(raw, policy)
+        records.append(AuditRecord(event, decider.decide(event), "flowaudit.bench", offset % 4, offset, 0))
+    return records
+
+
+def write_sequential(store: AuditStore, records: list[AuditRecord], batch: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(records), batch):
+        store.insert(store.prepare(records[start : start + batch]))
+    return len(records) / (time.perf_counter() - started)
+
+
+def write_overlapped(store: AuditStore, records: list[AuditRecord], batch: int) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as inserter:
+        inflight: Future[None] | None = None
+        previous: PreparedBatch | None = None
+        for start in range(0, len(records), batch):
+            prepared = store.prepare(records[start : start + batch], after=previous)
+            if inflight is not None:
+                inflight.result()  # one insert in flight at most; links must land in order
+            inflight = inserter.submit(store.insert, prepared)
+            previous = prepared
+        if inflight is not None:
+            inflight.result()
+    return len(records) / (time.perf_counter() - started)
+
+
+def grow(store: AuditStore, target_rows: int, users: int) -> float:
+    started = time.perf_counter()
+    table = store.table
+    while (current := store.count()) < target_rows:
+        take = min(current, target_rows - current)
+        store.client.command(
+            f"""INSERT INTO {table}
+            SELECT * REPLACE (
+                generateUUIDv4(number) AS event_id,
+                if(isNull(user_id), NULL, concat('u-', toString(cityHash64(number) % {users}))) AS user_id,
+                occurred_at - toIntervalSecond(cityHash64(number, 1) % 31536000) AS occurred_at
+            )
+            FROM (SELECT *, rowNumberInAllBlocks() + {current} AS number FROM {table} LIMIT {take})
+            SETTINGS max_insert_threads = 2""".replace("SELECT * REPLACE", "SELECT * EXCEPT (number) REPLACE")
+        )
+    store.client.command(f"OPTIMIZE TABLE {table} FINAL")
+    return time.perf_counter() - started
+
+
+def time_report(store: AuditStore, name: str, runs: list[dict[str, str | None]]) -> list[float]:
+    report = load_reports()[name]
+    sql = qualify(report.sql, store.table)
+    timings = []
+    for args in runs:
+        params = report_parameters(report, args.get("since"), args.get("until"), args.get("user"))
+        started = time.perf_counter()
+        store.query(sql, params)
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def main() -> None:
+    tune_process()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--dir", help="keep the store here (default: a temporary directory)")
+    args = parser.parse_args()
+
+    records = build_records(args.records)
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.dir or tmp) / "bench-audit"
+        store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_seq")
+        store.connect()
+        # warm up the engine (first insert pays for lazy initialisation), then measure
+        store.insert(store.prepare(records[: args.batch]))
+        sequential = write_sequential(store, records[args.batch :], args.batch)
+        overlapped_store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_ovl")
+        overlapped_store._client = store.client
+        overlapped_store.apply_ddl()
+        overlapped = write_overlapped(overlapped_store, records, args.batch)
+
+        grow_seconds = grow(store, args.rows, args.users)
+        rows = store.count()
+        users = [f"u-{n}" for n in range(0, args.users, max(1, args.users // 25))][:25]
+        disclosures = time_report(store, "user-disclosures", [{"user": u} for u in users])
+        blocked = time_report(store, "blocked-health-transfers", [{} for _ in range(7)])
+        _, sample = store.query(
+            f"SELECT count() FROM {store.table} WHERE user_id = {{u:String}}", {"u": users[len(users) // 2]}
+        )
+        store.close()
+
+    result = {
+        "records": args.records,
+        "batch_rows": args.batch,
+        "rows_per_second_sequential": round(sequential),
+        "rows_per_second_overlapped": round(overlapped),
+        "store_rows": rows,
+        "grow_seconds": round(grow_seconds, 1),
+        "rows_of_one_user": int(sample[0][0]),
+        "user_disclosures_ms_median": round(statistics.median(disclosures), 1),
+        "user_disclosures_ms_max": round(max(disclosures), 1),
+        "blocked_health_transfers_ms_median": round(statistics.median(blocked), 1),
+        "targets": {"rows_per_second": 150_000, "user_disclosures_ms": 200},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

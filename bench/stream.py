@@ -1,0 +1,237 @@
+"""Stream benchmark: the worker's end-to-end events/s against a no-op Faust agent, in one run.
+
+The parent process starts the embedded broker (librdkafka's mock cluster), creates the three input
+topics with --partitions partitions each, and produces --events records of the generated mix
+(Avro single-object encoded). Then, one after the other so they do not share the CPU, it runs in
+subprocesses against the same topics and partitions, each with its own consumer group:
+
+- `noop`: three Faust agents (one per input topic) that take batches the way the worker does
+  (`noack_take`, same size and time limits) and only acknowledge them;
+- `noop-iter`: three agents doing `async for event in stream: pass`;
+- `full`: the real worker runtime: decode, validate, decide, forward to the gate topics, dead
+  letters, audit rows into chDB, acknowledge after durability.
+
+Each run is timed from the end of its first batch to its last event, counting only the events after
+that first batch (start-up, the group join and the first batch are excluded, the same way for all).
+The ratio uses the faster of the two no-op baselines. Target (issue 3): full >= 70% of no-op.
+The mock cluster keeps ~5 MB per partition, so --events must fit (the default does).
+
+Usage: python bench/stream.py [--events 60000] [--partitions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+
+
+def _settings(bootstrap: str, data_dir: str, group: str) -> Any:
+    from flowaudit.settings import Settings
+
+    return Settings(
+        kafka_url=f"kafka://{bootstrap}",
+        data_dir=Path(data_dir),
+        consumer_group=f"{group}-{os.getpid()}",  # a fresh group per run: it reads from the start
+        metrics_port=0,
+        web_port=0,
+    )
+
+
+def run_noop(bootstrap: str, events: int, data_dir: str, iterate: bool) -> dict[str, Any]:
+    import faust
+
+    from flowaudit.runtime import make_worker
+    from flowaudit.tuning import tune_process
+
+    tune_process()  # the same process tuning as the worker, so the comparison is fair
+    settings = _settings(bootstrap, data_dir, "bench-noop-iter" if iterate else "bench-noop")
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{bootstrap}",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        store="memory://",
+        datadir=str(Path(data_dir) / "faust-noop"),
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, settings.batch_max_rows * 2),
+        stream_wait_empty=False,
+        autodiscover=False,
+    )
+    state: dict[str, Any] = {"count": 0, "first": None, "last": None, "first_count": 0}
+    worker = make_worker(app, "ERROR")
+
+    def seen(count: int) -> None:
+        state["count"] += count
+        if state["first"] is None:
+            state["first"], state["first_count"] = time.perf_counter(), state["count"]
+        if state["count"] >= events and state["last"] is None:
+            state["last"] = time.perf_counter()
+            state["stop"] = asyncio.ensure_future(worker.stop())
+
+    for topic_name in settings.input_topics.values():
+        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
+        if iterate:
+
+            async def agent(stream: Any) -> None:
+                async for _ in stream:
+                    seen(1)
+
+        else:
+
+            async def agent(stream: Any) -> None:
+                async for batch in stream.noack_take(
+                    settings.batch_max_rows, within=settings.batch_max_seconds
+                ):
+                    for event in batch:
+                        event.ack()
+                    seen(len(batch))
+
+        app.agent(topic, name=f"noop.{topic_name}")(agent)
+    with contextlib.suppress(SystemExit):
+        worker.execute_from_commandline()
+    return _rate(state)
+
+
+def _rate(state: dict[str, Any]) -> dict[str, Any]:
+    """Events after the first batch, over the time from the end of the first batch to the last event."""
+    timed = state["count"] - state["first_count"]
+    elapsed = state["last"] - state["first"]
+    return {
+        "events": state["count"],
+        "timed_events": timed,
+        "seconds": elapsed,
+        "events_per_second": timed / elapsed,
+    }
+
+
+def run_full(bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
+    from flowaudit.runtime import build_runtime, make_worker
+    from flowaudit.tuning import tune_process
+
+    tune_process()
+    settings = _settings(bootstrap, data_dir, "bench-full")
+    state: dict[str, Any] = {
+        "count": 0,
+        "first": None,
+        "last": None,
+        "written": 0,
+        "dead": 0,
+        "first_count": 0,
+    }
+    holder: dict[str, Any] = {}
+
+    def observe(kind: str, result: Any) -> None:
+        state["count"] += result.consumed
+        if state["first"] is None:
+            state["first"], state["first_count"] = time.perf_counter(), state["count"]
+        state["written"] += result.written
+        state["dead"] += result.dead_lettered
+        if state["count"] >= events and state["last"] is None:
+            state["last"] = time.perf_counter()
+            state["stop"] = asyncio.ensure_future(holder["worker"].stop())
+
+    runtime = build_runtime(settings, observer=observe, web_enabled=False)
+    holder["worker"] = make_worker(runtime.app, "ERROR")
+    try:
+        holder["worker"].execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        runtime.close()
+    return _rate(state) | {"written": state["written"], "dead_lettered": state["dead"]}
+
+
+def produce(bootstrap: str, events: int) -> None:
+    from flowaudit.generator import EventGenerator
+    from flowaudit.produce import EventProducer
+    from flowaudit.settings import Settings
+    from policy import DEFAULT_POLICY_DIR
+    from streams.policy import load_policy
+
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    producer = EventProducer(bootstrap, Settings(metrics_port=0), policy)
+    for raw in EventGenerator(policy, seed=8).events(events):
+        producer.send(raw)
+    producer.close()
+
+
+def child(role: str, bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(HERE),
+        "--role",
+        role,
+        "--bootstrap",
+        bootstrap,
+        "--events",
+        str(events),
+        "--data-dir",
+        data_dir,
+    ]
+    result = subprocess.run(command, capture_output=True, timeout=900, check=False, env=dict(os.environ))
+    if result.returncode != 0:
+        raise SystemExit(f"{role} run failed:\n{result.stderr.decode()[-3000:]}")
+    line = result.stdout.decode().strip().splitlines()[-1]
+    parsed: dict[str, Any] = json.loads(line)
+    return parsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--role", choices=("noop", "noop-iter", "full"))
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+
+    if args.role:
+        # the runs' own logging goes to stderr; stdout carries one JSON line
+        if args.role == "full":
+            result = run_full(args.bootstrap, args.events, args.data_dir)
+        else:
+            result = run_noop(args.bootstrap, args.events, args.data_dir, iterate=args.role == "noop-iter")
+        print(json.dumps(result))
+        return
+
+    from flowaudit.broker import EmbeddedBroker
+    from flowaudit.runtime import all_topics
+    from flowaudit.settings import Settings
+
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        broker.create_topics(all_topics(Settings(metrics_port=0)), args.partitions)
+        started = time.perf_counter()
+        produce(broker.bootstrap, args.events)
+        produced_in = time.perf_counter() - started
+        noop = child("noop", broker.bootstrap, args.events, tmp)
+        noop_iter = child("noop-iter", broker.bootstrap, args.events, tmp)
+        full = child("full", broker.bootstrap, args.events, tmp)
+    baseline = max(noop["events_per_second"], noop_iter["events_per_second"])
+    report = {
+        "events": args.events,
+        "partitions_per_topic": args.partitions,
+        "produce_seconds": round(produced_in, 1),
+        "noop_take_events_per_second": round(noop["events_per_second"]),
+        "noop_iterate_events_per_second": round(noop_iter["events_per_second"]),
+        "full_pipeline_events_per_second": round(full["events_per_second"]),
+        "full_pipeline_audit_rows": full["written"],
+        "ratio_full_to_best_noop": round(full["events_per_second"] / baseline, 3),
+        "target_ratio": 0.7,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
