@@ -22,6 +22,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 test: $(BIN)/.installed
+	./scripts/install-system-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -29,6 +30,8 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/decide.py
 	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/sink.py
+	$(BIN)/python bench/stream.py
 
 clean:
 	rm -rf $(VENV) .flowaudit .pytest_cache .mypy_cache .ruff_cache *.egg-info

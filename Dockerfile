@@ -1,0 +1,19 @@
+# The flowaudit worker image (used by docker-compose.yml).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY flowaudit ./flowaudit
+COPY streams ./streams
+COPY sinks ./sinks
+COPY schemas ./schemas
+COPY policy ./policy
+RUN pip install --no-cache-dir . && useradd --system --home /var/lib/flowaudit flowaudit \
+    && mkdir -p /var/lib/flowaudit && chown flowaudit /var/lib/flowaudit
+USER flowaudit
+ENV FLOWAUDIT_DATA_DIR=/var/lib/flowaudit \
+    FLOWAUDIT_METRICS_BIND=0.0.0.0 \
+    FLOWAUDIT_WEB_BIND=0.0.0.0
+EXPOSE 9464 6066
+HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=3)"
+CMD ["flowaudit", "worker"]
