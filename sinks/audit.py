@@ -121,9 +121,7 @@ class RowBuilder:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._special = policy.special_categories
-        self._unclassified_is_special = policy.unclassified_treated_as in policy.special_categories
-        self._unclassified = policy.unclassified_category
+        self._special = policy.special_reported_categories
         self._zone = policy.protected_countries
         self._zone_id = policy.protected_zone
         self._declared = {pid: p.data_categories for pid, p in policy.purposes.items()}
@@ -132,10 +130,7 @@ class RowBuilder:
 
     def _facts(self, purpose: str, categories: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
         """(carries special-category data, categories the register does not declare for the purpose)."""
-        special = any(
-            c in self._special or (c == self._unclassified and self._unclassified_is_special)
-            for c in categories
-        )
+        special = not self._special.isdisjoint(categories)
         declared = self._declared.get(purpose)
         undeclared = tuple(c for c in categories if declared is None or c not in declared)
         if len(self._facts_memo) >= 65_536:

@@ -145,9 +145,7 @@ class BatchProcessor:
         self.topics = topics
         self.guard = guard
         self._header_tails: dict[tuple[object, ...], bytes] = {}
-        self._special = set(policy.special_categories)
-        if policy.unclassified_treated_as in policy.special_categories:
-            self._special.add(policy.unclassified_category)
+        self._special = policy.special_reported_categories
 
     def _decision_header(self, decision: Decision, decided_at_ms: int) -> bytes:
         """The `flowaudit-decision` header: the decision as JSON (fields as in decision.v1.avsc)."""

@@ -290,6 +290,14 @@ class Policy:
     def find_subcontractor(self, name: str) -> Subcontractor | None:
         return self.subcontractors.get(name.strip().lower())
 
+    @property
+    def special_reported_categories(self) -> frozenset[str]:
+        """Reported categories that mean special-category data: the special ones, and `unclassified`
+        when unknown fields are treated as special (fail closed)."""
+        if self.unclassified_treated_as in self.special_categories:
+            return self.special_categories | {self.unclassified_category}
+        return self.special_categories
+
 
 # --- loading ------------------------------------------------------------------------------------------
 
