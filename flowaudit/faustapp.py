@@ -1,12 +1,28 @@
 """For people used to Faust: `faust -A flowaudit.faustapp worker -l info`.
 
-Builds the same runtime as `flowaudit worker` (settings from the environment) at import time.
+Builds the same runtime as `flowaudit worker` (settings from the environment) at import time,
+serves the metrics, announces the worker in `<data dir>/worker.json`, and closes the store and the
+embedded broker when the process exits.
 """
 
 from __future__ import annotations
 
-from flowaudit.runtime import build_runtime
-from flowaudit.settings import Settings
+import atexit
 
-runtime = build_runtime(Settings())
+from flowaudit.runtime import build_runtime, start_metrics_server
+from flowaudit.settings import Settings
+from flowaudit.tuning import tune_process
+from flowaudit.webapi import remove_worker_file, write_worker_file
+
+settings = Settings()
+tune_process()
+runtime = build_runtime(settings)
 app = runtime.app
+start_metrics_server(settings)
+write_worker_file(settings, runtime.bootstrap)
+
+
+@atexit.register
+def _close() -> None:
+    runtime.close()
+    remove_worker_file(settings)

@@ -124,8 +124,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
         print(f"flowaudit worker: {exc}", file=sys.stderr)
         return 2
     start_metrics_server(settings)
-    web = f"http://{settings.web_bind}:{settings.web_port}" if settings.web_port else ""
-    write_worker_file(settings, web, runtime.bootstrap)
+    write_worker_file(settings, runtime.bootstrap)
     log.info(
         "worker consuming %s from %s; audit store %s",
         ", ".join(settings.input_topics.values()),

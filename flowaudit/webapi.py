@@ -22,9 +22,11 @@ def worker_file(settings: Settings) -> Path:
     return settings.data_dir / "worker.json"
 
 
-def write_worker_file(settings: Settings, web_url: str, bootstrap: str | None) -> None:
+def write_worker_file(settings: Settings, bootstrap: str | None) -> None:
+    """Announce this worker: its web address (reports, verify) and the broker it uses."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    info = {"pid": os.getpid(), "web": web_url, "kafka_bootstrap": bootstrap}
+    web = f"http://{settings.web_bind}:{settings.web_port}" if settings.web_port else ""
+    info = {"pid": os.getpid(), "web": web, "kafka_bootstrap": bootstrap}
     tmp = worker_file(settings).with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     tmp.replace(worker_file(settings))

@@ -246,3 +246,20 @@ def test_a_flood_of_invalid_records_stops_the_worker_loudly(
     assert worker.process is not None and worker.process.returncode == 3
     assert "invalid" in worker.log()
     assert read_topic(broker.bootstrap, SETTINGS.topic_dead_letter, 1, timeout=3) == []
+
+
+def test_the_faust_command_runs_the_same_worker(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy
+) -> None:
+    env = worker_env(broker.url, tmp_path / "data")
+    faust = str(Path(sys.executable).parent / "faust")
+    worker = _start(
+        workers, env, tmp_path, "faust", [faust, "-A", "flowaudit.faustapp", "worker", "-l", "info"]
+    )
+    assert json.loads((tmp_path / "data" / "worker.json").read_text())["kafka_bootstrap"] == broker.bootstrap
+    events = _send_generated(env, tmp_path, policy, 50, seed=9)
+    wait_for(
+        lambda: worker.metric("flowaudit_audit_rows_total") >= len(events), 60, "rows via the faust command"
+    )
+    assert worker.stop() == 0, worker.log()
+    assert not (tmp_path / "data" / "worker.json").exists()
