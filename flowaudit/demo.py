@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flowaudit.generator import EventGenerator
@@ -246,15 +247,17 @@ def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, tim
     finally:
         store.close()
     data_dir = demo_dir
+    # the command as this run was started (.venv/bin/flowaudit after `make demo`), so lines can be pasted
+    command = sys.argv[0] if Path(sys.argv[0]).name == "flowaudit" else "flowaudit"
     summary.update(
         elapsed_seconds=round(elapsed, 2),
         events_per_second=round(progress.produced / elapsed) if elapsed else 0,
         store=store.masked_url,
         policy_version=policy.version,
         how_to_query=[
-            f"FLOWAUDIT_DATA_DIR={data_dir} flowaudit report --list",
-            f"FLOWAUDIT_DATA_DIR={data_dir} flowaudit report blocked-health-transfers",
-            f"FLOWAUDIT_DATA_DIR={data_dir} flowaudit verify",
+            f"FLOWAUDIT_DATA_DIR={data_dir} {command} report --list",
+            f"FLOWAUDIT_DATA_DIR={data_dir} {command} report blocked-health-transfers",
+            f"FLOWAUDIT_DATA_DIR={data_dir} {command} verify",
             'python -c "import clickhouse_connect as c; '
             f"print(c.get_client(dsn='{store.url}').query('SELECT count() FROM audit_events').result_rows)\"",
         ],
