@@ -290,14 +290,6 @@ class AuditStore:
                 log.warning("audit insert failed (attempt %d), retrying in %.1f s: %s", attempt, delay, exc)
                 sleep(delay)
                 delay = min(delay * 2, max_backoff)
-                if self._client is None:
-                    self._reconnect_quietly()
-
-    def _reconnect_quietly(self) -> None:
-        try:
-            self._client = clickhouse_connect.get_client(dsn=self.url)
-        except Exception as exc:
-            log.warning("reconnecting to the audit store failed: %s", exc)
 
     # --- reading --------------------------------------------------------------------------------------
 

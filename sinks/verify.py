@@ -169,8 +169,4 @@ def _windows(links: list[tuple[int, int, int, int, int]]) -> Iterator[list[tuple
         yield window
 
 
-def first_problem(report: VerifyReport) -> str | None:
-    return report.problems[0] if report.problems else None
-
-
-__all__ = ["VerifyReport", "first_problem", "verify_link_rows", "verify_store"]
+__all__ = ["VerifyReport", "verify_link_rows", "verify_store"]

@@ -23,6 +23,7 @@ from faust.types import TP
 
 from flowaudit import metrics
 from flowaudit.settings import Settings
+from schemas import SCHEMA_DIR
 from sinks.clickhouse import qualify
 from sinks.reports import ReportError, load_reports, report_parameters
 from sinks.verify import verify_store
@@ -89,7 +90,7 @@ def create_app(
     observer: BatchObserver | None = None,
     web_enabled: bool = True,
 ) -> FlowauditApp:
-    codec = codec or AvroCodec(_schema_dir())
+    codec = codec or AvroCodec(SCHEMA_DIR)
     app = FlowauditApp(
         settings.consumer_group,
         broker=f"kafka://{bootstrap}",
@@ -248,9 +249,3 @@ def _add_web_views(app: FlowauditApp, sink: ClickHouseSink) -> None:
     @app.page("/flowaudit/health/")
     async def health_view(web: Any, request: Any) -> Any:
         return web.json({"ok": True, "store": sink.store.masked_url})
-
-
-def _schema_dir() -> Any:
-    from schemas import SCHEMA_DIR
-
-    return SCHEMA_DIR
