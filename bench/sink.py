@@ -76,13 +76,13 @@ def grow(store: AuditStore, target_rows: int, users: int) -> float:
         take = min(current, target_rows - current)
         store.client.command(
             f"""INSERT INTO {table}
-            SELECT * REPLACE (
+            SELECT * EXCEPT (number) REPLACE (
                 generateUUIDv4(number) AS event_id,
                 if(isNull(user_id), NULL, concat('u-', toString(cityHash64(number) % {users}))) AS user_id,
                 occurred_at - toIntervalSecond(cityHash64(number, 1) % 31536000) AS occurred_at
             )
             FROM (SELECT *, rowNumberInAllBlocks() + {current} AS number FROM {table} LIMIT {take})
-            SETTINGS max_insert_threads = 2""".replace("SELECT * REPLACE", "SELECT * EXCEPT (number) REPLACE")
+            SETTINGS max_insert_threads = 2"""
         )
     store.client.command(f"OPTIMIZE TABLE {table} FINAL")
     return time.perf_counter() - started

@@ -208,8 +208,7 @@ def link_hash(key: bytes, chain_id: str, seq: int, previous: str, row_hashes: It
     hashes = list(row_hashes)
     mac = hmac.new(key, digestmod=hashlib.sha256)
     mac.update(f"{chain_id}|{seq}|{previous}|{len(hashes)}|".encode())
-    for value in hashes:
-        mac.update(value.encode())
+    mac.update("".join(hashes).encode())
     return mac.hexdigest()
 
 

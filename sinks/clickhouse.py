@@ -210,13 +210,13 @@ class AuditStore:
             fresh.sort(key=lambda r: r.offset)
             seq = head.seq + 1
             contents = [dumps(build(r, ingested)) for r in fresh]
-            hashes = [sha256(c).hexdigest().encode() for c in contents]
-            link = link_hash(self.key, chain, seq, head.link_hash, (h.decode() for h in hashes))
+            hashes = [sha256(c).hexdigest() for c in contents]
+            link = link_hash(self.key, chain, seq, head.link_hash, hashes)
             prefix = f',"{chain}",{seq},{len(contents)},'.encode()
             suffix = f',"{link}","'.encode()
             append = lines.append
             for index, (content, digest) in enumerate(zip(contents, hashes, strict=True)):
-                append(b'%b%b%d%b%b"]' % (content[:-1], prefix, index, suffix, digest))
+                append(b'%b%b%d%b%b"]' % (content[:-1], prefix, index, suffix, digest.encode()))
             new_heads[chain] = ChainHead(seq, link, fresh[-1].offset)
             decisions.update(r.decision.decision for r in fresh)
         token = hashlib.sha256(
