@@ -1,13 +1,13 @@
 """Audit rows and the hash chain: pure functions shared by the writer and the verifier.
 
-A row's content is a tuple in `CONTENT_COLUMNS` order with plain JSON values (timestamps as
-"YYYY-MM-DD HH:MM:SS.mmm" UTC strings, which ClickHouse reads exactly into DateTime64(3)). The row
-hash is SHA-256 over the compact JSON of that tuple: the very bytes written. The verifier rebuilds
-the tuple from what ClickHouse returns and must get the same bytes.
+A row's content is a tuple in `CONTENT_COLUMNS` order with plain JSON values (timestamps as UTC
+epoch milliseconds, which DateTime64(3) stores exactly). The row hash is SHA-256 over the compact
+JSON of that tuple. The verifier rebuilds the tuple from what ClickHouse returns and must get the
+same bytes. Hashes are stored as 32 raw bytes (FixedString(32)); `hex(row_hash)` shows them.
 
 Rows of one batch from one source partition form a *link* of that partition's chain:
 
-    link_hash = HMAC-SHA256(key, chain_id | seq | previous link_hash | row count | row hashes...)
+    link_hash = HMAC-SHA256(key, "chain_id|seq|row count|" previous link_hash, row hashes...)
 
 Chains are per source partition, so each has a single writer (the partition's owner in the consumer
 group) and the design scales with partitions and workers. The HMAC key keeps someone who can write
@@ -16,12 +16,11 @@ to the store but does not hold the key from forging a consistent chain.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -30,7 +29,7 @@ from streams.decision import Decision
 from streams.events import Event
 from streams.policy import Policy
 
-GENESIS = "0" * 64
+GENESIS = bytes(32)
 
 CONTENT_COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -70,7 +69,6 @@ ALL_COLUMNS = CONTENT_COLUMNS + LINK_COLUMNS
 TIMESTAMP_COLUMNS = frozenset({"occurred_at", "decided_at", "ingested_at"})
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
-_EPOCH_DATE = date(1970, 1, 1)
 
 
 class AuditRecord(NamedTuple):
@@ -92,23 +90,6 @@ def chain_id_for(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
 
 
-@functools.lru_cache(maxsize=4096)
-def _day_text(days: int) -> str:
-    return (_EPOCH_DATE + timedelta(days=days)).isoformat()
-
-
-def ch_time(millis: int) -> str:
-    """Epoch milliseconds -> 'YYYY-MM-DD HH:MM:SS.mmm' (UTC), the DateTime64(3) text used in rows and hashes.
-
-    Not epoch-seconds text: ClickHouse reads short numbers (any time before 2001) as other formats.
-    """
-    days, rest = divmod(millis, 86_400_000)
-    seconds, ms = divmod(rest, 1000)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    return f"{_day_text(days)} {hours:02d}:{minutes:02d}:{seconds:02d}.{ms:03d}"
-
-
 def millis_of(value: datetime) -> int:
     """A DateTime64 read back from ClickHouse (naive UTC, or aware) -> epoch milliseconds, exactly."""
     naive = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
@@ -126,7 +107,6 @@ class RowBuilder:
         self._zone_id = policy.protected_zone
         self._declared = {pid: p.data_categories for pid, p in policy.purposes.items()}
         self._facts_memo: dict[tuple[str, tuple[str, ...]], tuple[bool, tuple[str, ...]]] = {}
-        self._times: dict[int, str] = {}
 
     def _facts(self, purpose: str, categories: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
         """(carries special-category data, categories the register does not declare for the purpose)."""
@@ -155,7 +135,7 @@ class RowBuilder:
         return (
             decision.event_id,
             kind,
-            ch_time(event.occurred_at_ms),
+            event.occurred_at_ms,
             event.user_id,
             event.user_country,
             destination,
@@ -179,37 +159,27 @@ class RowBuilder:
             decision.rules,
             decision.waived,
             decision.policy_version,
-            self._batch_time(record.decided_at_ms),
+            record.decided_at_ms,
             record.topic,
             record.partition,
             record.offset,
-            self._batch_time(ingested_at_ms),
+            ingested_at_ms,
         )
-
-    def _batch_time(self, millis: int) -> str:
-        """ch_time for values shared by a whole batch (decision and ingestion times): remembered."""
-        text = self._times.get(millis)
-        if text is None:
-            if len(self._times) > 64:
-                self._times.clear()
-            text = self._times[millis] = ch_time(millis)
-        return text
 
 
 def content_bytes(content: Sequence[Any]) -> bytes:
     return orjson.dumps(content if isinstance(content, tuple | list) else tuple(content))
 
 
-def row_hash(content_json: bytes) -> str:
-    return hashlib.sha256(content_json).hexdigest()
+def row_hash(content_json: bytes) -> bytes:
+    return hashlib.sha256(content_json).digest()
 
 
-def link_hash(key: bytes, chain_id: str, seq: int, previous: str, row_hashes: Iterable[str]) -> str:
-    hashes = list(row_hashes)
+def link_hash(key: bytes, chain_id: str, seq: int, previous: bytes, row_hashes: Sequence[bytes]) -> bytes:
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    mac.update(f"{chain_id}|{seq}|{previous}|{len(hashes)}|".encode())
-    mac.update("".join(hashes).encode())
-    return mac.hexdigest()
+    mac.update(b"%b|%d|%d|%b" % (chain_id.encode(), seq, len(row_hashes), previous))
+    mac.update(b"".join(row_hashes))
+    return mac.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +187,7 @@ class ChainHead:
     """The last durable link of a chain."""
 
     seq: int = 0
-    link_hash: str = GENESIS
+    link_hash: bytes = GENESIS
     last_offset: int = -1
 
 
@@ -227,7 +197,7 @@ def content_from_stored(row: dict[str, Any]) -> tuple[Any, ...]:
     for name in CONTENT_COLUMNS:
         value = row[name]
         if name in TIMESTAMP_COLUMNS:
-            value = ch_time(millis_of(value))
+            value = millis_of(value)
         elif name == "event_id":
             value = str(value)
         elif isinstance(value, tuple):

@@ -55,21 +55,21 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def verify_link_rows(
-    key: bytes, chain: str, seq: int, previous: str, expected_rows: int, rows: list[dict[str, Any]]
-) -> tuple[str | None, str]:
+    key: bytes, chain: str, seq: int, previous: bytes, expected_rows: int, rows: list[dict[str, Any]]
+) -> tuple[str | None, bytes]:
     """Check one link's rows (ordered by link_index). Returns (problem or None, recomputed link hash)."""
     where = f"chain {chain} link {seq}"
-    hashes: list[str] = []
+    hashes: list[bytes] = []
     seen_index: dict[int, dict[str, Any]] = {}
     for row in rows:
         content = content_bytes(content_from_stored(row))
         digest = row_hash(content)
-        if digest != row["row_hash"]:
-            return f"{where}: row {_describe(row)} was altered (its content no longer matches its hash)", ""
+        if digest != bytes(row["row_hash"]):
+            return f"{where}: row {_describe(row)} was altered (its content no longer matches its hash)", b""
         index = int(row["link_index"])
         if index in seen_index:
-            forged = _find_forged(key, chain, seq, previous, rows, str(rows[0]["link_hash"]))
-            return f"{where}: forged row {_describe(forged)} (a second row claims position {index})", ""
+            forged = _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"]))
+            return f"{where}: forged row {_describe(forged)} (a second row claims position {index})", b""
         seen_index[index] = row
         hashes.append(digest)
     for position in range(expected_rows):
@@ -84,22 +84,25 @@ def verify_link_rows(
                 )
                 if part
             )
-            return f"{where}: row #{position} of {expected_rows} was deleted ({around or 'only row'})", ""
+            return f"{where}: row #{position} of {expected_rows} was deleted ({around or 'only row'})", b""
     if len(rows) > expected_rows:
-        forged = _find_forged(key, chain, seq, previous, rows, str(rows[0]["link_hash"]))
-        return f"{where}: forged row {_describe(forged)} (the link was written with {expected_rows} rows)", ""
+        forged = _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"]))
+        return (
+            f"{where}: forged row {_describe(forged)} (the link was written with {expected_rows} rows)",
+            b"",
+        )
     computed = link_hash(key, chain, seq, previous, hashes)
-    stored = {str(row["link_hash"]) for row in rows}
+    stored = {bytes(row["link_hash"]) for row in rows}
     if stored != {computed}:
         return f"{where}: link hash does not match (rows forged, reordered or the chain rewritten)", computed
     return None, computed
 
 
 def _find_forged(
-    key: bytes, chain: str, seq: int, previous: str, rows: list[dict[str, Any]], stored: str
+    key: bytes, chain: str, seq: int, previous: bytes, rows: list[dict[str, Any]], stored: bytes
 ) -> dict[str, Any]:
     """The row whose removal makes the link verify again (rows were hashed in position order)."""
-    hashes = [str(row["row_hash"]) for row in rows]
+    hashes = [bytes(row["row_hash"]) for row in rows]
     for skip in range(len(rows)):
         if link_hash(key, chain, seq, previous, hashes[:skip] + hashes[skip + 1 :]) == stored:
             return rows[skip]

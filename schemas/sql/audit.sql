@@ -8,6 +8,7 @@
 -- Chain columns: every batch of rows from one source partition is a link of the chain
 -- `chain_id` = "<topic>/<partition>"; `link_hash` is an HMAC over the previous link and the batch's
 -- row hashes; `row_hash` is SHA-256 over the row's content as written. `flowaudit verify` recomputes both.
+-- Both are 32 raw bytes: `hex(row_hash)` shows them.
 CREATE TABLE IF NOT EXISTS audit_events
 (
     event_id               UUID,
@@ -45,8 +46,8 @@ CREATE TABLE IF NOT EXISTS audit_events
     chain_seq              UInt64,
     link_rows              UInt32,
     link_index             UInt32,
-    link_hash              String,
-    row_hash               String,
+    link_hash              FixedString(32),
+    row_hash               FixedString(32),
     INDEX idx_event_id event_id TYPE bloom_filter GRANULARITY 4,
     INDEX idx_counterparty counterparty TYPE bloom_filter GRANULARITY 4
 )

@@ -9,7 +9,7 @@ import pytest
 
 from flowaudit.generator import EventGenerator
 from sinks.audit import AuditRecord, content_bytes, content_from_stored, row_hash
-from sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify
+from sinks.clickhouse import INSERT_FORMAT, AuditStore, PreparedBatch, StoreError, qualify
 from sinks.reports import load_reports, report_parameters
 from sinks.verify import verify_store
 from streams.decision import Decider
@@ -137,7 +137,7 @@ def test_retried_insert_is_deduplicated_by_token(store_factory: Any, policy: Pol
         store.table,
         None,
         batch.payload,
-        fmt="JSONCompactEachRow",
+        fmt=INSERT_FORMAT,
         settings={"insert_deduplication_token": batch.token},
     )
     assert store.count() == 300
