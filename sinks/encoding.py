@@ -81,18 +81,20 @@ class Link(NamedTuple):
     link_hash: bytes
 
 
+# Rows converted to Arrow at a time. A batch's tuples are walked once per column; in slices this
+# size they stay in the CPU cache (measured with bench/sink.py: 100,000-row batches converted whole
+# cost ~40% more Python time per row than 20,000-row ones). The insert still sends one stream.
+CHUNK_ROWS = 16_384
+
+
 def encode_batch(
     contents: Sequence[tuple[Any, ...]], row_hashes: Sequence[bytes], links: Sequence[Link]
 ) -> bytes:
     """The batch as an Arrow IPC stream: content columns, then the chain columns of each row."""
-    arrays: list[pa.Array] = [
-        pa.array(column, type=arrow_type)
-        for column, arrow_type in zip(zip(*contents, strict=True), _CONTENT_TYPES, strict=True)
-    ]
     counts = np.fromiter((link.rows for link in links), dtype=np.int64, count=len(links))
     link_of_row = np.repeat(np.arange(len(links), dtype=np.int32), counts)
     first_row_of_link = np.repeat(np.cumsum(counts) - counts, counts)
-    arrays += [
+    chain_arrays = [
         pa.DictionaryArray.from_arrays(link_of_row, pa.array([link.chain_id for link in links], _TEXT)),
         pa.array(np.fromiter((link.seq for link in links), dtype=np.uint64, count=len(links))[link_of_row]),
         pa.array(counts.astype(np.uint32)[link_of_row]),
@@ -100,10 +102,16 @@ def encode_batch(
         pa.DictionaryArray.from_arrays(link_of_row, pa.array([link.link_hash for link in links], _HASH)),
         pa.array(row_hashes, _HASH),
     ]
-    batch = pa.RecordBatch.from_arrays(arrays, schema=ROW_SCHEMA)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, ROW_SCHEMA) as writer:
-        writer.write_batch(batch)
+        for start in range(0, len(contents), CHUNK_ROWS):
+            chunk = contents[start : start + CHUNK_ROWS]
+            arrays = [
+                pa.array(column, type=arrow_type)
+                for column, arrow_type in zip(zip(*chunk, strict=True), _CONTENT_TYPES, strict=True)
+            ]
+            arrays += [array.slice(start, len(chunk)) for array in chain_arrays]
+            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=ROW_SCHEMA))
     payload: bytes = sink.getvalue().to_pybytes()
     return payload
 

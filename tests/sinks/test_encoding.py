@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from sinks import encoding
 from sinks.audit import ALL_COLUMNS, CONTENT_COLUMNS, AuditRecord, RowBuilder, content_from_stored, row_hash
 from sinks.clickhouse import INSERT_FORMAT
 from sinks.encoding import ARROW_TYPES, ROW_SCHEMA, Link, decode_batch, encode_batch
@@ -36,7 +37,11 @@ def test_arrow_types_cover_every_column_in_order() -> None:
     assert ROW_SCHEMA.names == list(ALL_COLUMNS)
 
 
-def test_encoded_batch_holds_exactly_the_contents_and_chain_columns(policy: Policy) -> None:
+@pytest.mark.parametrize("chunk_rows", [16_384, 3, 1])
+def test_encoded_batch_holds_exactly_the_contents_and_chain_columns(
+    policy: Policy, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encoding, "CHUNK_ROWS", chunk_rows)  # several record batches in one stream
     builder = RowBuilder(policy)
     contents = [builder.content(record, INGESTED_MS) for record in edge_records(policy)]
     hashes = [row_hash(orjson.dumps(content)) for content in contents]
@@ -45,6 +50,7 @@ def test_encoded_batch_holds_exactly_the_contents_and_chain_columns(policy: Poli
     table = decode_batch(encode_batch(contents, hashes, links))
 
     assert table.schema == ROW_SCHEMA
+    assert len(table.to_batches()) == -(-len(contents) // chunk_rows)
     columns = table.to_pydict()
     for index, name in enumerate(CONTENT_COLUMNS):
         sent = columns[name]
@@ -63,8 +69,12 @@ def test_encoded_batch_holds_exactly_the_contents_and_chain_columns(policy: Poli
 
 
 @pytest.mark.integration
-def test_edge_cases_round_trip_through_clickhouse_exactly(store_factory: Any, policy: Policy) -> None:
+@pytest.mark.parametrize("chunk_rows", [16_384, 3])
+def test_edge_cases_round_trip_through_clickhouse_exactly(
+    store_factory: Any, policy: Policy, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Nulls, empty strings, escapes, emoji, 1970 and pre-2001 times, the largest UInt64: as sent."""
+    monkeypatch.setattr(encoding, "CHUNK_ROWS", chunk_rows)
     store = store_factory()
     records = edge_records(policy)
     batch = store.prepare(records, INGESTED_MS)
