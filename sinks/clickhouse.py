@@ -41,6 +41,7 @@ from sinks.audit import (
     RowBuilder,
     chain_id_for,
     link_hash,
+    row_hash,
 )
 from sinks.encoding import Link, encode_batch
 from streams.policy import Policy
@@ -200,7 +201,7 @@ class AuditStore:
         hashes: list[bytes] = []
         links: list[Link] = []
         new_heads: dict[str, ChainHead] = {}
-        build, dumps, sha256 = self.rows.content, orjson.dumps, hashlib.sha256
+        build, dumps = self.rows.content, orjson.dumps
         for (topic, partition), chain_records in by_partition.items():
             chain = chain_id_for(topic, partition)
             head = heads.get(chain, ChainHead())
@@ -211,7 +212,7 @@ class AuditStore:
             fresh.sort(key=lambda r: r.offset)
             seq = head.seq + 1
             link_contents = [build(r, ingested) for r in fresh]
-            link_hashes = [sha256(dumps(content)).digest() for content in link_contents]
+            link_hashes = [row_hash(dumps(content)) for content in link_contents]
             link = link_hash(self.key, chain, seq, head.link_hash, link_hashes)
             contents += link_contents
             hashes += link_hashes
