@@ -91,7 +91,13 @@ class InvalidRatioGuard:
             self._invalid -= old_invalid
         ratio = self._invalid / self._total if self._total else 0.0
         metrics.INVALID_RATIO.labels(kind).set(ratio)
-        if self._total >= self.window and ratio > self.limit:
+        # Before a full window has been seen, stop as soon as the invalid records alone exceed the
+        # limit's share of a window: at most `limit * window` dead letters leak out of a bad deploy.
+        if self._total >= self.window:
+            exceeded = ratio > self.limit
+        else:
+            exceeded = self._invalid > self.limit * self.window
+        if exceeded:
             raise InvalidRatioExceeded(
                 f"{self._invalid} of the last {self._total} {kind} records are invalid "
                 f"({ratio:.0%} > limit {self.limit:.0%}); stopping rather than dead-lettering them all. "

@@ -128,7 +128,21 @@ def test_guard_window_forgets_old_batches() -> None:
     assert guard.observe("k", 10, 0) < 0.5
     with pytest.raises(InvalidRatioExceeded):
         guard.observe("k", 10, 10)
-    assert InvalidRatioGuard(0.5, 100).observe("k", 5, 5) == 1.0  # below the window: no verdict yet
+
+
+def test_guard_trips_before_a_full_window_once_the_invalid_alone_exceed_the_limit() -> None:
+    guard = InvalidRatioGuard(limit=0.5, window=100)
+    assert guard.observe("k", 5, 5) == 1.0  # 5 invalid: a full window could still end below the limit
+    assert guard.observe("k", 45, 45) == 1.0  # 50 invalid: exactly the limit's share, not more
+    with pytest.raises(InvalidRatioExceeded, match="51 of the last 51"):
+        guard.observe("k", 1, 1)
+
+
+def test_guard_below_the_window_tolerates_invalid_records_within_the_limit() -> None:
+    guard = InvalidRatioGuard(limit=0.5, window=100)
+    for _ in range(9):
+        guard.observe("k", 10, 5)  # 45 invalid of 90
+    assert guard.observe("k", 10, 5) == 0.5  # a full window at exactly the limit
 
 
 def test_memory_sink_recognises_replays(policy: Policy) -> None:
