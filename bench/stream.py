@@ -17,7 +17,7 @@ The ratio uses the faster of the two no-op baselines. Target (issue 3): full >= 
 
 The default run is long enough for a steady state: batches are cut by time (1 s), so in a short
 run the last partial batch and the first merges of the audit store weigh on the result (60,000
-events gave ratios anywhere from 0.58 to 0.92; 120,000 events are reproducible within ~0.05).
+events gave ratios anywhere from 0.54 to 0.92; 120,000 events are reproducible within ~±0.07).
 The mock cluster keeps ~5 MB per partition, so --events must fit (the default does: ~9,000 events
 of ~280 bytes per input partition).
 
