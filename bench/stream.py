@@ -15,9 +15,10 @@ Each run is timed from the end of its first batch to its last event, counting on
 that first batch (start-up, the group join and the first batch are excluded, the same way for all).
 The ratio uses the faster of the two no-op baselines. Target (issue 3): full >= 70% of no-op.
 
-The default run is long enough for a steady state: batches are cut by time (1 s), so in a short
-run the last partial batch and the first merges of the audit store weigh on the result (60,000
-events gave ratios anywhere from 0.54 to 0.92; 120,000 events are reproducible within ~±0.07).
+The default run is long enough for a steady state: batches are cut by time, so in a short run the
+last partial batch and the first merges of the audit store weigh on the result (60,000 events with
+1 s batches gave ratios anywhere from 0.54 to 0.92; 120,000 events vary by about ±0.1 around
+the median, so compare medians of several runs).
 The mock cluster keeps ~5 MB per partition, so --events must fit (the default does: ~9,000 events
 of ~280 bytes per input partition).
 
