@@ -140,8 +140,12 @@ def _required_str(record: Mapping[str, Any], name: str) -> str:
 def _country(value: Any, name: str, policy: Policy) -> str:
     if not isinstance(value, str):
         raise InvalidEvent(f"{name} must be an ISO 3166-1 alpha-2 country code")
+    return _country_code(value, name, policy.countries)
+
+
+def _country_code(value: str, name: str, countries: frozenset[str]) -> str:
     code = value.strip().upper()
-    if code not in policy.countries:
+    if code not in countries:
         raise InvalidEvent(f"{name} is not an ISO 3166-1 alpha-2 country code: {value!r}")
     return code
 
@@ -233,13 +237,6 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
 
 
 _UUID_TEXT = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def _country_code(value: str, name: str, countries: frozenset[str]) -> str:
-    code = value.strip().upper()
-    if code not in countries:
-        raise InvalidEvent(f"{name} is not an ISO 3166-1 alpha-2 country code: {value!r}")
-    return code
 
 
 def _non_empty(record: Mapping[str, Any], name: str) -> str:
