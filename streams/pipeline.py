@@ -387,10 +387,14 @@ class ClickHouseSink:
         if self._failed is not None:
             raise StoreError(f"an earlier audit batch was not written ({self._failed}); refusing later ones")
         store = self.store
-        replayed = [sum(1 for record in records if store.is_durable(record)) for records in requests]
         batch: PreparedBatch = store.prepare([record for records in requests for record in records])
+        # prepare() leaves the heads alone, so which records it skipped can be told afterwards, and
+        # only needs telling when it skipped any (a replay after a crash): not per event every batch
         if batch.skipped:
             metrics.AUDIT_ROWS_SKIPPED.inc(batch.skipped)
+            replayed = [sum(1 for record in records if store.is_durable(record)) for records in requests]
+        else:
+            replayed = [0] * len(requests)
         results = [
             (len(records) - skipped, skipped) for records, skipped in zip(requests, replayed, strict=True)
         ]
