@@ -14,6 +14,10 @@ subprocesses against the same topics and partitions, each with its own consumer 
 Each run is timed from the end of its first batch to its last event, counting only the events after
 that first batch (start-up, the group join and the first batch are excluded, the same way for all).
 The ratio uses the faster of the two no-op baselines. Target (issue 3): full >= 70% of no-op.
+For the no-op and the full run it also prints the CPU time per event and the cores kept busy (CPU
+over wall time, that process only): both stay near one core of two, i.e. a run is bound by its
+interpreter's GIL (Faust's event loop, its consumer thread and the pipeline take turns), not by the
+machine.
 
 The default run is long enough for a steady state: batches are cut by time, so in a short run the
 last partial batch and the first merges of the audit store weigh on the result (60,000 events with
@@ -75,16 +79,12 @@ def run_noop(bootstrap: str, events: int, data_dir: str, iterate: bool) -> dict[
         stream_wait_empty=False,
         autodiscover=False,
     )
-    state: dict[str, Any] = {"count": 0, "first": None, "last": None, "first_count": 0}
+    clock = RunClock(events)
     worker = make_worker(app, "ERROR")
 
     def seen(count: int) -> None:
-        state["count"] += count
-        if state["first"] is None:
-            state["first"], state["first_count"] = time.perf_counter(), state["count"]
-        if state["count"] >= events and state["last"] is None:
-            state["last"] = time.perf_counter()
-            state["stop"] = asyncio.ensure_future(worker.stop())
+        if clock.saw(count):
+            clock.stopping = asyncio.ensure_future(worker.stop())
 
     for topic_name in settings.input_topics.values():
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
@@ -107,19 +107,48 @@ def run_noop(bootstrap: str, events: int, data_dir: str, iterate: bool) -> dict[
         app.agent(topic, name=f"noop.{topic_name}")(agent)
     with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()
-    return _rate(state)
+    return clock.result()
 
 
-def _rate(state: dict[str, Any]) -> dict[str, Any]:
-    """Events after the first batch, over the time from the end of the first batch to the last event."""
-    timed = state["count"] - state["first_count"]
-    elapsed = state["last"] - state["first"]
-    return {
-        "events": state["count"],
-        "timed_events": timed,
-        "seconds": elapsed,
-        "events_per_second": timed / elapsed,
-    }
+class RunClock:
+    """Times a run from the end of its first batch to its last event, in wall-clock and CPU seconds.
+
+    CPU over wall time is the number of cores the run kept busy (this process only; the broker runs
+    in the parent): a run near 1.0 on a 2-core machine is bound by one interpreter's GIL, not by the CPU.
+    """
+
+    def __init__(self, events: int) -> None:
+        self.events = events
+        self.count = 0
+        self.first_count = 0
+        self.first: tuple[float, float] | None = None
+        self.last: tuple[float, float] | None = None
+        self.stopping: Any = None
+
+    def saw(self, count: int) -> bool:
+        """Count `count` more events; True once, when the last expected event has been seen."""
+        self.count += count
+        if self.first is None:
+            self.first, self.first_count = (time.perf_counter(), time.process_time()), self.count
+        if self.count >= self.events and self.last is None:
+            self.last = (time.perf_counter(), time.process_time())
+            return True
+        return False
+
+    def result(self) -> dict[str, Any]:
+        if self.first is None or self.last is None:
+            raise SystemExit(f"the run saw {self.count} of {self.events} events")
+        timed = self.count - self.first_count
+        elapsed = self.last[0] - self.first[0]
+        cpu = self.last[1] - self.first[1]
+        return {
+            "events": self.count,
+            "timed_events": timed,
+            "seconds": elapsed,
+            "events_per_second": timed / elapsed,
+            "cpu_us_per_event": cpu / timed * 1e6,
+            "cores_busy": cpu / elapsed,
+        }
 
 
 def run_full(bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
@@ -128,25 +157,15 @@ def run_full(bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
 
     tune_process()
     settings = _settings(bootstrap, data_dir, "bench-full")
-    state: dict[str, Any] = {
-        "count": 0,
-        "first": None,
-        "last": None,
-        "written": 0,
-        "dead": 0,
-        "first_count": 0,
-    }
+    clock = RunClock(events)
+    totals = {"written": 0, "dead_lettered": 0}
     holder: dict[str, Any] = {}
 
     def observe(kind: str, result: Any) -> None:
-        state["count"] += result.consumed
-        if state["first"] is None:
-            state["first"], state["first_count"] = time.perf_counter(), state["count"]
-        state["written"] += result.written
-        state["dead"] += result.dead_lettered
-        if state["count"] >= events and state["last"] is None:
-            state["last"] = time.perf_counter()
-            state["stop"] = asyncio.ensure_future(holder["worker"].stop())
+        totals["written"] += result.written
+        totals["dead_lettered"] += result.dead_lettered
+        if clock.saw(result.consumed):
+            clock.stopping = asyncio.ensure_future(holder["worker"].stop())
 
     runtime = build_runtime(settings, observer=observe, web_enabled=False)
     holder["worker"] = make_worker(runtime.app, "ERROR")
@@ -156,7 +175,7 @@ def run_full(bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
         pass
     finally:
         runtime.close()
-    return _rate(state) | {"written": state["written"], "dead_lettered": state["dead"]}
+    return clock.result() | totals
 
 
 def produce(bootstrap: str, events: int) -> None:
@@ -233,6 +252,14 @@ def main() -> None:
         "noop_iterate_events_per_second": round(noop_iter["events_per_second"]),
         "full_pipeline_events_per_second": round(full["events_per_second"]),
         "full_pipeline_audit_rows": full["written"],
+        "cpu_us_per_event": {
+            "noop_take": round(noop["cpu_us_per_event"], 1),
+            "full_pipeline": round(full["cpu_us_per_event"], 1),
+        },
+        "cores_busy": {
+            "noop_take": round(noop["cores_busy"], 2),
+            "full_pipeline": round(full["cores_busy"], 2),
+        },
         "ratio_full_to_best_noop": round(full["events_per_second"] / baseline, 3),
         "target_ratio": 0.7,
     }
