@@ -109,7 +109,7 @@ def make_worker(app: FlowauditApp, loglevel: str = "WARNING") -> Any:
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False, stdout=sys.stderr)
     # No progress spinner: at WARNING and above, Faust's spinner sets the root logger to DEBUG so it
     # can spin on every record, and every library's debug call then builds a LogRecord (aiokafka logs
-    # each request and batch): ~2% of the stream benchmark's CPU, for a spinner nobody watches.
+    # each request and batch): ~2% of the GIL-holding samples in a py-spy profile of bench/stream.py.
     worker.spinner = None
     return worker
 
