@@ -27,6 +27,7 @@ from flowaudit.tuning import tune_process
 from sinks.clickhouse import AuditStore, StoreError, load_chain_key
 from streams.codec import MAGIC
 from streams.pipeline import BatchResult
+from streams.pipeline_process import PipelineProcessError
 from streams.policy import load_policy
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,10 @@ def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, tim
     started = time.perf_counter()
     try:
         runtime = build_runtime(demo_settings, observer=progress.observe, policy=policy, web_enabled=False)
-    except StoreError as exc:
+    except (StoreError, PipelineProcessError) as exc:
         print(f"flowaudit demo: {exc}", file=sys.stderr)
         return 2
-    start_metrics_server(demo_settings)
+    start_metrics_server(demo_settings, runtime.metrics_registry)
     worker = make_worker(runtime.app, "WARNING")
     stopping: dict[str, Any] = {"done": False, "reason": "", "task": None}
     last_print = [0.0]
@@ -221,7 +222,7 @@ def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, tim
 
     print(
         f"flowaudit demo: embedded broker {runtime.bootstrap} (development only), store "
-        f"{runtime.store.masked_url}, {events:,} events (seed {seed})",
+        f"{runtime.masked_store_url}, {events:,} events (seed {seed})",
         file=sys.stderr,
     )
     threading.Thread(target=_produce, args=(runtime, progress, events, seed), daemon=True).start()
@@ -240,7 +241,7 @@ def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, tim
         )
         return 1
 
-    store = AuditStore(runtime.store.url, policy, load_chain_key(demo_settings.chain_key_value, demo_dir))
+    store = AuditStore(runtime.store_url, policy, load_chain_key(demo_settings.chain_key_value, demo_dir))
     store.connect()
     try:
         summary = _summary(store, progress, started_ms)

@@ -18,8 +18,8 @@ settings = Settings()
 tune_process()
 runtime = build_runtime(settings)
 app = runtime.app
-start_metrics_server(settings)
-write_worker_file(settings, runtime.bootstrap)
+start_metrics_server(settings, runtime.metrics_registry)
+write_worker_file(settings, runtime.bootstrap, runtime.pipeline_pid)
 
 
 @atexit.register

@@ -122,6 +122,10 @@ CHAIN_HEAD = Gauge(
 )
 POLICY = Info("flowaudit_policy", "Version (content hash) of the loaded policy.", registry=REGISTRY)
 
+# Kept by the worker's own process when the pipeline runs in a second process (which keeps the others):
+# the worker's /metrics takes these from itself and everything else from the second process.
+WORKER_PROCESS_METRICS = (CONSUMER_LAG, FORWARDED, POLICY)
+
 
 def zero_known_series(kinds: list[str], rules: list[str]) -> None:
     """Create the series with value 0 so dashboards and alerts see them before the first event."""

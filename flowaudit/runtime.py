@@ -12,13 +12,25 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from flowaudit import metrics
 from flowaudit.broker import EmbeddedBroker
-from flowaudit.settings import Settings, kafka_bootstrap
+from flowaudit.settings import Settings, kafka_bootstrap, mask_url
 from flowaudit.tuning import tune_process
+from schemas import SCHEMA_DIR
 from sinks.clickhouse import AuditStore, StoreError, load_chain_key
-from streams.app import BatchObserver, FlowauditApp, create_app
-from streams.pipeline import ClickHouseSink
+from sinks.verify import VerifyReport
+from streams.app import BatchObserver, BatchRunner, FlowauditApp, StoreAccess, create_app
+from streams.codec import AvroCodec
+from streams.pipeline import BatchProcessor, ClickHouseSink, InvalidRatioGuard, Topics
+from streams.pipeline_process import (
+    PipelineConfig,
+    PipelineMetrics,
+    PipelineProcess,
+    PipelineProcessError,
+    RemotePipeline,
+)
 from streams.policy import Policy, load_policy
 from streams.publish import KafkaPublisher
 
@@ -31,13 +43,27 @@ class Runtime:
     policy: Policy
     broker: EmbeddedBroker | None
     bootstrap: str
-    store: AuditStore
-    sink: ClickHouseSink
+    store_url: str
     publisher: KafkaPublisher
     app: FlowauditApp
+    # the store's writer: a second process (settings.pipeline_process), or a sink in this process
+    pipeline: PipelineProcess | None
+    sink: ClickHouseSink | None
+    metrics_registry: CollectorRegistry
+
+    @property
+    def pipeline_pid(self) -> int | None:
+        return self.pipeline.pid if self.pipeline is not None else None
+
+    @property
+    def masked_store_url(self) -> str:
+        return mask_url(self.store_url) or ""
 
     def close(self) -> None:
-        self.sink.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
+        if self.sink is not None:
+            self.sink.close()
         if self.broker is not None:
             self.broker.stop()
 
@@ -57,13 +83,13 @@ def start_embedded_broker(settings: Settings) -> EmbeddedBroker:
     return broker
 
 
-def start_metrics_server(settings: Settings) -> None:
+def start_metrics_server(settings: Settings, registry: CollectorRegistry = metrics.REGISTRY) -> None:
     if not settings.metrics_port:
         return
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=metrics.REGISTRY)
+        start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=registry)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_bind, settings.metrics_port)
     except OSError as exc:
         log.error("metrics endpoint not started on port %d: %s", settings.metrics_port, exc)
@@ -76,6 +102,10 @@ def build_runtime(
     policy: Policy | None = None,
     web_enabled: bool = True,
 ) -> Runtime:
+    """Start the broker (embedded, unless FLOWAUDIT_KAFKA_URL) and the store's writer; build the app.
+
+    Raises StoreError when the audit store cannot be opened.
+    """
     policy = policy or load_policy(settings.policy_dir)
     metrics.POLICY.info({"version": policy.version})
     metrics.zero_known_series(list(settings.input_topics), [rule.id for rule in policy.rules])
@@ -85,21 +115,70 @@ def build_runtime(
     else:
         broker = start_embedded_broker(settings)
         bootstrap = broker.bootstrap
+    publisher = KafkaPublisher(bootstrap)
+    topics = Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
+    chain_key = load_chain_key(settings.chain_key_value, settings.data_dir)
+    store_url = settings.resolved_clickhouse_url
+    processors: list[BatchRunner]
+    pipeline: PipelineProcess | None = None
+    sink: ClickHouseSink | None = None
+    store_access: StoreAccess
+    registry = metrics.REGISTRY
     try:
-        store = AuditStore(
-            settings.resolved_clickhouse_url,
-            policy,
-            load_chain_key(settings.chain_key_value, settings.data_dir),
-        )
-        store.connect()
-    except StoreError:
+        if settings.pipeline_process:
+            loglevel = logging.getLogger().getEffectiveLevel()
+            pipeline = PipelineProcess(PipelineConfig(settings, policy, chain_key, loglevel))
+            processors = [RemotePipeline(kind, pipeline, publisher, topics) for kind in settings.input_topics]
+            store_access = _RemoteStoreAccess(pipeline, mask_url(store_url) or "")
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(PipelineMetrics(pipeline))
+        else:
+            store = AuditStore(store_url, policy, chain_key)
+            store.connect()
+            sink = ClickHouseSink(store, settings.insert_retry_max_seconds)
+            codec = AvroCodec(SCHEMA_DIR)
+            processors = [
+                BatchProcessor(
+                    kind,
+                    policy,
+                    codec,
+                    publisher,
+                    sink,
+                    topics,
+                    InvalidRatioGuard(settings.invalid_ratio_limit, settings.invalid_ratio_window),
+                )
+                for kind in settings.input_topics
+            ]
+            store_access = sink
+    except Exception:
         if broker is not None:
             broker.stop()
         raise
-    sink = ClickHouseSink(store, settings.insert_retry_max_seconds)
-    publisher = KafkaPublisher(bootstrap)
-    app = create_app(settings, policy, bootstrap, sink, publisher, observer=observer, web_enabled=web_enabled)
-    return Runtime(settings, policy, broker, bootstrap, store, sink, publisher, app)
+    writer = pipeline if pipeline is not None else sink
+    assert writer is not None
+    app = create_app(
+        settings,
+        bootstrap,
+        processors,
+        publisher,
+        writer,
+        store_access=store_access,
+        observer=observer,
+        web_enabled=web_enabled,
+    )
+    return Runtime(settings, policy, broker, bootstrap, store_url, publisher, app, pipeline, sink, registry)
+
+
+class _RemoteStoreAccess:
+    def __init__(self, pipeline: PipelineProcess, masked_url: str) -> None:
+        self.pipeline = pipeline
+        self.masked_url = masked_url
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return await self.pipeline.query(sql, parameters)
+
+    async def verify(self) -> VerifyReport:
+        return await self.pipeline.verify()
 
 
 def make_worker(app: FlowauditApp, loglevel: str = "WARNING") -> Any:
@@ -125,16 +204,16 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     log.info("settings: %s", settings)
     try:
         runtime = build_runtime(settings)
-    except StoreError as exc:
+    except (StoreError, PipelineProcessError) as exc:
         print(f"flowaudit worker: {exc}", file=sys.stderr)
         return 2
-    start_metrics_server(settings)
-    write_worker_file(settings, runtime.bootstrap)
+    start_metrics_server(settings, runtime.metrics_registry)
+    write_worker_file(settings, runtime.bootstrap, runtime.pipeline_pid)
     log.info(
         "worker consuming %s from %s; audit store %s",
         ", ".join(settings.input_topics.values()),
         runtime.bootstrap,
-        runtime.store.masked_url,
+        runtime.masked_store_url,
     )
     worker = make_worker(runtime.app, loglevel)
     code = 0

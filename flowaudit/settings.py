@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         default=0.5, gt=0, le=1, description="stop when more than this share of a window is invalid"
     )
     invalid_ratio_window: int = Field(default=1000, ge=10, description="records per invalid-ratio window")
+    pipeline_process: bool = Field(
+        default=True,
+        description="decode, decide and write the audit store in a second process (off: all in one process)",
+    )
 
     web_port: int = Field(
         default=6066, ge=0, le=65535, description="worker's web port (reports while it runs)"

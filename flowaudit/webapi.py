@@ -22,11 +22,12 @@ def worker_file(settings: Settings) -> Path:
     return settings.data_dir / "worker.json"
 
 
-def write_worker_file(settings: Settings, bootstrap: str | None) -> None:
-    """Announce this worker: its web address (reports, verify) and the broker it uses."""
+def write_worker_file(settings: Settings, bootstrap: str | None, pipeline_pid: int | None = None) -> None:
+    """Announce this worker: its web address (reports, verify), the broker it uses, and the pid of its
+    pipeline process (the one holding the store), if any."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     web = f"http://{settings.web_bind}:{settings.web_port}" if settings.web_port else ""
-    info = {"pid": os.getpid(), "web": web, "kafka_bootstrap": bootstrap}
+    info = {"pid": os.getpid(), "web": web, "kafka_bootstrap": bootstrap, "pipeline_pid": pipeline_pid}
     tmp = worker_file(settings).with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     tmp.replace(worker_file(settings))

@@ -1,8 +1,9 @@
 """The Faust application: one agent per input topic, each running the batch pipeline.
 
 Each agent reads batches with `Stream.noack_take` (by size and by time) and acknowledges a
-batch's events only after `BatchProcessor.process` returned for it, i.e. after its audit rows,
-forwarded events and dead letters are durable. Up to two batches per agent are in flight: the next
+batch's events only after its processor's `process` returned for it (`BatchProcessor`, or
+`RemotePipeline` when the pipeline runs in a second process), i.e. after its audit rows, forwarded
+events and dead letters are durable. Up to two batches per agent are in flight: the next
 one is decided while the previous one is written. Faust commits acknowledged offsets. A batch
 whose processing failed is not acknowledged. The worker stops (the invalid-ratio guard, or a
 store that cannot be written at shutdown), and the batch is read again after a restart.
@@ -16,47 +17,60 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import TP
 
 from flowaudit import metrics
 from flowaudit.settings import Settings
-from schemas import SCHEMA_DIR
-from sinks.clickhouse import qualify
-from sinks.reports import ReportError, load_reports, report_parameters
-from sinks.verify import verify_store
-from streams.codec import AvroCodec
-from streams.pipeline import (
-    BatchProcessor,
-    BatchResult,
-    ClickHouseSink,
-    InboundMessage,
-    InvalidRatioExceeded,
-    InvalidRatioGuard,
-    Publisher,
-    Topics,
-)
-from streams.policy import Policy
+from sinks.reports import ReportError, as_records, load_reports, report_parameters
+from sinks.verify import VerifyReport
+from streams.pipeline import BatchResult, InboundMessage, InvalidRatioExceeded
 
 log = logging.getLogger(__name__)
 
 BatchObserver = Callable[[str, BatchResult], None]
 
 
+class BatchRunner(Protocol):
+    """One kind's pipeline as the agent sees it: `BatchProcessor`, or `RemotePipeline` in the second
+    process (streams.pipeline_process)."""
+
+    kind: str
+
+    async def process(self, messages: Sequence[InboundMessage]) -> BatchResult: ...
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+class StoreAccess(Protocol):
+    """Reports and verify on the store the worker holds (web views for `flowaudit report|verify`)."""
+
+    @property
+    def masked_url(self) -> str: ...
+
+    async def query(
+        self, sql: str, parameters: dict[str, Any]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
+    async def verify(self) -> VerifyReport: ...
+
+
 class FlowauditApp(faust.App):
     """A Faust app that also owns the gate's publisher and the audit sink, and closes them last."""
 
     publisher: Any = None
-    sink: Any = None
+    sink: Stoppable | None = None
     fatal_error: BaseException | None = None
 
     async def on_stop(self) -> None:
         # Called before the agents are stopped: a sink retrying against a store that is down gives up
         # after its current attempt, so the batch in flight ends (unacknowledged) and the worker stops.
         # A store that works is not affected: the batch in flight is written and acknowledged.
-        if self.sink is not None and hasattr(self.sink, "stop"):
+        if self.sink is not None:
             self.sink.stop()
         await super().on_stop()
 
@@ -81,16 +95,16 @@ def _inbound(event: Any) -> InboundMessage:
 
 def create_app(
     settings: Settings,
-    policy: Policy,
     bootstrap: str,
-    sink: ClickHouseSink | Any,
-    publisher: Publisher,
+    processors: Sequence[BatchRunner],
+    publisher: Any,
+    sink: Stoppable,
     *,
-    codec: AvroCodec | None = None,
+    store_access: StoreAccess | None = None,
     observer: BatchObserver | None = None,
     web_enabled: bool = True,
 ) -> FlowauditApp:
-    codec = codec or AvroCodec(SCHEMA_DIR)
+    """The Faust app: an agent per processor (its kind's input topic), web views over `store_access`."""
     app = FlowauditApp(
         settings.consumer_group,
         broker=f"kafka://{bootstrap}",
@@ -116,16 +130,13 @@ def create_app(
     )
     app.publisher = publisher
     app.sink = sink
-    topics = Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
-
-    for kind, topic_name in settings.input_topics.items():
-        guard = InvalidRatioGuard(settings.invalid_ratio_limit, settings.invalid_ratio_window)
-        processor = BatchProcessor(kind, policy, codec, publisher, sink, topics, guard)
+    for processor in processors:
+        topic_name = settings.input_topics[processor.kind]
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", partitions=None)
-        app.agent(topic, name=f"flowaudit.{kind}")(_make_agent(app, processor, settings, observer))
+        app.agent(topic, name=f"flowaudit.{processor.kind}")(_make_agent(app, processor, settings, observer))
 
-    if web_enabled and settings.web_port > 0 and isinstance(sink, ClickHouseSink):
-        _add_web_views(app, sink)
+    if web_enabled and settings.web_port > 0 and store_access is not None:
+        _add_web_views(app, store_access)
     return app
 
 
@@ -135,7 +146,7 @@ MAX_BATCHES_IN_FLIGHT = 2
 
 
 def _make_agent(
-    app: FlowauditApp, processor: BatchProcessor, settings: Settings, observer: BatchObserver | None
+    app: FlowauditApp, processor: BatchRunner, settings: Settings, observer: BatchObserver | None
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
         inflight: set[asyncio.Future[None]] = set()
@@ -157,7 +168,7 @@ def _make_agent(
 
 
 async def _process_batch(
-    app: FlowauditApp, processor: BatchProcessor, events: Sequence[Any], observer: BatchObserver | None
+    app: FlowauditApp, processor: BatchRunner, events: Sequence[Any], observer: BatchObserver | None
 ) -> None:
     messages = [_inbound(event) for event in events]
     task = asyncio.ensure_future(processor.process(messages))
@@ -220,7 +231,7 @@ def _measure_lag(app: FlowauditApp, messages: Sequence[InboundMessage]) -> None:
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, highwater - offset - 1))
 
 
-def _add_web_views(app: FlowauditApp, sink: ClickHouseSink) -> None:
+def _add_web_views(app: FlowauditApp, store: StoreAccess) -> None:
     """Reports and verify over HTTP, for `flowaudit report|verify` while this worker holds the store."""
     reports = load_reports()
 
@@ -234,18 +245,15 @@ def _add_web_views(app: FlowauditApp, sink: ClickHouseSink) -> None:
             parameters = report_parameters(report, query.get("since"), query.get("until"), query.get("user"))
         except ReportError as exc:
             return web.json({"error": str(exc)}, status=400)
-        store = sink.store
-        columns, rows = await sink.run(store.query, qualify(report.sql, store.table), parameters)
-        from sinks.reports import as_records
-
+        columns, rows = await store.query(report.sql, parameters)
         records = as_records(columns, rows)
         return web.json({"columns": columns, "rows": [list(r.values()) for r in records]})
 
     @app.page("/flowaudit/verify/")
     async def verify_view(web: Any, request: Any) -> Any:
-        report = await sink.run(verify_store, sink.store)
+        report = await store.verify()
         return web.json(report.as_dict())
 
     @app.page("/flowaudit/health/")
     async def health_view(web: Any, request: Any) -> Any:
-        return web.json({"ok": True, "store": sink.store.masked_url})
+        return web.json({"ok": True, "store": store.masked_url})

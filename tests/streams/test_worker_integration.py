@@ -7,6 +7,7 @@ produces with `flowaudit produce` (kafka-python) or raw records, and reads the o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -66,15 +67,30 @@ def _start(
     return worker.start()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _raw_producer(broker: EmbeddedBroker) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=broker.bootstrap, api_version=KAFKA_API_VERSION, acks="all")
 
 
+@pytest.mark.parametrize("pipeline_process", ["true", "false"])
 def test_events_flow_through_the_gate_with_correct_decisions(
-    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy
+    broker: EmbeddedBroker,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+    policy: Policy,
+    pipeline_process: str,
 ) -> None:
-    env = worker_env(broker.url, tmp_path / "data")
+    env = worker_env(broker.url, tmp_path / "data", FLOWAUDIT_PIPELINE_PROCESS=pipeline_process)
     worker = _start(workers, env, tmp_path, "worker")
+    pipeline_pid = json.loads((tmp_path / "data" / "worker.json").read_text())["pipeline_pid"]
+    assert (pipeline_pid is not None) == (pipeline_process == "true")
 
     # canonical JSON events: the shipped examples and a generated mix, sent with `flowaudit produce`
     events = [json.loads(line) for line in (DATA_DIR / "events" / "valid.jsonl").read_text().splitlines()]
@@ -143,6 +159,9 @@ def test_events_flow_through_the_gate_with_correct_decisions(
     assert worker.metric("flowaudit_dead_letters_total", reason="unknown_schema") == 1
     assert worker.metric("flowaudit_backpressure") == 0
     assert worker.metric("flowaudit_last_audit_write_timestamp_seconds") > 0
+    assert worker.metric("flowaudit_forwarded_total", role="approved") == len(allowed)
+    assert worker.metric("flowaudit_forwarded_total", role="blocked") == len(blocked)
+    assert worker.metric("flowaudit_policy_info", version=policy.version) == 1
 
     # reports and verify while the worker holds the embedded store are answered by the worker
     report = run_cli(env, "report", "user-disclosures", "--user", events[0]["user_id"], "--format", "json")
@@ -153,6 +172,8 @@ def test_events_flow_through_the_gate_with_correct_decisions(
     assert verify.returncode == 0 and b"OK" in verify.stdout, verify.stdout + verify.stderr
 
     assert worker.stop(signal.SIGTERM) == 0, worker.log()
+    if pipeline_pid is not None:
+        assert not _alive(pipeline_pid), "the pipeline process outlived the worker"
     after = run_cli(env, "verify", "--json")
     result = json.loads(after.stdout)
     assert after.returncode == 0 and result["ok"] and result["rows"] == len(expected)
@@ -220,9 +241,11 @@ def test_crash_between_write_and_commit_leaves_no_duplicates(
         FLOWAUDIT_SESSION_TIMEOUT_SECONDS="6",
     )
     first = _start(workers, env, tmp_path, "first")
+    pipeline_pid = json.loads((tmp_path / "data" / "worker.json").read_text())["pipeline_pid"]
     events = _send_generated(env, tmp_path, policy, 300, seed=6)
     wait_for(lambda: first.metric("flowaudit_audit_rows_total") >= len(events), 60, "rows written")
     first.stop(signal.SIGKILL)
+    wait_for(lambda: not _alive(pipeline_pid), 10, "the pipeline process to die with the worker")
 
     second = _start(workers, worker_env(broker.url, tmp_path / "data"), tmp_path, "second")
     wait_for(lambda: second.metric("flowaudit_audit_rows_replayed_total") >= len(events), 60, "the replay")
