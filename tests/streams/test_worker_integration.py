@@ -7,7 +7,6 @@ produces with `flowaudit produce` (kafka-python) or raw records, and reads the o
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -68,11 +67,12 @@ def _start(
 
 
 def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie, killed but not yet reaped by init, counts as dead)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
         return False
-    return True
+    return state != "Z"
 
 
 def _raw_producer(broker: EmbeddedBroker) -> KafkaProducer:
