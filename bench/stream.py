@@ -15,10 +15,11 @@ Each run is timed from the end of its first batch to its last event, counting on
 that first batch (start-up, the group join and the first batch are excluded, the same way for all).
 The ratio uses the faster of the two no-op baselines. Target (issue 3): full >= 70% of no-op.
 For the no-op and the full run it also prints the CPU time per event and the cores kept busy (CPU
-over wall time, that process only). Both stay near one core of two (measured 1.1 for the no-op,
-1.2-1.35 for the full pipeline, whose ClickHouse engine threads run outside the GIL): a run is
-bound by its interpreter's GIL (Faust's event loop, its consumer thread and the pipeline take
-turns), not by the machine.
+over wall time; for the full run, its worker process and its pipeline process together). The no-op
+stays near one core of two (1.1): it is bound by its interpreter's GIL (Faust's event loop and its
+consumer thread take turns), not by the machine. The full run keeps ~1.4 busy with the pipeline in
+its second process, and kept 1.2-1.35 with everything in one process
+(FLOWAUDIT_PIPELINE_PROCESS=false runs it that way).
 
 The default run is long enough for a steady state: batches are cut by time, so in a short run the
 last partial batch and the first merges of the audit store weigh on the result (60,000 events with

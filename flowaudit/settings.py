@@ -51,9 +51,10 @@ class Settings(BaseSettings):
     consumer_group: str = "flowaudit-worker"
 
     batch_max_rows: int = Field(default=20_000, ge=1, description="audit rows per insert, at most")
-    # 0.25 s measured best in bench/stream.py (ratio to a no-op agent, 120,000 events): 1.0 s gave
-    # 0.47-0.66 (median 0.54), 0.25 s 0.57-0.80 (median 0.67), 0.1 s 0.57-0.60. Shorter bursts of
-    # Python work leave the GIL to Faust's consumer thread more often; below that, inserts get small.
+    # 0.25 s measured best in bench/stream.py (ratio to a no-op agent, 120,000 events) with the whole
+    # pipeline in one process: 1.0 s gave 0.47-0.66 (median 0.54), 0.25 s 0.57-0.80 (median 0.67),
+    # 0.1 s 0.57-0.60. Shorter bursts of Python work leave the GIL to Faust's consumer thread more
+    # often; below that, inserts get small.
     batch_max_seconds: float = Field(
         default=0.25, gt=0, description="longest wait before a partial batch is written"
     )
