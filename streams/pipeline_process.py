@@ -29,6 +29,7 @@ import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
 import sys
@@ -345,9 +346,14 @@ def _portable(error: BaseException) -> BaseException:
 
 
 def _die_with_parent() -> None:
+    # The signal comes when the *thread* that started this process ends: `build_runtime` runs on the
+    # thread that runs the worker. A worker that died before this call is caught by the ppid check.
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
 
 
 def serve(connection: Connection, config: PipelineConfig) -> None:
