@@ -173,9 +173,8 @@ def run_full(bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
             clock.stopping = asyncio.ensure_future(holder["worker"].stop())
 
     runtime = build_runtime(settings, observer=observe, web_enabled=False)
-    pipeline = runtime.pipeline
-    if pipeline is not None and pipeline.pid is not None:
-        pid = pipeline.pid
+    pid = runtime.pipeline_pid
+    if pid is not None:
         clock.cpu_seconds = lambda: time.process_time() + _process_cpu_seconds(pid)
     holder["worker"] = make_worker(runtime.app, "ERROR")
     try:

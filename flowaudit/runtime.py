@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,14 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from flowaudit import metrics
 from flowaudit.broker import EmbeddedBroker
-from flowaudit.settings import Settings, kafka_bootstrap, mask_url
+from flowaudit.settings import Settings, kafka_bootstrap
 from flowaudit.tuning import tune_process
-from schemas import SCHEMA_DIR
 from sinks.clickhouse import AuditStore, StoreError, load_chain_key
-from sinks.verify import VerifyReport
-from streams.app import BatchObserver, BatchRunner, FlowauditApp, StoreAccess, create_app
-from streams.codec import AvroCodec
-from streams.pipeline import BatchProcessor, ClickHouseSink, InvalidRatioGuard, Topics
+from streams.app import BatchObserver, BatchRunner, FlowauditApp, create_app
+from streams.pipeline import ClickHouseSink, Topics, batch_processors
 from streams.pipeline_process import (
     PipelineConfig,
     PipelineMetrics,
@@ -46,24 +44,20 @@ class Runtime:
     store_url: str
     publisher: KafkaPublisher
     app: FlowauditApp
-    # the store's writer: a second process (settings.pipeline_process), or a sink in this process
-    pipeline: PipelineProcess | None
-    sink: ClickHouseSink | None
+    # what holds the audit store: a second process (settings.pipeline_process), or a sink in this one
+    store_owner: PipelineProcess | ClickHouseSink
     metrics_registry: CollectorRegistry
 
     @property
     def pipeline_pid(self) -> int | None:
-        return self.pipeline.pid if self.pipeline is not None else None
+        return self.store_owner.pid if isinstance(self.store_owner, PipelineProcess) else None
 
     @property
     def masked_store_url(self) -> str:
-        return mask_url(self.store_url) or ""
+        return self.store_owner.masked_url
 
     def close(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.close()
-        if self.sink is not None:
-            self.sink.close()
+        self.store_owner.close()
         if self.broker is not None:
             self.broker.stop()
 
@@ -104,7 +98,8 @@ def build_runtime(
 ) -> Runtime:
     """Start the broker (embedded, unless FLOWAUDIT_KAFKA_URL) and the store's writer; build the app.
 
-    Raises StoreError when the audit store cannot be opened.
+    Raises StoreError when the audit store cannot be opened, PipelineProcessError when the pipeline
+    process does not start.
     """
     policy = policy or load_policy(settings.policy_dir)
     metrics.POLICY.info({"version": policy.version})
@@ -116,69 +111,34 @@ def build_runtime(
         broker = start_embedded_broker(settings)
         bootstrap = broker.bootstrap
     publisher = KafkaPublisher(bootstrap)
-    topics = Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
     chain_key = load_chain_key(settings.chain_key_value, settings.data_dir)
     store_url = settings.resolved_clickhouse_url
-    processors: list[BatchRunner]
-    pipeline: PipelineProcess | None = None
-    sink: ClickHouseSink | None = None
-    store_access: StoreAccess
+    store_owner: PipelineProcess | ClickHouseSink
+    processors: Sequence[BatchRunner]
     registry = metrics.REGISTRY
     try:
         if settings.pipeline_process:
             loglevel = logging.getLogger().getEffectiveLevel()
-            pipeline = PipelineProcess(PipelineConfig(settings, policy, chain_key, loglevel))
-            processors = [RemotePipeline(kind, pipeline, publisher, topics) for kind in settings.input_topics]
-            store_access = _RemoteStoreAccess(pipeline, mask_url(store_url) or "")
+            store_owner = PipelineProcess(PipelineConfig(settings, policy, chain_key, loglevel))
+            topics = Topics.from_settings(settings)
+            processors = [
+                RemotePipeline(kind, store_owner, publisher, topics) for kind in settings.input_topics
+            ]
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(PipelineMetrics(pipeline))
+            registry.register(PipelineMetrics(store_owner))
         else:
             store = AuditStore(store_url, policy, chain_key)
             store.connect()
-            sink = ClickHouseSink(store, settings.insert_retry_max_seconds)
-            codec = AvroCodec(SCHEMA_DIR)
-            processors = [
-                BatchProcessor(
-                    kind,
-                    policy,
-                    codec,
-                    publisher,
-                    sink,
-                    topics,
-                    InvalidRatioGuard(settings.invalid_ratio_limit, settings.invalid_ratio_window),
-                )
-                for kind in settings.input_topics
-            ]
-            store_access = sink
+            store_owner = ClickHouseSink(store, settings.insert_retry_max_seconds)
+            processors = batch_processors(settings, policy, publisher, store_owner)
     except Exception:
         if broker is not None:
             broker.stop()
         raise
-    writer = pipeline if pipeline is not None else sink
-    assert writer is not None
     app = create_app(
-        settings,
-        bootstrap,
-        processors,
-        publisher,
-        writer,
-        store_access=store_access,
-        observer=observer,
-        web_enabled=web_enabled,
+        settings, bootstrap, processors, publisher, store_owner, observer=observer, web_enabled=web_enabled
     )
-    return Runtime(settings, policy, broker, bootstrap, store_url, publisher, app, pipeline, sink, registry)
-
-
-class _RemoteStoreAccess:
-    def __init__(self, pipeline: PipelineProcess, masked_url: str) -> None:
-        self.pipeline = pipeline
-        self.masked_url = masked_url
-
-    async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        return await self.pipeline.query(sql, parameters)
-
-    async def verify(self) -> VerifyReport:
-        return await self.pipeline.verify()
+    return Runtime(settings, policy, broker, bootstrap, store_url, publisher, app, store_owner, registry)
 
 
 def make_worker(app: FlowauditApp, loglevel: str = "WARNING") -> Any:

@@ -42,12 +42,12 @@ class BatchRunner(Protocol):
     async def process(self, messages: Sequence[InboundMessage]) -> BatchResult: ...
 
 
-class Stoppable(Protocol):
+class AuditStoreOwner(Protocol):
+    """What holds the audit store for this worker (`ClickHouseSink`, or `PipelineProcess` when the
+    store is in the second process): stops insert retries at shutdown, answers reports and verify
+    (web views for `flowaudit report|verify`)."""
+
     def stop(self) -> None: ...
-
-
-class StoreAccess(Protocol):
-    """Reports and verify on the store the worker holds (web views for `flowaudit report|verify`)."""
 
     @property
     def masked_url(self) -> str: ...
@@ -63,15 +63,15 @@ class FlowauditApp(faust.App):
     """A Faust app that also owns the gate's publisher and the audit sink, and closes them last."""
 
     publisher: Any = None
-    sink: Stoppable | None = None
+    store_owner: AuditStoreOwner | None = None
     fatal_error: BaseException | None = None
 
     async def on_stop(self) -> None:
         # Called before the agents are stopped: a sink retrying against a store that is down gives up
         # after its current attempt, so the batch in flight ends (unacknowledged) and the worker stops.
         # A store that works is not affected: the batch in flight is written and acknowledged.
-        if self.sink is not None:
-            self.sink.stop()
+        if self.store_owner is not None:
+            self.store_owner.stop()
         await super().on_stop()
 
     async def on_shutdown(self) -> None:
@@ -98,13 +98,12 @@ def create_app(
     bootstrap: str,
     processors: Sequence[BatchRunner],
     publisher: Any,
-    sink: Stoppable,
+    store_owner: AuditStoreOwner,
     *,
-    store_access: StoreAccess | None = None,
     observer: BatchObserver | None = None,
     web_enabled: bool = True,
 ) -> FlowauditApp:
-    """The Faust app: an agent per processor (its kind's input topic), web views over `store_access`."""
+    """The Faust app: an agent per processor (its kind's input topic), web views over the store."""
     app = FlowauditApp(
         settings.consumer_group,
         broker=f"kafka://{bootstrap}",
@@ -129,14 +128,14 @@ def create_app(
         stream_wait_empty=False,
     )
     app.publisher = publisher
-    app.sink = sink
+    app.store_owner = store_owner
     for processor in processors:
         topic_name = settings.input_topics[processor.kind]
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", partitions=None)
         app.agent(topic, name=f"flowaudit.{processor.kind}")(_make_agent(app, processor, settings, observer))
 
-    if web_enabled and settings.web_port > 0 and store_access is not None:
-        _add_web_views(app, store_access)
+    if web_enabled and settings.web_port > 0:
+        _add_web_views(app, store_owner)
     return app
 
 
@@ -231,7 +230,7 @@ def _measure_lag(app: FlowauditApp, messages: Sequence[InboundMessage]) -> None:
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, highwater - offset - 1))
 
 
-def _add_web_views(app: FlowauditApp, store: StoreAccess) -> None:
+def _add_web_views(app: FlowauditApp, store: AuditStoreOwner) -> None:
     """Reports and verify over HTTP, for `flowaudit report|verify` while this worker holds the store."""
     reports = load_reports()
 

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from flowaudit import metrics
+from flowaudit.settings import Settings
+from schemas import SCHEMA_DIR
 from sinks.audit import AuditRecord
 from sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify
 from sinks.verify import VerifyReport, verify_store
@@ -124,6 +126,10 @@ class Topics:
     approved: str
     blocked: str
     dead_letter: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topics:
+        return cls(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
 
 
 DECISION_HEADER = "flowaudit-decision"
@@ -260,10 +266,9 @@ class BatchProcessor:
 
     async def process(self, messages: Sequence[InboundMessage]) -> BatchResult:
         decided = self.decide(messages)
-        writing = asyncio.ensure_future(self.sink.write(decided.records))
+        writing = asyncio.ensure_future(self.write(decided))
         await asyncio.gather(writing, *forward(self.publisher, self.topics, messages, decided.routes))
-        result = decided.result(*writing.result())
-        self.count(decided, result)
+        result = writing.result()
         count_forwarded(result)
         return result
 
@@ -357,6 +362,26 @@ class BatchProcessor:
             metrics.UNKNOWN_SUBCONTRACTOR.inc(unknown_subcontractor)
         for latency in decided.latencies:
             metrics.DECISION_LATENCY.observe(latency)
+
+
+def batch_processors(
+    settings: Settings, policy: Policy, publisher: Publisher, sink: AuditSink
+) -> list[BatchProcessor]:
+    """One processor per input kind, each with its own invalid-ratio guard, sharing codec and sink."""
+    codec = AvroCodec(SCHEMA_DIR)
+    topics = Topics.from_settings(settings)
+    return [
+        BatchProcessor(
+            kind,
+            policy,
+            codec,
+            publisher,
+            sink,
+            topics,
+            InvalidRatioGuard(settings.invalid_ratio_limit, settings.invalid_ratio_window),
+        )
+        for kind in settings.input_topics
+    ]
 
 
 class ClickHouseSink:

@@ -44,22 +44,19 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from flowaudit import metrics
-from flowaudit.settings import Settings
+from flowaudit.settings import Settings, mask_url
 from flowaudit.tuning import tune_process
-from schemas import SCHEMA_DIR
 from sinks.clickhouse import AuditStore, StoreError
 from sinks.verify import VerifyReport, verify_store
-from streams.codec import AvroCodec
 from streams.pipeline import (
-    BatchProcessor,
     BatchResult,
     ClickHouseSink,
     InboundMessage,
-    InvalidRatioGuard,
     OutboundRecord,
     Publisher,
     Routes,
     Topics,
+    batch_processors,
     count_forwarded,
     forward,
 )
@@ -126,6 +123,7 @@ class PipelineProcess:
         self._requests: dict[int, concurrent.futures.Future[Any]] = {}
         self._error: PipelineProcessError | None = None
         self._closing = False
+        self._masked_url = mask_url(config.settings.resolved_clickhouse_url) or ""
         self._await_ready(start_timeout)
         self._reader = threading.Thread(target=self._read, name="pipeline-results", daemon=True)
         self._reader.start()
@@ -147,6 +145,11 @@ class PipelineProcess:
     @property
     def pid(self) -> int | None:
         return self.process.pid
+
+    @property
+    def masked_url(self) -> str:
+        """The URL of the store the second process holds, password masked."""
+        return self._masked_url
 
     def _send(self, message: tuple[Any, ...]) -> None:
         if self._error is not None:
@@ -211,11 +214,9 @@ class PipelineProcess:
     def close(self, timeout: float = 120.0) -> None:
         """Let the second process finish its writes, close the store and exit."""
         self._closing = True
-        try:
-            self._send(("stop_writes", None))
+        self.stop()
+        with contextlib.suppress(PipelineProcessError):
             self._send(("close", None))
-        except PipelineProcessError:
-            pass
         self._stop_process(timeout)
         self._reader.join(timeout=5.0)
         self._connection.close()
@@ -389,19 +390,9 @@ class _Server:
         self.connection = connection
         self.sink = sink
         self._send_lock = threading.Lock()
-        codec = AvroCodec(SCHEMA_DIR)
-        topics = Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
         self.processors = {
-            kind: BatchProcessor(
-                kind,
-                policy,
-                codec,
-                _NoForwarding(),
-                sink,
-                topics,
-                InvalidRatioGuard(settings.invalid_ratio_limit, settings.invalid_ratio_window),
-            )
-            for kind in settings.input_topics
+            processor.kind: processor
+            for processor in batch_processors(settings, policy, _NoForwarding(), sink)
         }
         self.loop = asyncio.new_event_loop()
         self.closing: asyncio.Future[None] = self.loop.create_future()
