@@ -11,8 +11,9 @@
      insert happens on the store thread while the event loop decides the next batch.
 2. Grows the store to --rows rows with INSERT … SELECT inside ClickHouse (copies of the written rows
    with fresh event ids, spread over --users data subjects and a year of timestamps; their chain
-   columns are not valid, this store is for query latency only), then times `user-disclosures` for
-   several users and `blocked-health-transfers`, median of the runs.
+   columns are not valid, this store is for query latency only), waits until its background merges
+   are done (the parts left are reported: no OPTIMIZE, the store is as a running worker leaves it),
+   then times `user-disclosures` for several users and `blocked-health-transfers`, median of the runs.
 
 Usage: python bench/sink.py [--records 200000] [--passes 5] [--rows 10000000] [--batch 20000]
 Targets (issue 4): >= 150,000 rows/s; user-disclosures < 200 ms at 10M rows.
@@ -75,6 +76,31 @@ def write_overlapped(store: AuditStore, records: list[AuditRecord], batch: int) 
             inflight.result()
 
 
+def merged_rows(store: AuditStore) -> int:
+    """Rows rewritten by background merges so far in this process (all tables)."""
+    _, rows = store.query("SELECT value FROM system.events WHERE event = 'MergedRows'")
+    return int(rows[0][0]) if rows else 0
+
+
+def active_parts(store: AuditStore) -> int:
+    _, rows = store.query(
+        "SELECT count() FROM system.parts WHERE active AND database = {db:String} AND table = 'audit_events'",
+        {"db": store.database},
+    )
+    return int(rows[0][0])
+
+
+def settle_merges(store: AuditStore, timeout: float = 600.0) -> float:
+    """Wait until no merge is running or due (two quiet checks a second apart); seconds waited."""
+    started = time.perf_counter()
+    quiet = 0
+    while quiet < 2 and time.perf_counter() - started < timeout:
+        time.sleep(1.0)
+        _, rows = store.query("SELECT count() FROM system.merges")
+        quiet = quiet + 1 if int(rows[0][0]) == 0 else 0
+    return time.perf_counter() - started
+
+
 def measure(
     write: Callable[[AuditStore, list[AuditRecord], int], None],
     store: AuditStore,
@@ -82,10 +108,12 @@ def measure(
     passes: int,
     batch: int,
 ) -> dict[str, float]:
-    """Rows/s of `write` after an untimed warm-up pass, and the CPU time per row of this thread
-    (Python) and of all others (the ClickHouse engine: insert, background merges)."""
+    """Rows/s of `write` after an untimed warm-up pass, the CPU time per row of this thread
+    (Python) and of all others (the ClickHouse engine: insert, background merges), and how many
+    rows the merges rewrote meanwhile per row written (their share of the engine's work)."""
     write(store, records, batch)
     timed = later_passes(records, passes)
+    merged_before = merged_rows(store)
     started, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
     write(store, timed, batch)
     elapsed = time.perf_counter() - started
@@ -95,6 +123,8 @@ def measure(
         "rows_per_second": round(len(timed) / elapsed),
         "python_us_per_row": round(main_cpu / len(timed) * 1e6, 2),
         "clickhouse_us_per_row": round(engine_cpu / len(timed) * 1e6, 2),
+        "merged_rows_per_row": round((merged_rows(store) - merged_before) / len(timed), 2),
+        "parts_after": active_parts(store),
     }
 
 
@@ -113,7 +143,6 @@ def grow(store: AuditStore, target_rows: int, users: int) -> float:
             FROM (SELECT *, rowNumberInAllBlocks() + {current} AS number FROM {table} LIMIT {take})
             SETTINGS max_insert_threads = 2"""
         )
-    store.client.command(f"OPTIMIZE TABLE {table} FINAL")
     return time.perf_counter() - started
 
 
@@ -153,10 +182,11 @@ def main() -> None:
         sequential_store._client = store.client
         sequential_store.apply_ddl()
         sequential = measure(write_sequential, sequential_store, records, args.passes, args.batch)
-        del sequential["python_us_per_row"], sequential["clickhouse_us_per_row"]  # one thread does both
+        sequential = {"rows_per_second": sequential["rows_per_second"]}  # the rest is the overlapped run's
 
         grow_seconds = grow(store, args.rows, args.users)
-        rows = store.count()
+        settle_seconds = settle_merges(store)  # reports run on the store as its merges leave it
+        rows, parts = store.count(), active_parts(store)
         users = [f"u-{n}" for n in range(0, args.users, max(1, args.users // 25))][:25]
         disclosures = time_report(store, "user-disclosures", [{"user": u} for u in users])
         blocked = time_report(store, "blocked-health-transfers", [{} for _ in range(7)])
@@ -171,7 +201,9 @@ def main() -> None:
         "sequential": sequential,
         "overlapped": overlapped,
         "store_rows": rows,
+        "store_parts": parts,
         "grow_seconds": round(grow_seconds, 1),
+        "settle_seconds": round(settle_seconds, 1),
         "rows_of_one_user": int(sample[0][0]),
         "user_disclosures_ms_median": round(statistics.median(disclosures), 1),
         "user_disclosures_ms_max": round(max(disclosures), 1),

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
-import orjson
 
 from schemas import SCHEMA_DIR
 from sinks.audit import (
@@ -41,9 +40,9 @@ from sinks.audit import (
     RowBuilder,
     chain_id_for,
     link_hash,
-    row_hash,
+    row_hashes,
 )
-from sinks.encoding import Link, encode_batch
+from sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
 from streams.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -53,6 +52,7 @@ _TABLE_NAME = re.compile(r"\baudit_events\b")
 DDL_FILE = SCHEMA_DIR / "sql" / "audit.sql"
 
 _DECISION_OF_CONTENT = operator.itemgetter(CONTENT_COLUMNS.index("decision"))
+_OFFSET_OF_RECORD = operator.attrgetter("offset")
 INSERT_FORMAT = "ArrowStream"  # see sinks/encoding.py
 _INSERT_SETTINGS = {"insert_deduplicate": 1}
 
@@ -197,11 +197,12 @@ class AuditStore:
         for record in records:
             by_partition.setdefault((record.topic, record.partition), []).append(record)
         skipped = 0
-        contents: list[tuple[Any, ...]] = []
+        encoder = BatchEncoder()
         hashes: list[bytes] = []
         links: list[Link] = []
+        decisions: Counter[str] = Counter()
         new_heads: dict[str, ChainHead] = {}
-        build, dumps = self.rows.content, orjson.dumps
+        build = self.rows.contents
         for (topic, partition), chain_records in by_partition.items():
             chain = chain_id_for(topic, partition)
             head = heads.get(chain, ChainHead())
@@ -209,25 +210,28 @@ class AuditStore:
             skipped += len(chain_records) - len(fresh)  # already durable: a replay after a crash
             if not fresh:
                 continue
-            fresh.sort(key=lambda r: r.offset)
+            fresh.sort(key=_OFFSET_OF_RECORD)
             seq = head.seq + 1
-            link_contents = [build(r, ingested) for r in fresh]
-            link_hashes = [row_hash(dumps(content)) for content in link_contents]
+            link_hashes: list[bytes] = []
+            for start in range(0, len(fresh), CHUNK_ROWS):  # build, hash, convert while in cache
+                contents = build(fresh[start : start + CHUNK_ROWS], ingested)
+                link_hashes += row_hashes(contents)
+                encoder.add(contents)
+                decisions.update(map(_DECISION_OF_CONTENT, contents))
             link = link_hash(self.key, chain, seq, head.link_hash, link_hashes)
-            contents += link_contents
             hashes += link_hashes
-            links.append(Link(chain, seq, len(link_contents), link))
+            links.append(Link(chain, seq, len(fresh), link))
             new_heads[chain] = ChainHead(seq, link, fresh[-1].offset)
         token = hashlib.sha256(
             "|".join(f"{c}:{h.seq}:{h.link_hash.hex()}" for c, h in sorted(new_heads.items())).encode()
         )
         return PreparedBatch(
-            payload=encode_batch(contents, hashes, links) if contents else b"",
+            payload=encoder.finish(hashes, links) if hashes else b"",
             token=token.hexdigest(),
-            rows=len(contents),
+            rows=len(hashes),
             skipped=skipped,
             heads=new_heads,
-            rows_by_decision=dict(Counter(map(_DECISION_OF_CONTENT, contents))),
+            rows_by_decision=dict(decisions),
         )
 
     def is_durable(self, record: AuditRecord) -> bool:

@@ -9,6 +9,12 @@
 -- `chain_id` = "<topic>/<partition>"; `link_hash` is an HMAC over the previous link and the batch's
 -- row hashes; `row_hash` is SHA-256 over the row's content as written. `flowaudit verify` recomputes both.
 -- Both are 32 raw bytes: `hex(row_hash)` shows them.
+-- merge_selector_base = 10 (ClickHouse's default is 5; needs ClickHouse 24.11 or later): background
+-- merges wait for about 10 parts of a size instead of 5, so each row is rewritten fewer times. Rows
+-- are ordered by user, so every merge interleaves its parts row by row and is most of the engine's
+-- work. Measured with chDB on 2 cores, 3,000,000 rows in 20,000-row batches: rows rewritten by
+-- merges 2.52 -> 1.52 per row, engine CPU 12.2 -> 8.1 us per row; partitions keep more small
+-- parts while they are young (ClickHouse lowers the base again as parts age or pile up).
 CREATE TABLE IF NOT EXISTS audit_events
 (
     event_id               UUID,
@@ -54,4 +60,4 @@ CREATE TABLE IF NOT EXISTS audit_events
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(ingested_at)
 ORDER BY (user_id, occurred_at, event_id)
-SETTINGS allow_nullable_key = 1, non_replicated_deduplication_window = 10000;
+SETTINGS allow_nullable_key = 1, non_replicated_deduplication_window = 10000, merge_selector_base = 10;

@@ -16,6 +16,8 @@ from sinks.audit import (
     content_bytes,
     link_hash,
     millis_of,
+    row_hash,
+    row_hashes,
 )
 from sinks.clickhouse import split_statements
 from streams.decision import Decider
@@ -87,3 +89,12 @@ def test_content_bytes_are_compact_json(policy: Policy) -> None:
     data = content_bytes(RowBuilder(policy).content(record, 1_700_000_000_123))
     assert data.startswith(b'["') and data.endswith(b",1700000000123]")  # ingested_at: epoch millis
     assert json.dumps(json.loads(data), separators=(",", ":"), ensure_ascii=False).encode() == data
+
+
+def test_batch_contents_and_hashes_agree_with_the_single_row_definitions(policy: Policy) -> None:
+    builder = RowBuilder(policy)
+    records = _records(policy, 300)
+    contents = builder.contents(records, 7)
+    assert contents == [RowBuilder(policy).content(record, 7) for record in records]
+    assert row_hashes(contents) == [row_hash(content_bytes(content)) for content in contents]
+    assert len(set(row_hashes(contents))) == len(records)

@@ -42,6 +42,18 @@ def test_ddl_applies_twice(store_factory: Any) -> None:
     store.apply_ddl()
     store.apply_ddl()
     assert store.count() == 0
+    _, rows = store.query(
+        "SELECT engine, partition_key, sorting_key, engine_full FROM system.tables "
+        "WHERE database = {db:String} AND name = 'audit_events'",
+        {"db": store.database},
+    )
+    engine, partition_key, sorting_key, engine_full = rows[0]
+    assert (engine, partition_key, sorting_key) == (
+        "MergeTree",
+        "toYYYYMM(ingested_at)",
+        "user_id, occurred_at, event_id",
+    )
+    assert "merge_selector_base = 10" in engine_full  # fewer merge rewrites per row (schemas/sql/audit.sql)
 
 
 def test_clean_store_verifies(store_factory: Any, policy: Policy) -> None:

@@ -7,10 +7,18 @@ from typing import Any
 import orjson
 import pytest
 
-from sinks import encoding
-from sinks.audit import ALL_COLUMNS, CONTENT_COLUMNS, AuditRecord, RowBuilder, content_from_stored, row_hash
+from sinks import clickhouse, encoding
+from sinks.audit import (
+    ALL_COLUMNS,
+    CONTENT_COLUMNS,
+    GENESIS,
+    AuditRecord,
+    RowBuilder,
+    content_from_stored,
+    row_hash,
+)
 from sinks.clickhouse import INSERT_FORMAT
-from sinks.encoding import ARROW_TYPES, ROW_SCHEMA, Link, decode_batch, encode_batch
+from sinks.encoding import ARROW_TYPES, ROW_SCHEMA, BatchEncoder, Link, decode_batch, encode_batch
 from sinks.verify import verify_store
 from streams.decision import Decider
 from streams.events import event_from_mapping
@@ -68,17 +76,50 @@ def test_encoded_batch_holds_exactly_the_contents_and_chain_columns(
     assert columns["row_hash"] == hashes
 
 
+def test_slices_of_any_size_make_the_same_stream(policy: Policy) -> None:
+    builder = RowBuilder(policy)
+    contents = builder.contents(edge_records(policy), INGESTED_MS)
+    hashes = [row_hash(orjson.dumps(content)) for content in contents]
+    links = [Link("edge/0", 1, len(contents), b"\x02" * 32)]
+    encoder = BatchEncoder()
+    for start, stop in ((0, 1), (1, 3), (3, len(contents))):
+        encoder.add(contents[start:stop])
+    sliced = decode_batch(encoder.finish(hashes, links))
+    assert [len(batch) for batch in sliced.to_batches()] == [1, 2, len(contents) - 3]
+    assert sliced.to_pydict() == decode_batch(encode_batch(contents, hashes, links)).to_pydict()
+
+
+def test_finish_refuses_hashes_that_do_not_match_the_rows(policy: Policy) -> None:
+    contents = RowBuilder(policy).contents(edge_records(policy), INGESTED_MS)
+    encoder = BatchEncoder()
+    encoder.add(contents)
+    hashes = [row_hash(orjson.dumps(content)) for content in contents[:-1]]
+    with pytest.raises(ValueError, match="row hashes"):
+        encoder.finish(hashes, [Link("edge/0", 1, len(hashes), GENESIS)])
+    with pytest.raises(ValueError, match="in links"):
+        encoder.finish(hashes + hashes[:1], [Link("edge/0", 1, len(hashes), GENESIS)])
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("chunk_rows", [16_384, 3])
+@pytest.mark.parametrize("chunk_rows", [16_384, 1])
 def test_edge_cases_round_trip_through_clickhouse_exactly(
     store_factory: Any, policy: Policy, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nulls, empty strings, escapes, emoji, 1970 and pre-2001 times, the largest UInt64: as sent."""
-    monkeypatch.setattr(encoding, "CHUNK_ROWS", chunk_rows)
+    """Nulls, empty strings, escapes, emoji, 1970 and pre-2001 times, the largest UInt64: as sent,
+    whether a batch is one record batch per link or one per row."""
+    monkeypatch.setattr(clickhouse, "CHUNK_ROWS", chunk_rows)
     store = store_factory()
     records = edge_records(policy)
     batch = store.prepare(records, INGESTED_MS)
+    links = len({record.partition for record in records})
+    expected_batches = links if chunk_rows > len(records) else len(records)
+    assert len(decode_batch(batch.payload).to_batches()) == expected_batches
     store.insert(batch)
+    _, parts = store.query(
+        "SELECT count() FROM system.parts WHERE active AND database = {db:String} AND table = 'audit_events'",
+        {"db": store.database},
+    )
+    assert parts == [(1,)]  # ClickHouse squashed the record batches: the batch is one part
 
     builder = RowBuilder(policy)
     expected = {str(r.event.event_id): builder.content(r, INGESTED_MS) for r in records}
