@@ -143,7 +143,8 @@ class BatchEncoder:
 def encode_batch(
     contents: Sequence[tuple[Any, ...]], row_hashes: Sequence[bytes], links: Sequence[Link]
 ) -> bytes:
-    """The batch as an Arrow IPC stream: content columns, then the chain columns of each row."""
+    """The batch as an Arrow IPC stream from rows already built (tests and tools; `AuditStore.prepare`
+    feeds a `BatchEncoder` slice by slice instead)."""
     encoder = BatchEncoder()
     for start in range(0, len(contents), CHUNK_ROWS):
         encoder.add(contents[start : start + CHUNK_ROWS])

@@ -36,7 +36,6 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -93,7 +92,9 @@ class _PendingBatch:
     routed: bool = False  # set by the reader thread (the futures are settled later, on the loop)
 
 
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any], value: Any, error: BaseException | None
+) -> None:
     if future.done():
         return
     if error is not None:
@@ -241,11 +242,7 @@ class PipelineProcess:
                 with self._lock:
                     request = self._requests.pop(ident, None)
                 if request is not None:
-                    answer, error = value
-                    if error is not None:
-                        request.set_exception(error)
-                    else:
-                        request.set_result(answer)
+                    _settle(request, *value)
                 continue
             with self._lock:
                 pending = self._batches.get(ident) if op == "routes" else self._batches.pop(ident, None)
@@ -472,7 +469,10 @@ class _Server:
     ) -> None:
         processor = self.processors[kind]
         messages = list(
-            map(InboundMessage._make, zip(topics, partitions, offsets, repeat(None), values, timestamps))
+            map(
+                InboundMessage._make,
+                zip(topics, partitions, offsets, itertools.repeat(None), values, timestamps),
+            )
         )
         try:
             decided = processor.decide(messages)
