@@ -3,6 +3,8 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY flowaudit ./flowaudit
+COPY common ./common
+COPY domain ./domain
 COPY streams ./streams
 COPY sinks ./sinks
 COPY schemas ./schemas

@@ -19,12 +19,12 @@ demo: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	$(BIN)/python scripts/typecheck.py
 
 test: $(BIN)/.installed
 	./scripts/install-system-tools.sh
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	$(BIN)/python scripts/typecheck.py
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed

@@ -12,12 +12,12 @@ import gc
 import json
 import time
 
+from flowaudit.common.tuning import tune_process
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import load_policy
 from flowaudit.generator import EventGenerator
-from flowaudit.tuning import tune_process
-from policy import DEFAULT_POLICY_DIR
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import load_policy
+from flowaudit.policy import DEFAULT_POLICY_DIR
 
 
 def main() -> None:

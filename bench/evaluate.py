@@ -17,9 +17,9 @@ import time
 
 import orjson
 
+from flowaudit.domain.policy import load_policy
 from flowaudit.generator import EventGenerator
-from policy import DEFAULT_POLICY_DIR
-from streams.policy import load_policy
+from flowaudit.policy import DEFAULT_POLICY_DIR
 
 
 def main() -> None:

@@ -30,15 +30,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from flowaudit.common.tuning import tune_process
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import load_policy
 from flowaudit.generator import EventGenerator
-from flowaudit.tuning import tune_process
-from policy import DEFAULT_POLICY_DIR
-from sinks.audit import AuditRecord
-from sinks.clickhouse import AuditStore, PreparedBatch, qualify
-from sinks.reports import load_reports, report_parameters
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import load_policy
+from flowaudit.policy import DEFAULT_POLICY_DIR
+from flowaudit.sinks.audit import AuditRecord
+from flowaudit.sinks.clickhouse import AuditStore, PreparedBatch, qualify
+from flowaudit.sinks.reports import load_reports, report_parameters
 
 
 def build_records(count: int) -> list[AuditRecord]:

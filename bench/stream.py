@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve()
 
 
 def _settings(bootstrap: str, data_dir: str, group: str) -> Any:
-    from flowaudit.settings import Settings
+    from flowaudit.common.settings import Settings
 
     return Settings(
         kafka_url=f"kafka://{bootstrap}",
@@ -64,8 +64,8 @@ def _settings(bootstrap: str, data_dir: str, group: str) -> Any:
 def run_noop(bootstrap: str, events: int, data_dir: str, iterate: bool) -> dict[str, Any]:
     import faust
 
+    from flowaudit.common.tuning import tune_process
     from flowaudit.runtime import make_worker
-    from flowaudit.tuning import tune_process
 
     tune_process()  # the same process tuning as the worker, so the comparison is fair
     settings = _settings(bootstrap, data_dir, "bench-noop-iter" if iterate else "bench-noop")
@@ -157,8 +157,8 @@ class RunClock:
 
 
 def run_full(bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
+    from flowaudit.common.tuning import tune_process
     from flowaudit.runtime import build_runtime, make_worker
-    from flowaudit.tuning import tune_process
 
     tune_process()
     settings = _settings(bootstrap, data_dir, "bench-full")
@@ -193,11 +193,11 @@ def _process_cpu_seconds(pid: int) -> float:
 
 
 def produce(bootstrap: str, events: int) -> None:
+    from flowaudit.common.settings import Settings
+    from flowaudit.domain.policy import load_policy
     from flowaudit.generator import EventGenerator
+    from flowaudit.policy import DEFAULT_POLICY_DIR
     from flowaudit.produce import EventProducer
-    from flowaudit.settings import Settings
-    from policy import DEFAULT_POLICY_DIR
-    from streams.policy import load_policy
 
     policy = load_policy(DEFAULT_POLICY_DIR)
     producer = EventProducer(bootstrap, Settings(metrics_port=0), policy)
@@ -246,8 +246,8 @@ def main() -> None:
         return
 
     from flowaudit.broker import EmbeddedBroker
+    from flowaudit.common.settings import Settings
     from flowaudit.runtime import all_topics
-    from flowaudit.settings import Settings
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         broker.create_topics(all_topics(Settings(metrics_port=0)), args.partitions)

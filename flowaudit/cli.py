@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flowaudit.settings import Settings
-from streams.policy import Policy, PolicyError, load_policy
+from flowaudit.common.settings import Settings
+from flowaudit.domain.policy import Policy, PolicyError, load_policy
 
 if TYPE_CHECKING:
-    from sinks.clickhouse import AuditStore
+    from flowaudit.sinks.clickhouse import AuditStore
 
 
 def _load_policy_or_exit(directory: Path) -> Policy:
@@ -101,7 +101,7 @@ def _cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def open_store(settings: Settings, policy: Policy) -> AuditStore:
     """The audit store named by the settings, connected (DDL applied). Raises StoreError."""
-    from sinks.clickhouse import AuditStore, load_chain_key
+    from flowaudit.sinks.clickhouse import AuditStore, load_chain_key
 
     key = load_chain_key(settings.chain_key_value, settings.data_dir)
     store = AuditStore(settings.resolved_clickhouse_url, policy, key)
@@ -111,8 +111,8 @@ def open_store(settings: Settings, policy: Policy) -> AuditStore:
 
 def _store_or_worker(settings: Settings, policy: Policy) -> AuditStore | str:
     """The store, or the base URL of the running worker that holds the embedded store."""
+    from flowaudit.sinks.clickhouse import StoreError
     from flowaudit.webapi import running_worker_url
-    from sinks.clickhouse import StoreError
 
     try:
         return open_store(settings, policy)
@@ -129,9 +129,9 @@ def _store_or_worker(settings: Settings, policy: Policy) -> AuditStore | str:
 
 
 def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.sinks.clickhouse import StoreError, qualify
+    from flowaudit.sinks.reports import ReportError, load_reports, render, report_parameters
     from flowaudit.webapi import fetch_json
-    from sinks.clickhouse import StoreError, qualify
-    from sinks.reports import ReportError, load_reports, render, report_parameters
 
     reports = load_reports()
     if args.list or not args.name:
@@ -165,9 +165,9 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.sinks.clickhouse import StoreError
+    from flowaudit.sinks.verify import verify_store
     from flowaudit.webapi import fetch_json
-    from sinks.clickhouse import StoreError
-    from sinks.verify import verify_store
 
     policy = _load_policy_or_exit(settings.policy_dir)
     try:

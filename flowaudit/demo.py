@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowaudit.common.settings import Settings
+from flowaudit.common.tuning import tune_process
+from flowaudit.domain.codec import MAGIC
+from flowaudit.domain.policy import load_policy
 from flowaudit.generator import EventGenerator
 from flowaudit.produce import EventProducer
 from flowaudit.runtime import Runtime, build_runtime, make_worker, start_metrics_server
-from flowaudit.settings import Settings
-from flowaudit.tuning import tune_process
-from sinks.clickhouse import AuditStore, StoreError, load_chain_key
-from streams.codec import MAGIC
-from streams.pipeline import BatchResult
-from streams.pipeline_process import PipelineProcessError
-from streams.policy import load_policy
+from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
+from flowaudit.streams.pipeline import BatchResult
+from flowaudit.streams.pipeline_process import PipelineProcessError
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,16 @@ def _bad_record(number: int, producer: EventProducer, generator: EventGenerator)
     kind = raw["event_type"]
     sort = number % 3
     if sort == 0:  # a truncated body
+        from flowaudit.domain.events import event_from_mapping
         from flowaudit.produce import avro_record
-        from streams.events import event_from_mapping
 
         data = producer.codec.encode(kind, avro_record(event_from_mapping(raw, producer.policy)))
         producer.send_bytes(kind, data[: len(data) // 2])
     elif sort == 1:  # written with a schema nobody registered
         producer.send_bytes(kind, MAGIC + b"\xde\xad\xbe\xef\x00\x00\x00\x01" + b"\x00" * 16)
     else:  # well-formed Avro, invalid event: not a country
+        from flowaudit.domain.events import event_from_mapping
         from flowaudit.produce import avro_record
-        from streams.events import event_from_mapping
 
         record = avro_record(event_from_mapping(raw, producer.policy))
         record["destination_country"] = "XX"

@@ -10,10 +10,10 @@ from typing import BinaryIO
 
 import orjson
 
-from flowaudit.tuning import tune_process
-from streams.decision import Decider
-from streams.events import InvalidEvent, event_from_mapping
-from streams.policy import Policy
+from flowaudit.common.tuning import tune_process
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import InvalidEvent, event_from_mapping
+from flowaudit.domain.policy import Policy
 
 
 @dataclass

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import atexit
 
+from flowaudit.common.settings import Settings
+from flowaudit.common.tuning import tune_process
 from flowaudit.runtime import build_runtime, start_metrics_server
-from flowaudit.settings import Settings
-from flowaudit.tuning import tune_process
 from flowaudit.webapi import remove_worker_file, write_worker_file
 
 settings = Settings()

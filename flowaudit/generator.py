@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from streams.policy import Policy, load_yaml
+from flowaudit.domain.policy import Policy, load_yaml
 
 CATALOG_PATH = Path(__file__).resolve().parent / "data" / "catalog.yaml"
 _START = datetime(2025, 11, 1, tzinfo=UTC)

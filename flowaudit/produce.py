@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from flowaudit.settings import Settings, kafka_bootstrap
-from schemas import SCHEMA_DIR
-from streams.codec import AvroCodec
-from streams.events import Event, InvalidEvent, event_from_mapping
-from streams.policy import Policy
+from flowaudit.common.settings import Settings, kafka_bootstrap
+from flowaudit.domain.codec import AvroCodec
+from flowaudit.domain.events import Event, InvalidEvent, event_from_mapping
+from flowaudit.domain.policy import Policy
+from flowaudit.schemas import SCHEMA_DIR
 
 # The mock cluster answers ApiVersions v4 in a form kafka-python 2.3 cannot parse; naming the
 # version skips the probe. Real brokers speak it too.

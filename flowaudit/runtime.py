@@ -15,22 +15,23 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from flowaudit import metrics
 from flowaudit.broker import EmbeddedBroker
-from flowaudit.settings import Settings, kafka_bootstrap
-from flowaudit.tuning import tune_process
-from sinks.clickhouse import AuditStore, StoreError, load_chain_key
-from streams.app import BatchObserver, BatchRunner, FlowauditApp, create_app
-from streams.pipeline import ClickHouseSink, Topics, batch_processors
-from streams.pipeline_process import (
+from flowaudit.common import metrics
+from flowaudit.common.settings import Settings, kafka_bootstrap
+from flowaudit.common.tuning import tune_process
+from flowaudit.domain.policy import Policy, load_policy
+from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
+from flowaudit.sinks.writer import ClickHouseSink
+from flowaudit.streams.app import BatchObserver, BatchRunner, FlowauditApp, create_app
+from flowaudit.streams.pipeline import Topics, batch_processors
+from flowaudit.streams.pipeline_process import (
     PipelineConfig,
     PipelineMetrics,
     PipelineProcess,
     PipelineProcessError,
     RemotePipeline,
 )
-from streams.policy import Policy, load_policy
-from streams.publish import KafkaPublisher
+from flowaudit.streams.publish import KafkaPublisher
 
 log = logging.getLogger(__name__)
 

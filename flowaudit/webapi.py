@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from flowaudit.settings import Settings
+from flowaudit.common.settings import Settings
 
 
 def worker_file(settings: Settings) -> Path:
@@ -68,10 +68,10 @@ def fetch_json(url: str, parameters: dict[str, Any], timeout: float = 600.0) -> 
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        from sinks.clickhouse import StoreError
+        from flowaudit.sinks.clickhouse import StoreError
 
         raise StoreError(f"the worker answered {exc.code}: {detail}") from exc
     except (urllib.error.URLError, OSError) as exc:
-        from sinks.clickhouse import StoreError
+        from flowaudit.sinks.clickhouse import StoreError
 
         raise StoreError(f"cannot reach the worker at {url}: {exc}") from exc

@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from streams.decision import Decision
-from streams.events import Event
-from streams.policy import Policy
+from flowaudit.domain.decision import Decision
+from flowaudit.domain.events import Event
+from flowaudit.domain.policy import Policy
 
 GENESIS = bytes(32)
 

@@ -30,8 +30,10 @@ from typing import Any
 
 import clickhouse_connect
 
-from schemas import SCHEMA_DIR
-from sinks.audit import (
+from flowaudit.common.settings import mask_url
+from flowaudit.domain.policy import Policy
+from flowaudit.schemas import SCHEMA_DIR
+from flowaudit.sinks.audit import (
     ALL_COLUMNS,
     CONTENT_COLUMNS,
     GENESIS,
@@ -42,8 +44,7 @@ from sinks.audit import (
     link_hash,
     row_hashes,
 )
-from sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
-from streams.policy import Policy
+from flowaudit.sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ class AuditStore:
 
     @property
     def masked_url(self) -> str:
-        from flowaudit.settings import mask_url
-
         return mask_url(self.url) or ""
 
     @property

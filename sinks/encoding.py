@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from sinks.audit import ALL_COLUMNS, CONTENT_COLUMNS
+from flowaudit.sinks.audit import ALL_COLUMNS, CONTENT_COLUMNS
 
 _TEXT = pa.string()
 _TEXTS = pa.list_(pa.string())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from schemas import SCHEMA_DIR
+from flowaudit.schemas import SCHEMA_DIR
 
 REPORT_DIR = SCHEMA_DIR / "reports"
 DEFAULT_SINCE = "1970-01-01 00:00:00"

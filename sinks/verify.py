@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sinks.audit import (
+from flowaudit.sinks.audit import (
     CONTENT_COLUMNS,
     GENESIS,
     content_bytes,
@@ -24,7 +24,7 @@ from sinks.audit import (
     link_hash,
     row_hash,
 )
-from sinks.clickhouse import AuditStore
+from flowaudit.sinks.clickhouse import AuditStore
 
 _WINDOW_ROWS = 200_000
 

@@ -22,11 +22,11 @@ from typing import Any, Protocol
 import faust
 from faust.types import TP
 
-from flowaudit import metrics
-from flowaudit.settings import Settings
-from sinks.reports import ReportError, as_records, load_reports, report_parameters
-from sinks.verify import VerifyReport
-from streams.pipeline import BatchResult, InboundMessage, InvalidRatioExceeded
+from flowaudit.common import metrics
+from flowaudit.common.settings import Settings
+from flowaudit.sinks.reports import ReportError, as_records, load_reports, report_parameters
+from flowaudit.sinks.verify import VerifyReport
+from flowaudit.streams.pipeline import BatchResult, InboundMessage, InvalidRatioExceeded
 
 log = logging.getLogger(__name__)
 

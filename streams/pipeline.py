@@ -18,22 +18,19 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import orjson
 
-from flowaudit import metrics
-from flowaudit.settings import Settings
-from schemas import SCHEMA_DIR
-from sinks.audit import AuditRecord
-from sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify
-from sinks.verify import VerifyReport, verify_store
-from streams.codec import AvroCodec, DecodeError
-from streams.decision import Decider, Decision
-from streams.events import InvalidEvent, event_from_avro
-from streams.policy import Policy
+from flowaudit.common import metrics
+from flowaudit.common.settings import Settings
+from flowaudit.domain.codec import AvroCodec, DecodeError
+from flowaudit.domain.decision import Decider, Decision
+from flowaudit.domain.events import InvalidEvent, event_from_avro
+from flowaudit.domain.policy import Policy
+from flowaudit.schemas import SCHEMA_DIR
+from flowaudit.sinks.audit import AuditRecord
 
 log = logging.getLogger(__name__)
 
@@ -382,169 +379,3 @@ def batch_processors(
         )
         for kind in settings.input_topics
     ]
-
-
-class ClickHouseSink:
-    """Writes audit batches through one executor thread (chDB has no async client), group-committing.
-
-    Batches handed over while an insert is running are coalesced into the next insert: fewer, larger
-    inserts (ClickHouse prefers about one per second) and fewer parts to merge. Each caller's
-    `write` returns when the insert holding its records returned.
-
-    While inserts fail it keeps retrying with bounded back-off and reports back-pressure: the agents
-    awaiting `write` consume nothing more, so Kafka holds the records. Only `stop()` ends the retries;
-    the batches are then not acknowledged, and every later write is refused (see `_failed`).
-    """
-
-    def __init__(self, store: AuditStore, max_backoff: float = 30.0, max_rows: int = 100_000) -> None:
-        self.store = store
-        self.max_backoff = max_backoff
-        self.max_rows = max_rows
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-store")
-        self._stopping = False
-        # After a write has failed, later writes are refused too: the store skips records below a
-        # chain's durable offset, which is only sound while batches become durable in order.
-        self._failed: StoreError | None = None
-        self._pending: list[tuple[Sequence[AuditRecord], asyncio.Future[tuple[int, int]]]] = []
-        self._draining = False
-        for chain, head in store.heads.items():
-            metrics.CHAIN_HEAD.labels(chain).set(head.seq)
-
-    def stop(self) -> None:
-        self._stopping = True
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True)
-        self.store.close()
-
-    async def run(self, function: Any, *args: Any) -> Any:
-        """Run a blocking store call on the store's thread (reports and verify use it too)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
-
-    @property
-    def masked_url(self) -> str:
-        return self.store.masked_url
-
-    def query_blocking(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """A report's SQL (table name unqualified) on the store; call it on the store's thread."""
-        store = self.store
-        return store.query(qualify(sql, store.table), parameters)
-
-    async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        result: tuple[list[str], list[tuple[Any, ...]]] = await self.run(self.query_blocking, sql, parameters)
-        return result
-
-    async def verify(self) -> VerifyReport:
-        report: VerifyReport = await self.run(verify_store, self.store)
-        return report
-
-    async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
-        if not records:
-            return 0, 0
-        done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, done))
-        if not self._draining:
-            self._draining = True
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await done
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                group: list[tuple[Sequence[AuditRecord], asyncio.Future[tuple[int, int]]]] = []
-                rows = 0
-                while self._pending and (not group or rows + len(self._pending[0][0]) <= self.max_rows):
-                    item = self._pending.pop(0)
-                    group.append(item)
-                    rows += len(item[0])
-                try:
-                    results = await self.run(self._write_blocking, [records for records, _ in group])
-                except Exception as exc:  # every caller of the group learns of the failure
-                    for _, done in group:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                for (_, done), result in zip(group, results, strict=True):
-                    if not done.done():
-                        done.set_result(result)
-        finally:
-            self._draining = False
-
-    def _on_retry(self, attempt: int, exc: Exception) -> None:
-        metrics.AUDIT_INSERT_FAILURES.inc()
-        metrics.AUDIT_INSERT_RETRIES.inc()
-        metrics.BACKPRESSURE.set(1)
-
-    def _write_blocking(self, requests: list[Sequence[AuditRecord]]) -> list[tuple[int, int]]:
-        """One insert for all requests, on the store thread; returns (written, already present) each.
-
-        Preparing the rows here rather than on the event loop measured better (bench/stream.py): it
-        overlaps with the loop's waits on the network instead of stalling the loop.
-        """
-        batch, results = self._prepare(requests)
-        if not batch.empty:
-            self._insert_blocking(batch)
-        return results
-
-    def _prepare(self, requests: list[Sequence[AuditRecord]]) -> tuple[PreparedBatch, list[tuple[int, int]]]:
-        if self._failed is not None:
-            raise StoreError(f"an earlier audit batch was not written ({self._failed}); refusing later ones")
-        store = self.store
-        batch: PreparedBatch = store.prepare([record for records in requests for record in records])
-        # prepare() leaves the heads alone, so which records it skipped can be told afterwards, and
-        # only needs telling when it skipped any (a replay after a crash): not per event every batch
-        if batch.skipped:
-            metrics.AUDIT_ROWS_SKIPPED.inc(batch.skipped)
-            replayed = [sum(1 for record in records if store.is_durable(record)) for records in requests]
-        else:
-            replayed = [0] * len(requests)
-        results = [
-            (len(records) - skipped, skipped) for records, skipped in zip(requests, replayed, strict=True)
-        ]
-        return batch, results
-
-    def _insert_blocking(self, batch: PreparedBatch) -> None:
-        started = time.perf_counter()
-        try:
-            self.store.insert_with_retry(
-                batch,
-                should_stop=lambda: self._stopping,
-                max_backoff=self.max_backoff,
-                on_retry=self._on_retry,
-            )
-        except StoreError as exc:
-            metrics.BACKPRESSURE.set(0)
-            self._failed = exc
-            raise
-        metrics.BACKPRESSURE.set(0)
-        metrics.AUDIT_INSERT_SECONDS.observe(time.perf_counter() - started)
-        metrics.AUDIT_BATCHES.inc()
-        for decision, count in batch.rows_by_decision.items():
-            metrics.AUDIT_ROWS.labels(decision).inc(count)
-        metrics.LAST_AUDIT_WRITE.set(time.time())
-        for chain, head in batch.heads.items():
-            metrics.CHAIN_HEAD.labels(chain).set(head.seq)
-
-
-class MemorySink:
-    """An in-memory audit sink for tests: keeps records, can be told to fail a number of times."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.records: list[AuditRecord] = []
-        self.failures = failures
-        self._seen: set[tuple[str, int, int]] = set()
-
-    async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
-        if self.failures > 0:
-            self.failures -= 1
-            raise StoreError("memory sink told to fail")
-        written = replayed = 0
-        for record in records:
-            key = (record.topic, record.partition, record.offset)
-            if key in self._seen:
-                replayed += 1
-                continue
-            self._seen.add(key)
-            self.records.append(record)
-            written += 1
-        return written, replayed

@@ -42,14 +42,15 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from flowaudit import metrics
-from flowaudit.settings import Settings, mask_url
-from flowaudit.tuning import tune_process
-from sinks.clickhouse import AuditStore, StoreError
-from sinks.verify import VerifyReport, verify_store
-from streams.pipeline import (
+from flowaudit.common import metrics
+from flowaudit.common.settings import Settings, mask_url
+from flowaudit.common.tuning import tune_process
+from flowaudit.domain.policy import Policy
+from flowaudit.sinks.clickhouse import AuditStore, StoreError
+from flowaudit.sinks.verify import VerifyReport, verify_store
+from flowaudit.sinks.writer import ClickHouseSink
+from flowaudit.streams.pipeline import (
     BatchResult,
-    ClickHouseSink,
     InboundMessage,
     OutboundRecord,
     Publisher,
@@ -59,7 +60,6 @@ from streams.pipeline import (
     count_forwarded,
     forward,
 )
-from streams.policy import Policy
 
 log = logging.getLogger(__name__)
 

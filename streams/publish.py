@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from streams.pipeline import OutboundRecord
+from flowaudit.streams.pipeline import OutboundRecord
 
 
 class KafkaPublisher:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from policy import DEFAULT_POLICY_DIR
-from streams.policy import Policy, load_policy, load_yaml
+from flowaudit.domain.policy import Policy, load_policy, load_yaml
+from flowaudit.policy import DEFAULT_POLICY_DIR
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -44,7 +44,7 @@ def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store_factory(chdb_path: Path, policy: Policy) -> Any:
     """Open AuditStores on a fresh database of the shared chDB store; closes them afterwards."""
-    from sinks.clickhouse import AuditStore
+    from flowaudit.sinks.clickhouse import AuditStore
 
     _DB_COUNTER[0] += 1
     database = f"t{_DB_COUNTER[0]}"

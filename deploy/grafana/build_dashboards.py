@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sinks.reports import load_reports  # noqa: E402
+from flowaudit.sinks.reports import load_reports  # noqa: E402
 
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "clickhouse"}

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from flowaudit.metrics import REGISTRY
+from flowaudit.common.metrics import REGISTRY
 
 
 def require_tool(name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sinks.clickhouse import qualify
+from flowaudit.sinks.clickhouse import qualify
 from tests.deploy.conftest import check_promql
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
@@ -86,10 +86,10 @@ def _as_clickhouse(sql: str, table: str) -> str:
 
 @pytest.mark.integration
 def test_compliance_panels_run_against_the_audit_table(store_factory: Any) -> None:
+    from flowaudit.domain.decision import Decider
+    from flowaudit.domain.events import event_from_mapping
     from flowaudit.generator import EventGenerator
-    from sinks.audit import AuditRecord
-    from streams.decision import Decider
-    from streams.events import event_from_mapping
+    from flowaudit.sinks.audit import AuditRecord
 
     store = store_factory()
     decider = Decider(store.policy)

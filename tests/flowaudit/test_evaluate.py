@@ -8,9 +8,9 @@ from itertools import islice
 
 import orjson
 
+from flowaudit.domain.policy import Policy
 from flowaudit.evaluate import evaluate_lines, read_lines
 from flowaudit.generator import EventGenerator
-from streams.policy import Policy
 from tests.conftest import DATA_DIR, read_data
 
 EVENTS = DATA_DIR / "events"

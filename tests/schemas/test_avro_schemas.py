@@ -14,11 +14,11 @@ import avro.schema
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas import SCHEMA_DIR
-from streams.codec import AvroCodec, DecodeError, EncodeError, crc64_avro
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import Policy
+from flowaudit.domain.codec import AvroCodec, DecodeError, EncodeError, crc64_avro
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
+from flowaudit.schemas import SCHEMA_DIR
 from tests.conftest import DATA_DIR, read_data
 
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.avsc"))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
 from flowaudit.generator import EventGenerator
-from schemas import SCHEMA_DIR
-from sinks.audit import (
+from flowaudit.schemas import SCHEMA_DIR
+from flowaudit.sinks.audit import (
     ALL_COLUMNS,
     CONTENT_COLUMNS,
     GENESIS,
@@ -19,10 +22,7 @@ from sinks.audit import (
     row_hash,
     row_hashes,
 )
-from sinks.clickhouse import split_statements
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import Policy
+from flowaudit.sinks.clickhouse import split_statements
 
 
 def _records(policy: Policy, count: int) -> list[AuditRecord]:

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
 from flowaudit.generator import EventGenerator
-from sinks.audit import AuditRecord, content_bytes, content_from_stored, row_hash
-from sinks.clickhouse import INSERT_FORMAT, AuditStore, PreparedBatch, StoreError, qualify
-from sinks.reports import load_reports, report_parameters
-from sinks.verify import verify_store
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import Policy
+from flowaudit.sinks.audit import AuditRecord, content_bytes, content_from_stored, row_hash
+from flowaudit.sinks.clickhouse import INSERT_FORMAT, AuditStore, PreparedBatch, StoreError, qualify
+from flowaudit.sinks.reports import load_reports, report_parameters
+from flowaudit.sinks.verify import verify_store
 from tests.conftest import DATA_DIR
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,11 @@ from typing import Any
 import orjson
 import pytest
 
-from sinks import clickhouse, encoding
-from sinks.audit import (
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
+from flowaudit.sinks import clickhouse, encoding
+from flowaudit.sinks.audit import (
     ALL_COLUMNS,
     CONTENT_COLUMNS,
     GENESIS,
@@ -17,12 +20,9 @@ from sinks.audit import (
     content_from_stored,
     row_hash,
 )
-from sinks.clickhouse import INSERT_FORMAT
-from sinks.encoding import ARROW_TYPES, ROW_SCHEMA, BatchEncoder, Link, decode_batch, encode_batch
-from sinks.verify import verify_store
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import Policy
+from flowaudit.sinks.clickhouse import INSERT_FORMAT
+from flowaudit.sinks.encoding import ARROW_TYPES, ROW_SCHEMA, BatchEncoder, Link, decode_batch, encode_batch
+from flowaudit.sinks.verify import verify_store
 from tests.conftest import DATA_DIR
 
 EDGE_CASES = DATA_DIR / "events" / "encoding_edge_cases.jsonl"

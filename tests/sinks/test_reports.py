@@ -5,7 +5,7 @@ from datetime import datetime
 
 import pytest
 
-from sinks.reports import ReportError, load_reports, normalize_time, render, report_parameters
+from flowaudit.sinks.reports import ReportError, load_reports, normalize_time, render, report_parameters
 
 EXPECTED = {
     "blocked-health-transfers",

@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 from flowaudit import runtime as runtime_module
-from flowaudit.settings import Settings
-from sinks.clickhouse import AuditStore
+from flowaudit.common.settings import Settings
+from flowaudit.sinks.clickhouse import AuditStore
 
 
 class DownClient:

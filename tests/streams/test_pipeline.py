@@ -9,22 +9,22 @@ from typing import Any
 
 import pytest
 
+from flowaudit.domain.codec import MAGIC, AvroCodec
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
 from flowaudit.produce import avro_record
-from schemas import SCHEMA_DIR
-from sinks.clickhouse import StoreError
-from streams.codec import MAGIC, AvroCodec
-from streams.events import event_from_mapping
-from streams.pipeline import (
+from flowaudit.schemas import SCHEMA_DIR
+from flowaudit.sinks.clickhouse import StoreError
+from flowaudit.streams.pipeline import (
     BatchProcessor,
     InboundMessage,
     InvalidRatioExceeded,
     InvalidRatioGuard,
-    MemorySink,
     OutboundRecord,
     Topics,
 )
-from streams.policy import Policy
 from tests.conftest import DATA_DIR
+from tests.fakes import MemorySink
 
 TOPICS = Topics("approved", "blocked", "dlq")
 CODEC = AvroCodec(SCHEMA_DIR)
@@ -155,7 +155,7 @@ def test_memory_sink_recognises_replays(policy: Policy) -> None:
 
 
 def test_decision_header_is_the_decision_as_json(policy: Policy) -> None:
-    from streams.decision import Decider
+    from flowaudit.domain.decision import Decider
 
     processor, _ = _processor(policy, "sharing", MemorySink())
     decider = Decider(policy)

@@ -13,19 +13,24 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowaudit import metrics
+from flowaudit.common import metrics
+from flowaudit.common.settings import Settings
+from flowaudit.domain.codec import AvroCodec
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
 from flowaudit.generator import EventGenerator
 from flowaudit.produce import avro_record
-from flowaudit.settings import Settings
-from schemas import SCHEMA_DIR
-from sinks.clickhouse import StoreError
-from sinks.reports import load_reports, report_parameters
-from streams.codec import AvroCodec
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.pipeline import BatchResult, InboundMessage, InvalidRatioExceeded, Routes
-from streams.pipeline_process import PipelineConfig, PipelineMetrics, PipelineProcess, PipelineProcessError
-from streams.policy import Policy
+from flowaudit.schemas import SCHEMA_DIR
+from flowaudit.sinks.clickhouse import StoreError
+from flowaudit.sinks.reports import load_reports, report_parameters
+from flowaudit.streams.pipeline import BatchResult, InboundMessage, InvalidRatioExceeded, Routes
+from flowaudit.streams.pipeline_process import (
+    PipelineConfig,
+    PipelineMetrics,
+    PipelineProcess,
+    PipelineProcessError,
+)
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration

@@ -18,14 +18,14 @@ import pytest
 from kafka import KafkaProducer
 
 from flowaudit.broker import EmbeddedBroker
+from flowaudit.common.settings import Settings
+from flowaudit.domain.codec import MAGIC, AvroCodec
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
 from flowaudit.generator import EventGenerator
 from flowaudit.produce import KAFKA_API_VERSION, avro_record
-from flowaudit.settings import Settings
-from schemas import SCHEMA_DIR
-from streams.codec import MAGIC, AvroCodec
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import Policy
+from flowaudit.schemas import SCHEMA_DIR
 from tests.conftest import DATA_DIR
 from tests.helpers import REPO, WorkerProcess, read_topic, run_cli, wait_for, worker_env
 

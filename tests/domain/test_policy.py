@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from policy import DEFAULT_POLICY_DIR
-from streams.policy import POLICY_FILES, Policy, PolicyError, load_policy
+from flowaudit.domain.policy import POLICY_FILES, Policy, PolicyError, load_policy
+from flowaudit.policy import DEFAULT_POLICY_DIR
 from tests.conftest import DATA_DIR, read_data
 
 FAILING = read_data("policies/failing.yaml")

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from streams.events import Event
-from streams.policy import Policy, PolicyException, Rule
+from flowaudit.domain.events import Event
+from flowaudit.domain.policy import Policy, PolicyException, Rule
 
 ALLOWED = "allowed"
 BLOCKED = "blocked"

@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.events import Event, InvalidEvent, event_from_mapping, format_millis
-from streams.policy import Policy
+from flowaudit.domain.events import Event, InvalidEvent, event_from_mapping, format_millis
+from flowaudit.domain.policy import Policy
 from tests.conftest import DATA_DIR, read_data
 
 
@@ -124,11 +124,11 @@ def test_millisecond_timestamps_never_lose_a_millisecond(policy: Policy) -> None
 def test_the_avro_fast_path_agrees_with_the_general_validator(policy: Policy) -> None:
     import copy
 
+    from flowaudit.domain.codec import AvroCodec
+    from flowaudit.domain.events import event_from_avro
     from flowaudit.generator import EventGenerator
     from flowaudit.produce import avro_record
-    from schemas import SCHEMA_DIR
-    from streams.codec import AvroCodec
-    from streams.events import event_from_avro
+    from flowaudit.schemas import SCHEMA_DIR
 
     codec = AvroCodec(SCHEMA_DIR)
     mutations = [

@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from streams.decision import Decider
-from streams.events import event_from_mapping
-from streams.policy import Policy, load_policy
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy, load_policy
 from tests.conftest import DATA_DIR, read_data
 
 CASES = read_data("decision_cases.yaml")

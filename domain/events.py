@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.policy import EVENT_TYPES, Policy
+from flowaudit.domain.policy import EVENT_TYPES, Policy
 
 RECIPIENT_TYPES = frozenset(
     {"third_party_app", "other_user", "healthcare_professional", "research_program", "social_network"}

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from policy import DEFAULT_POLICY_DIR
+from flowaudit.policy import DEFAULT_POLICY_DIR
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]+:)(?P<secret>[^@]*)(?P<tail>@)", re.I)
 

@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 
-from flowaudit import tuning
+from flowaudit.common import tuning
 from tests.helpers import REPO
 
 PROBE = """
 import gc, json, sys
-from flowaudit.tuning import tune_process
+from flowaudit.common.tuning import tune_process
 before = sys.getswitchinterval()
 allocator = tune_process()
 print(json.dumps({"before": before, "after": sys.getswitchinterval(), "gc": gc.get_threshold(),

@@ -1,0 +1,7 @@
+"""The pure domain, above the ground floor: the policy, the event kinds, validation, the decision core
+and the Avro codec. No I/O beyond reading the policy and schema files at start-up, no metrics, no
+settings: callers pass what each function needs.
+
+Imports point down only: `policy` (model and loader) ← `events` (kinds and validation) ← `decision`;
+`codec` stands alone. The sinks and the streams build on this; nothing here imports them.
+"""

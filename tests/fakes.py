@@ -1,0 +1,32 @@
+"""Test doubles for the pipeline's ports (never used by production code)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flowaudit.sinks.audit import AuditRecord
+from flowaudit.sinks.clickhouse import StoreError
+
+
+class MemorySink:
+    """An in-memory audit sink for tests: keeps records, can be told to fail a number of times."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.records: list[AuditRecord] = []
+        self.failures = failures
+        self._seen: set[tuple[str, int, int]] = set()
+
+    async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError("memory sink told to fail")
+        written = replayed = 0
+        for record in records:
+            key = (record.topic, record.partition, record.offset)
+            if key in self._seen:
+                replayed += 1
+                continue
+            self._seen.add(key)
+            self.records.append(record)
+            written += 1
+        return written, replayed
