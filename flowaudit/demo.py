@@ -22,7 +22,7 @@ from typing import Any
 from flowaudit.common.settings import Settings
 from flowaudit.common.tuning import tune_process
 from flowaudit.domain.codec import MAGIC
-from flowaudit.domain.policy import load_policy
+from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.generator import EventGenerator
 from flowaudit.produce import EventProducer
 from flowaudit.runtime import Runtime, build_runtime, make_worker, start_metrics_server
@@ -174,26 +174,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"  {line}")
 
 
-def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, timeout: float = 900.0) -> int:
-    tune_process()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    demo_dir = settings.data_dir / "demo"
-    embedded_store = settings.clickhouse_url is None
-    if embedded_store:
-        shutil.rmtree(demo_dir / "audit", ignore_errors=True)  # a demo starts from an empty store
-    demo_settings = settings.model_copy(update={"data_dir": demo_dir, "web_port": 0})
-    policy = load_policy(demo_settings.policy_dir)
-    progress = Progress()
-    started_ms = int(time.time() * 1000)
-    started = time.perf_counter()
-    try:
-        runtime = build_runtime(demo_settings, observer=progress.observe, policy=policy, web_enabled=False)
-    except (StoreError, PipelineProcessError) as exc:
-        print(f"flowaudit demo: {exc}", file=sys.stderr)
-        return 2
-    start_metrics_server(demo_settings, runtime.metrics_registry)
-    worker = make_worker(runtime.app, "WARNING")
-    stopping: dict[str, Any] = {"done": False, "reason": "", "task": None}
+@dataclass
+class _Stop:
+    """Why and when the demo asked the worker to stop ("done" when every record was accounted for)."""
+
+    reason: str = ""
+    task: asyncio.Future[Any] | None = None
+
+
+def _stop_when_done(
+    runtime: Runtime, worker: Any, progress: Progress, started: float, timeout: float
+) -> _Stop:
+    """Show progress every second and stop the worker once every record is decided and written."""
+    stop = _Stop()
     last_print = [0.0]
 
     @runtime.app.timer(0.25)  # type: ignore[untyped-decorator]
@@ -216,38 +209,24 @@ def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, tim
             reason = f"producer failed: {progress.producer_error}"
         elif now - started > timeout:
             reason = f"timed out after {timeout:.0f} s"
-        if reason and not stopping["done"]:
+        if reason and not stop.reason:
             progress.stopping = True
-            stopping.update(done=True, reason=reason, task=asyncio.ensure_future(worker.stop()))
+            stop.reason, stop.task = reason, asyncio.ensure_future(worker.stop())
 
-    print(
-        f"flowaudit demo: embedded broker {runtime.bootstrap} (development only), store "
-        f"{runtime.masked_store_url}, {events:,} events (seed {seed})",
-        file=sys.stderr,
-    )
-    threading.Thread(target=_produce, args=(runtime, progress, events, seed), daemon=True).start()
-    try:
-        worker.execute_from_commandline()
-    except SystemExit:
-        pass
-    finally:
-        runtime.close()
-    print(file=sys.stderr)
-    elapsed = time.perf_counter() - started
-    if stopping["reason"] != "done":
-        print(
-            f"flowaudit demo: stopped before the end: {stopping['reason'] or runtime.app.fatal_error}",
-            file=sys.stderr,
-        )
-        return 1
+    return stop
 
-    store = AuditStore(runtime.store_url, policy, load_chain_key(demo_settings.chain_key_value, demo_dir))
+
+def _final_summary(
+    runtime: Runtime, settings: Settings, policy: Policy, progress: Progress, started_ms: int, elapsed: float
+) -> dict[str, Any]:
+    """The summary read back from the audit store, with the commands that query it."""
+    store = AuditStore(runtime.store_url, policy, load_chain_key(settings.chain_key_value, settings.data_dir))
     store.connect()
     try:
         summary = _summary(store, progress, started_ms)
     finally:
         store.close()
-    data_dir = demo_dir
+    data_dir = settings.data_dir
     # the command as this run was started (.venv/bin/flowaudit after `make demo`), so lines can be pasted
     command = sys.argv[0] if Path(sys.argv[0]).name == "flowaudit" else "flowaudit"
     summary.update(
@@ -263,6 +242,49 @@ def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, tim
             f"print(c.get_client(dsn='{store.url}').query('SELECT count() FROM audit_events').result_rows)\"",
         ],
     )
+    return summary
+
+
+def run_demo(settings: Settings, events: int, as_json: bool, seed: int = 42, timeout: float = 900.0) -> int:
+    tune_process()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    demo_dir = settings.data_dir / "demo"
+    if settings.clickhouse_url is None:
+        shutil.rmtree(demo_dir / "audit", ignore_errors=True)  # a demo starts from an empty store
+    demo_settings = settings.model_copy(update={"data_dir": demo_dir, "web_port": 0})
+    policy = load_policy(demo_settings.policy_dir)
+    progress = Progress()
+    started_ms = int(time.time() * 1000)
+    started = time.perf_counter()
+    try:
+        runtime = build_runtime(demo_settings, observer=progress.observe, policy=policy, web_enabled=False)
+    except (StoreError, PipelineProcessError) as exc:
+        print(f"flowaudit demo: {exc}", file=sys.stderr)
+        return 2
+    start_metrics_server(demo_settings, runtime.metrics_registry)
+    worker = make_worker(runtime.app, "WARNING")
+    stop = _stop_when_done(runtime, worker, progress, started, timeout)
+    print(
+        f"flowaudit demo: embedded broker {runtime.bootstrap} (development only), store "
+        f"{runtime.masked_store_url}, {events:,} events (seed {seed})",
+        file=sys.stderr,
+    )
+    threading.Thread(target=_produce, args=(runtime, progress, events, seed), daemon=True).start()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    finally:
+        runtime.close()
+    print(file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    if stop.reason != "done":
+        print(
+            f"flowaudit demo: stopped before the end: {stop.reason or runtime.app.fatal_error}",
+            file=sys.stderr,
+        )
+        return 1
+    summary = _final_summary(runtime, demo_settings, policy, progress, started_ms, elapsed)
     if as_json:
         print(json.dumps(summary))
     else:
