@@ -1,31 +1,59 @@
 """The one settings object, read from the environment (`FLOWAUDIT_*`) once; flags may override.
 
-URLs may carry credentials: `Settings.masked()` is what logs and `flowaudit config` print.
+`load_settings()` is how programs get it: a bad value raises `SettingsError`, whose message is one
+line naming the variable, its (masked) value and what it accepts, for the program to print before
+it exits with status 2. URLs may carry credentials: `Settings.masked()` is what logs and
+`flowaudit config` print.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flowaudit.common.redact import mask_url
 from flowaudit.policy import DEFAULT_POLICY_DIR
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]+:)(?P<secret>[^@]*)(?P<tail>@)", re.I)
+ENV_PREFIX = "FLOWAUDIT_"
+# Kafka's legal topic and group characters (kafka.common.internals.Topic), at most 249 of them
+_KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*$")
+_SECRET_FIELDS = frozenset({"chain_key", "web_token"})
+_URL_FIELDS = frozenset({"kafka_url", "clickhouse_url"})
 
 
-def mask_url(url: str | None) -> str | None:
-    """Replace the password of a URL with `***`."""
-    if url is None:
-        return None
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
+class SettingsError(ValueError):
+    """A setting has a value the program cannot run with; the message is one line naming it."""
+
+
+def _is_host(value: str) -> bool:
+    text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return bool(_HOST_NAME.match(value))
+    return True
+
+
+def _servers(text: str) -> list[tuple[str, int]]:
+    """`h1:9092,h2:9092` -> [(h1, 9092), (h2, 9092)]; ValueError naming the first bad server."""
+    servers = []
+    for server in text.split(","):
+        host, colon, port = server.strip().rpartition(":")
+        if not colon or not _is_host(host) or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{server.strip() or 'an empty entry'!r} is not host:port")
+        servers.append((host, int(port)))
+    return servers
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLOWAUDIT_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     kafka_url: str | None = Field(
         default=None,
@@ -46,33 +74,38 @@ class Settings(BaseSettings):
     topic_blocked: str = "flowaudit.blocked"
     topic_dead_letter: str = "flowaudit.dead-letter"
     topic_partitions: int = Field(
-        default=4, ge=1, description="partitions of topics the embedded broker creates"
+        default=4, ge=1, le=10_000, description="partitions of topics the embedded broker creates"
     )
     consumer_group: str = "flowaudit-worker"
 
-    batch_max_rows: int = Field(default=20_000, ge=1, description="audit rows per insert, at most")
+    batch_max_rows: int = Field(
+        default=20_000, ge=1, le=1_000_000, description="audit rows per insert, at most"
+    )
     # 0.25 s measured best in bench/stream.py (ratio to a no-op agent, 120,000 events) with the whole
     # pipeline in one process: 1.0 s gave 0.47-0.66 (median 0.54), 0.25 s 0.57-0.80 (median 0.67),
     # 0.1 s 0.57-0.60. Shorter bursts of Python work leave the GIL to Faust's consumer thread more
     # often; below that, inserts get small.
     batch_max_seconds: float = Field(
-        default=0.25, gt=0, description="longest wait before a partial batch is written"
+        default=0.25, gt=0, le=60, description="longest wait before a partial batch is written"
     )
     commit_interval_seconds: float = Field(
-        default=1.0, gt=0, description="how often Faust commits acknowledged offsets"
+        default=1.0, gt=0, le=3600, description="how often Faust commits acknowledged offsets"
     )
     session_timeout_seconds: float = Field(
         default=30.0,
         ge=6,
+        le=1800,  # the broker's default group.max.session.timeout.ms is 30 minutes
         description="Kafka consumer-group session timeout: how soon a dead worker's partitions move",
     )
     insert_retry_max_seconds: float = Field(
-        default=30.0, gt=0, description="cap of the insert retry back-off"
+        default=30.0, gt=0, le=3600, description="cap of the insert retry back-off"
     )
     invalid_ratio_limit: float = Field(
         default=0.5, gt=0, le=1, description="stop when more than this share of a window is invalid"
     )
-    invalid_ratio_window: int = Field(default=1000, ge=10, description="records per invalid-ratio window")
+    invalid_ratio_window: int = Field(
+        default=1000, ge=10, le=100_000_000, description="records per invalid-ratio window"
+    )
     pipeline_process: bool = Field(
         default=True,
         description="decode, decide and write the audit store in a second process (off: all in one process)",
@@ -84,13 +117,89 @@ class Settings(BaseSettings):
     web_bind: str = Field(default="127.0.0.1", description="address the worker's web server binds to")
     metrics_bind: str = Field(default="127.0.0.1", description="address the metrics endpoint binds to")
     chain_key: SecretStr | None = Field(
-        default=None, description="HMAC key of the audit chain; unset: a key kept in <data dir>/chain.key"
+        default=None,
+        description="HMAC key of the audit chain (16 characters or more); unset: <data dir>/chain.key",
+    )
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token the worker's web API requires for reports and verify (16+ characters)",
     )
 
-    @field_validator("kafka_url", "clickhouse_url")
+    @field_validator("kafka_url", "clickhouse_url", "chain_key", "web_token", mode="before")
     @classmethod
-    def _blank_is_unset(cls, value: str | None) -> str | None:
+    def _blank_is_unset(cls, value: Any) -> Any:
         return value or None
+
+    @field_validator("chain_key", "web_token")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("a secret of at least 16 characters is required")
+        return value
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            scheme, sep, rest = value.partition("://")
+            if sep and scheme != "kafka":
+                raise ValueError("must be kafka://host:port[,host:port...] (or host:port,...)")
+            if "@" in value:
+                raise ValueError("credentials in the URL are not supported (SASL is not configured here)")
+            _servers((rest if sep else value).rstrip("/"))
+        return value
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme, sep, rest = value.partition("://")
+        if scheme == "chdb" and sep and rest.strip("/"):
+            return value
+        host = rest.split("/", 1)[0].rpartition("@")[2]
+        if scheme in ("http", "https") and sep and host:
+            _servers(host if ":" in host.lstrip("[").rpartition("]")[2] else f"{host}:8123")
+            return value
+        raise ValueError("must be chdb:///path or http(s)://[user:password@]host[:port][/database]")
+
+    @field_validator(
+        "topic_device_sync",
+        "topic_sharing",
+        "topic_subcontractor_transfer",
+        "topic_approved",
+        "topic_blocked",
+        "topic_dead_letter",
+        "consumer_group",
+    )
+    @classmethod
+    def _kafka_name(cls, value: str) -> str:
+        if not _KAFKA_NAME.match(value):
+            raise ValueError("must be 1-249 characters of letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("web_bind", "metrics_bind")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        if not _is_host(value):
+            raise ValueError("must be an IP address or a host name")
+        return value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value: Any) -> Any:
+        if str(value).strip() == "":
+            raise ValueError("must name a directory")
+        if Path(value).exists() and not Path(value).is_dir():
+            raise ValueError("exists and is not a directory")
+        return value
+
+    @field_validator("policy_dir")
+    @classmethod
+    def _existing_directory(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError("no such directory")
+        return value
 
     @property
     def input_topics(self) -> dict[str, str]:
@@ -109,11 +218,16 @@ class Settings(BaseSettings):
     def resolved_clickhouse_url(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.data_dir / 'audit').resolve()}"
 
+    @property
+    def web_token_value(self) -> str | None:
+        return self.web_token.get_secret_value() if self.web_token else None
+
     def masked(self) -> dict[str, Any]:
         values = self.model_dump()
         values["kafka_url"] = mask_url(self.kafka_url)
         values["clickhouse_url"] = mask_url(self.resolved_clickhouse_url)
-        values["chain_key"] = "***" if self.chain_key else None
+        for name in _SECRET_FIELDS:
+            values[name] = "***" if getattr(self, name) else None
         return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
 
     def __repr__(self) -> str:
@@ -126,3 +240,29 @@ def kafka_bootstrap(url: str) -> str:
     """`kafka://h1:9092,h2:9092` (or a bare `h1:9092,...`) -> `h1:9092,h2:9092`."""
     servers = url.split("://", 1)[1] if "://" in url else url
     return servers.rstrip("/")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _shown(field: str, value: Any) -> str:
+    """A rejected value as the error line shows it: secrets never, URLs masked."""
+    if field in _SECRET_FIELDS:
+        return "***"
+    text = str(value)
+    return mask_url(text) or "" if field in _URL_FIELDS else text
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment (and `overrides`); SettingsError naming the first bad one."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        value = os.environ.get(env_name(field), error.get("input"))
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        description = Settings.model_fields[field].description if field in Settings.model_fields else None
+        hint = f" ({description})" if description else ""
+        raise SettingsError(f"{env_name(field)}={_shown(field, value)!r}: {reason}{hint}") from None

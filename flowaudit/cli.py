@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flowaudit.common.settings import Settings
+from flowaudit.common.settings import Settings, SettingsError, load_settings
 from flowaudit.domain.policy import Policy, PolicyError, load_policy
 
 if TYPE_CHECKING:
@@ -280,7 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"flowaudit: invalid setting {exc}", file=sys.stderr)
+        return 2
     code: int = args.handler(args, settings)
     return code
 

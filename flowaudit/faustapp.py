@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import atexit
 
-from flowaudit.common.settings import Settings
+from flowaudit.common.settings import SettingsError, load_settings
 from flowaudit.common.tuning import tune_process
 from flowaudit.runtime import build_runtime, start_metrics_server
 from flowaudit.webapi import remove_worker_file, write_worker_file
 
-settings = Settings()
+try:
+    settings = load_settings()
+except SettingsError as exc:
+    raise SystemExit(f"flowaudit: invalid setting {exc}") from None
 tune_process()
 runtime = build_runtime(settings)
 app = runtime.app

@@ -30,7 +30,7 @@ from typing import Any
 
 import clickhouse_connect
 
-from flowaudit.common.settings import mask_url
+from flowaudit.common.redact import mask_url
 from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 from flowaudit.sinks.audit import (

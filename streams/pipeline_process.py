@@ -43,7 +43,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from flowaudit.common import metrics
-from flowaudit.common.settings import Settings, mask_url
+from flowaudit.common.redact import mask_url
+from flowaudit.common.settings import Settings
 from flowaudit.common.tuning import tune_process
 from flowaudit.domain.policy import Policy
 from flowaudit.sinks.clickhouse import AuditStore, StoreError

@@ -1,0 +1,111 @@
+"""Settings: every variable with a bad value stops the program with one line naming it (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from flowaudit import cli
+from flowaudit.common.settings import Settings, SettingsError, env_name, load_settings
+from tests.helpers import REPO
+
+# One value per setting that the program cannot run with. Every setting must have one (checked).
+BAD_VALUES: dict[str, str] = {
+    "kafka_url": "::not a url::",
+    "clickhouse_url": "mysql://host/db",
+    "data_dir": "",
+    "policy_dir": "/no/such/policy/dir",
+    "metrics_port": "65536",
+    "topic_device_sync": "has spaces",
+    "topic_sharing": "",
+    "topic_subcontractor_transfer": "x" * 250,
+    "topic_approved": "a/b",
+    "topic_blocked": "ünïcode",
+    "topic_dead_letter": "a,b",
+    "topic_partitions": "0",
+    "consumer_group": "",
+    "batch_max_rows": "-1",
+    "batch_max_seconds": "inf",
+    "commit_interval_seconds": "nan",
+    "session_timeout_seconds": "1",
+    "insert_retry_max_seconds": "0",
+    "invalid_ratio_limit": "1.5",
+    "invalid_ratio_window": "five",
+    "pipeline_process": "maybe",
+    "web_port": "http",
+    "web_bind": "not an address!",
+    "metrics_bind": "",
+    "chain_key": "short",
+    "web_token": "short",
+}
+
+
+def test_every_setting_has_a_bad_value_here() -> None:
+    assert set(BAD_VALUES) == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize("field", sorted(BAD_VALUES))
+def test_a_bad_value_stops_with_one_line_naming_the_variable(
+    field: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(env_name(name), raising=False)
+    monkeypatch.setenv(env_name(field), BAD_VALUES[field])
+    assert cli.main(["config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"flowaudit: invalid setting {env_name(field)}=")
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("field", ["chain_key", "web_token"])
+def test_a_rejected_secret_is_not_echoed(field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env_name(field), "tiny-secret")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "tiny-secret" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+def test_a_rejected_url_is_shown_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWAUDIT_CLICKHOUSE_URL", "ftp://writer:hunter2hunter2@host/db")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("kafka_url", "kafka://broker-1:9092,broker-2:9092"),
+        ("kafka_url", "127.0.0.1:9092"),
+        ("kafka_url", "kafka://[::1]:9092"),
+        ("clickhouse_url", "chdb:///var/lib/flowaudit/audit"),
+        ("clickhouse_url", "https://writer:secret@clickhouse:8443/flowaudit"),
+        ("clickhouse_url", "http://clickhouse/flowaudit"),
+        ("web_bind", "0.0.0.0"),
+        ("metrics_bind", "::"),
+        ("metrics_bind", "localhost"),
+        ("chain_key", "x" * 16),
+    ],
+)
+def test_good_values_pass(field: str, value: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(env_name(field), value)
+    settings = load_settings()
+    assert getattr(settings, field) is not None
+
+
+def test_the_worker_exits_at_once_on_a_bad_setting() -> None:
+    """`flowaudit worker` with an unusable Kafka URL: one line, exit 2, no broker, no waiting."""
+    env = {"PATH": "/usr/bin:/bin", "FLOWAUDIT_KAFKA_URL": "::not a url::"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flowaudit.cli", "worker"], env=env, capture_output=True, timeout=60, cwd=REPO
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.decode().splitlines()
+    assert line.startswith("flowaudit: invalid setting FLOWAUDIT_KAFKA_URL=")
