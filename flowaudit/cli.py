@@ -184,11 +184,14 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.json:
         print(json.dumps(result))
-    elif result["ok"]:
-        print(f"OK: {result['rows']} rows in {result['links']} links of {result['chains']} chains verify")
-    else:
+    elif result["problems"]:
         print(f"BROKEN: {result['problems'][0]}")
-    return 0 if result["ok"] else 1
+    elif result.get("error"):
+        print(f"flowaudit: verify did not finish: {result['error']}", file=sys.stderr)
+    else:
+        print(f"OK: {result['rows']} rows in {result['links']} links of {result['chains']} chains verify")
+    # 1 = tampered (a problem found), 2 = no verdict (the store could not be read)
+    return 1 if result["problems"] else 2 if result.get("error") else 0
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -213,7 +213,9 @@ def content_from_stored(row: dict[str, Any]) -> tuple[Any, ...]:
     for name in CONTENT_COLUMNS:
         value = row[name]
         if name in TIMESTAMP_COLUMNS:
-            value = millis_of(value)
+            # the verifier reads timestamps as epoch milliseconds (any value, even beyond year 9999);
+            # other readers get datetimes
+            value = value if isinstance(value, int) else millis_of(value)
         elif name == "event_id":
             value = str(value)
         elif isinstance(value, tuple):

@@ -19,6 +19,7 @@ from typing import Any
 from flowaudit.sinks.audit import (
     CONTENT_COLUMNS,
     GENESIS,
+    TIMESTAMP_COLUMNS,
     content_bytes,
     content_from_stored,
     link_hash,
@@ -27,6 +28,12 @@ from flowaudit.sinks.audit import (
 from flowaudit.sinks.clickhouse import AuditStore
 
 _WINDOW_ROWS = 200_000
+# Timestamps are read as epoch milliseconds, the form they were hashed in: a stored value outside
+# the range of Python's datetime (year 1 to 9999) must not stop the verification of a whole store.
+_COLUMNS = ", ".join(
+    f"toUnixTimestamp64Milli({name}) AS {name}" if name in TIMESTAMP_COLUMNS else name
+    for name in (*CONTENT_COLUMNS, "chain_seq", "link_rows", "link_index", "link_hash", "row_hash")
+)
 
 
 @dataclass
@@ -35,10 +42,12 @@ class VerifyReport:
     links: int = 0
     rows: int = 0
     problems: list[str] = field(default_factory=list)
+    # set when the store could not be read to the end: nothing is then said about what was not read
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.error is None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +56,7 @@ class VerifyReport:
             "links": self.links,
             "rows": self.rows,
             "problems": self.problems,
+            "error": self.error,
         }
 
 
@@ -110,7 +120,16 @@ def _find_forged(
 
 
 def verify_store(store: AuditStore) -> VerifyReport:
+    """Verify the whole store. Never raises: a store that cannot be read sets `error` instead."""
     report = VerifyReport()
+    try:
+        _verify_chains(store, report)
+    except Exception as exc:  # a store that fails mid-way must give a verdict, not a traceback
+        report.error = f"the store could not be read to the end: {type(exc).__name__}: {exc}"
+    return report
+
+
+def _verify_chains(store: AuditStore, report: VerifyReport) -> VerifyReport:
     table = store.table
     _, index_rows = store.query(
         f"SELECT chain_id, chain_seq, count(), min(link_rows), max(link_rows), uniqExact(link_hash) "
@@ -138,11 +157,8 @@ def verify_store(store: AuditStore) -> VerifyReport:
         for window in _windows(links):
             first, last = window[0][0], window[-1][0]
             rows_by_seq: dict[int, list[dict[str, Any]]] = {}
-            columns = ", ".join(
-                (*CONTENT_COLUMNS, "chain_seq", "link_rows", "link_index", "link_hash", "row_hash")
-            )
             for row in store.stream(
-                f"SELECT {columns} FROM {table} WHERE chain_id = {{chain:String}} "
+                f"SELECT {_COLUMNS} FROM {table} WHERE chain_id = {{chain:String}} "
                 f"AND chain_seq BETWEEN {{first:UInt64}} AND {{last:UInt64}} "
                 f"ORDER BY chain_seq, link_index, source_offset",
                 {"chain": chain, "first": first, "last": last},

@@ -264,3 +264,41 @@ def test_a_batch_prepared_on_one_in_flight_inserts_after_it(store_factory: Any, 
     store.insert(first)
     store.insert(second)
     assert store.count() == 600 and verify_store(store).ok
+
+
+def test_verify_reads_timestamps_beyond_what_python_can_hold(store_factory: Any, policy: Policy) -> None:
+    """A row dated after year 9999 (2^62 ms) or before 1900 must not stop verify (it did: a traceback)."""
+    import dataclasses
+
+    store = store_factory()
+    records = generated(policy, 20)
+    extreme = {3: 2**62, 4: -5_000_000_000_000}
+    records = [
+        record._replace(event=dataclasses.replace(record.event, occurred_at_ms=extreme[i]))
+        if i in extreme
+        else record
+        for i, record in enumerate(records)
+    ]
+    store.write(records)
+    report = verify_store(store)
+    assert report.ok, report.problems or report.error
+    assert report.rows == 20
+    store.client.command(
+        f"ALTER TABLE {store.table} UPDATE purpose = 'marketing' WHERE source_offset = 3 "
+        "SETTINGS mutations_sync = 1"
+    )
+    broken = verify_store(store)
+    assert not broken.ok and "source offset 3" in broken.problems[0]
+
+
+def test_verify_of_an_unreadable_store_gives_no_verdict(store_factory: Any, policy: Policy) -> None:
+    store = store_factory()
+    store.write(generated(policy, 10))
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("connection reset")
+
+    store.stream = failing  # type: ignore[method-assign]
+    report = verify_store(store)
+    assert not report.ok and report.problems == []
+    assert report.error is not None and "connection reset" in report.error
