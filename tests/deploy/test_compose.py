@@ -2,25 +2,75 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from tests.deploy.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Every variable `docker compose up` requires, with a recognisable value for the rendered config.
+REQUIRED = {
+    "FLOWAUDIT_WRITER_PASSWORD": "test-writer-password",
+    "FLOWAUDIT_READER_PASSWORD": "test-reader-password",
+    "FLOWAUDIT_CHAIN_KEY": "test-chain-key",
+    "FLOWAUDIT_WEB_TOKEN": "test-web-token",
+    "GRAFANA_ADMIN_PASSWORD": "test-grafana-admin-password",
+}
 
-def test_compose_config_is_valid() -> None:
+
+def _compose_config(variables: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with exactly these variables: no inherited environment, no .env file."""
     compose = require_tool("docker-compose")
-    result = subprocess.run(
-        [compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    return subprocess.run(
+        [compose, "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **variables},
     )
+
+
+def _rendered(tmp_path: Path) -> dict[str, Any]:
+    result = _compose_config(REQUIRED, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    rendered: dict[str, Any] = yaml.safe_load(result.stdout)
+    return rendered
+
+
+def test_compose_config_is_valid_with_the_required_variables(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    worker, grafana = services["worker"]["environment"], services["grafana"]["environment"]
+    assert worker["FLOWAUDIT_CHAIN_KEY"] == REQUIRED["FLOWAUDIT_CHAIN_KEY"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED["GRAFANA_ADMIN_PASSWORD"]
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_compose_refuses_to_start_without_each_required_variable(missing: str, tmp_path: Path) -> None:
+    variables = {name: value for name, value in REQUIRED.items() if name != missing}
+    for variables_case in (variables, variables | {missing: ""}):  # unset, and set but empty
+        result = _compose_config(variables_case, tmp_path)
+        assert result.returncode != 0, f"compose config accepted a stack without {missing}"
+        # the `${VAR:?message}` message names the variable (docker-compose 1.x prints only the message)
+        assert f"{missing} is required" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_no_development_default_for_any_secret() -> None:
+    deploy = sorted(p for p in (ROOT / "deploy").rglob("*") if p.suffix in {".yml", ".json", ".sh", ".py"})
+    for path in [ROOT / "docker-compose.yml", ROOT / "Dockerfile", ROOT / "README.md", *deploy]:
+        assert "change-me" not in path.read_text(), f"{path} has a change-me default"
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in REQUIRED:
+        uses = text.count("${" + name)
+        assert uses, f"docker-compose.yml does not use {name}"
+        assert text.count("${" + name + ":?") == uses, f"every use of {name} must be ${{{name}:?...}}"
 
 
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
