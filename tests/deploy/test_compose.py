@@ -21,6 +21,7 @@ REQUIRED = {
     "FLOWAUDIT_CHAIN_KEY": "test-chain-key",
     "FLOWAUDIT_WEB_TOKEN": "test-web-token",
     "GRAFANA_ADMIN_PASSWORD": "test-grafana-admin-password",
+    "KAFKA_CLUSTER_ID": "q1Sh-9_ISia_zwGINzRvyQ",  # the form `kafka-storage.sh random-uuid` prints
 }
 
 
@@ -71,6 +72,32 @@ def test_no_development_default_for_any_secret() -> None:
         uses = text.count("${" + name)
         assert uses, f"docker-compose.yml does not use {name}"
         assert text.count("${" + name + ":?") == uses, f"every use of {name} must be ${{{name}:?...}}"
+
+
+def _volume_targets(service: dict[str, Any]) -> dict[str, str]:
+    """source -> target of the rendered service's volumes (short `src:dst[:mode]` or long form)."""
+    targets = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            targets[str(volume["source"])] = str(volume["target"])
+        else:
+            source, target = str(volume).split(":")[:2]
+            targets[source] = target
+    return targets
+
+
+def test_kafka_keeps_its_log_on_the_named_volume_with_the_given_cluster_id(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    kafka = services["kafka"]
+    # apache/kafka defaults KAFKA_LOG_DIRS to /tmp/kraft-combined-logs (lost with the container) and
+    # CLUSTER_ID to one fixed id shared by every installation
+    data = _volume_targets(kafka)["kafka-data"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"].split(",")
+    assert all(d == data or d.startswith(data.rstrip("/") + "/") for d in log_dirs), (log_dirs, data)
+    assert kafka["environment"]["CLUSTER_ID"] == REQUIRED["KAFKA_CLUSTER_ID"]
+    # broker and topic creator run the same image, a Kafka 4.x release
+    assert services["kafka-topics"]["image"] == kafka["image"]
+    assert kafka["image"].startswith("apache/kafka:4."), kafka["image"]
 
 
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
