@@ -100,6 +100,34 @@ def test_kafka_keeps_its_log_on_the_named_volume_with_the_given_cluster_id(tmp_p
     assert kafka["image"].startswith("apache/kafka:4."), kafka["image"]
 
 
+def test_each_service_gets_only_the_clickhouse_password_it_needs(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    writer, reader = REQUIRED["FLOWAUDIT_WRITER_PASSWORD"], REQUIRED["FLOWAUDIT_READER_PASSWORD"]
+
+    def values(name: str) -> str:
+        return "\n".join(f"{k}={v}" for k, v in services[name].get("environment", {}).items())
+
+    # Grafana reads the audit store as the SELECT-only reader, never as the writer
+    assert services["grafana"]["environment"]["FLOWAUDIT_READER_PASSWORD"] == reader
+    assert writer not in values("grafana") and "WRITER" not in values("grafana")
+    # the worker writes as the writer and has no use for the reader's password
+    assert writer in services["worker"]["environment"]["FLOWAUDIT_CLICKHOUSE_URL"]
+    assert reader not in values("worker")
+    # the ClickHouse init script creates both users
+    clickhouse = services["clickhouse"]["environment"]
+    assert clickhouse["FLOWAUDIT_WRITER_PASSWORD"] == writer
+    assert clickhouse["FLOWAUDIT_READER_PASSWORD"] == reader
+    for name in set(services) - {"grafana", "worker", "clickhouse"}:
+        assert writer not in values(name) and reader not in values(name), name
+    # and the provisioned data source uses the reader's password from Grafana's environment
+    datasources = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "flowaudit.yml"
+    sources = yaml.safe_load(datasources.read_text())["datasources"]
+    clickhouse_source = next(s for s in sources if s["type"] == "grafana-clickhouse-datasource")
+    assert clickhouse_source["jsonData"]["username"] == "flowaudit_dpo"
+    assert clickhouse_source["secureJsonData"] == {"password": "$FLOWAUDIT_READER_PASSWORD"}
+    assert "WRITER" not in datasources.read_text().upper()
+
+
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
     stack = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = stack["services"]
