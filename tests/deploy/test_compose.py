@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,18 @@ def test_each_service_gets_only_the_clickhouse_password_it_needs(tmp_path: Path)
     assert clickhouse_source["jsonData"]["username"] == "flowaudit_dpo"
     assert clickhouse_source["secureJsonData"] == {"password": "$FLOWAUDIT_READER_PASSWORD"}
     assert "WRITER" not in datasources.read_text().upper()
+
+
+def test_grafana_installs_a_pinned_clickhouse_plugin(tmp_path: Path) -> None:
+    grafana = _rendered(tmp_path)["services"]["grafana"]
+    # GF_INSTALL_PLUGINS takes "<plugin id> <version>" entries, separated by commas
+    plugins = [entry.split() for entry in grafana["environment"]["GF_INSTALL_PLUGINS"].split(",")]
+    assert len(plugins) == 1 and plugins[0][0] == "grafana-clickhouse-datasource", plugins
+    assert len(plugins[0]) == 2 and re.fullmatch(r"\d+\.\d+\.\d+", plugins[0][1]), plugins
+    # plugin releases from 4.15.0 on need Grafana 11.6.0 or later
+    major, minor, _ = (int(part) for part in plugins[0][1].split("."))
+    grafana_version = tuple(int(part) for part in grafana["image"].split(":")[1].split(".")[:2])
+    assert major == 4 and (minor < 15 or grafana_version >= (11, 6)), (plugins, grafana["image"])
 
 
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
