@@ -141,6 +141,45 @@ def test_grafana_installs_a_pinned_clickhouse_plugin(tmp_path: Path) -> None:
     assert major == 4 and (minor < 15 or grafana_version >= (11, 6)), (plugins, grafana["image"])
 
 
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
+
+
+def test_worker_web_api_listens_on_loopback_and_metrics_on_the_compose_network(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    worker = services["worker"]
+    environment = worker["environment"]
+    # the web API (reports, verify) is for `docker compose exec worker flowaudit ...`, inside the
+    # container; Grafana reads ClickHouse, nothing in the compose network calls the worker's API
+    assert environment["FLOWAUDIT_WEB_BIND"] == "127.0.0.1"
+    assert environment["FLOWAUDIT_WEB_TOKEN"] == REQUIRED["FLOWAUDIT_WEB_TOKEN"]
+    assert "ports" not in worker and "6066" not in str(worker.get("expose", []))
+    for name, service in services.items():
+        assert "6066" not in str(service.get("ports", [])), name
+    # Prometheus scrapes the metrics endpoint over the compose network, so it listens there (only)
+    assert environment["FLOWAUDIT_METRICS_BIND"] == "0.0.0.0"
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    job = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "flowaudit")
+    assert job["static_configs"][0]["targets"] == [f"worker:{environment['FLOWAUDIT_METRICS_PORT']}"]
+    # the image's own defaults: web API on loopback, only the metrics port exposed
+    instructions = _dockerfile_instructions()
+    env = dict(
+        item.split("=", 1) for kind, arguments in instructions if kind == "ENV" for item in arguments.split()
+    )
+    assert env["FLOWAUDIT_WEB_BIND"] == "127.0.0.1" and env["FLOWAUDIT_METRICS_BIND"] == "0.0.0.0"
+    exposed = [port for kind, arguments in instructions if kind == "EXPOSE" for port in arguments.split()]
+    assert exposed == ["9464"], exposed
+
+
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
     stack = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = stack["services"]
