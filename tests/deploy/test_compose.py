@@ -180,6 +180,32 @@ def test_worker_web_api_listens_on_loopback_and_metrics_on_the_compose_network(t
     assert exposed == ["9464"], exposed
 
 
+def _published(port: Any) -> tuple[str, int, int]:
+    """(host ip, host port, container port) of a rendered port: `ip:host:container[/proto]` or long form."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), int(port["published"]), int(port["target"])
+    parts = str(port).split("/")[0].rsplit(":", 2)
+    if len(parts) == 1:  # container port only: a random host port on every interface
+        return "", 0, int(parts[0])
+    if len(parts) == 2:  # no ip: every interface
+        return "", int(parts[0]), int(parts[1])
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def test_only_the_operator_uis_are_published_and_only_on_loopback(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    published = {
+        name: [_published(port) for port in service.get("ports", [])] for name, service in services.items()
+    }
+    # reached through an SSH tunnel or a reverse proxy on the host; Kafka, ClickHouse and the
+    # worker are reachable inside the compose network only
+    assert {name: ports for name, ports in published.items() if ports} == {
+        "grafana": [("127.0.0.1", 3000, 3000)],
+        "prometheus": [("127.0.0.1", 9090, 9090)],
+        "alertmanager": [("127.0.0.1", 9093, 9093)],
+    }
+
+
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
     stack = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = stack["services"]
