@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {
     "FLOWAUDIT_WRITER_PASSWORD": "test-writer-password",
     "FLOWAUDIT_READER_PASSWORD": "test-reader-password",
-    "FLOWAUDIT_CHAIN_KEY": "test-chain-key",
-    "FLOWAUDIT_WEB_TOKEN": "test-web-token",
+    "FLOWAUDIT_CHAIN_KEY": "test-chain-key-0123456789",
+    "FLOWAUDIT_WEB_TOKEN": "test-web-token-0123456789",
     "GRAFANA_ADMIN_PASSWORD": "test-grafana-admin-password",
     "KAFKA_CLUSTER_ID": "q1Sh-9_ISia_zwGINzRvyQ",  # the form `kafka-storage.sh random-uuid` prints
 }
