@@ -14,8 +14,8 @@ RUN pip install --no-cache-dir . && useradd --system --home /var/lib/flowaudit f
 USER flowaudit
 ENV FLOWAUDIT_DATA_DIR=/var/lib/flowaudit \
     FLOWAUDIT_METRICS_BIND=0.0.0.0 \
-    FLOWAUDIT_WEB_BIND=0.0.0.0
-EXPOSE 9464 6066
+    FLOWAUDIT_WEB_BIND=127.0.0.1
+EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=3)"
 CMD ["flowaudit", "worker"]

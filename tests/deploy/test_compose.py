@@ -2,25 +2,208 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from tests.deploy.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Every variable `docker compose up` requires, with a recognisable value for the rendered config.
+REQUIRED = {
+    "FLOWAUDIT_WRITER_PASSWORD": "test-writer-password",
+    "FLOWAUDIT_READER_PASSWORD": "test-reader-password",
+    "FLOWAUDIT_CHAIN_KEY": "test-chain-key-0123456789",
+    "FLOWAUDIT_WEB_TOKEN": "test-web-token-0123456789",
+    "GRAFANA_ADMIN_PASSWORD": "test-grafana-admin-password",
+    "KAFKA_CLUSTER_ID": "q1Sh-9_ISia_zwGINzRvyQ",  # the form `kafka-storage.sh random-uuid` prints
+}
 
-def test_compose_config_is_valid() -> None:
+
+def _compose_config(variables: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with exactly these variables: no inherited environment, no .env file."""
     compose = require_tool("docker-compose")
-    result = subprocess.run(
-        [compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    return subprocess.run(
+        [compose, "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **variables},
     )
+
+
+def _rendered(tmp_path: Path) -> dict[str, Any]:
+    result = _compose_config(REQUIRED, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    rendered: dict[str, Any] = yaml.safe_load(result.stdout)
+    return rendered
+
+
+def test_compose_config_is_valid_with_the_required_variables(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    worker, grafana = services["worker"]["environment"], services["grafana"]["environment"]
+    assert worker["FLOWAUDIT_CHAIN_KEY"] == REQUIRED["FLOWAUDIT_CHAIN_KEY"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED["GRAFANA_ADMIN_PASSWORD"]
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_compose_refuses_to_start_without_each_required_variable(missing: str, tmp_path: Path) -> None:
+    variables = {name: value for name, value in REQUIRED.items() if name != missing}
+    for variables_case in (variables, variables | {missing: ""}):  # unset, and set but empty
+        result = _compose_config(variables_case, tmp_path)
+        assert result.returncode != 0, f"compose config accepted a stack without {missing}"
+        # the `${VAR:?message}` message names the variable (docker-compose 1.x prints only the message)
+        assert f"{missing} is required" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_no_development_default_for_any_secret() -> None:
+    deploy = sorted(p for p in (ROOT / "deploy").rglob("*") if p.suffix in {".yml", ".json", ".sh", ".py"})
+    for path in [ROOT / "docker-compose.yml", ROOT / "Dockerfile", ROOT / "README.md", *deploy]:
+        assert "change-me" not in path.read_text(), f"{path} has a change-me default"
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in REQUIRED:
+        uses = text.count("${" + name)
+        assert uses, f"docker-compose.yml does not use {name}"
+        assert text.count("${" + name + ":?") == uses, f"every use of {name} must be ${{{name}:?...}}"
+
+
+def _volume_targets(service: dict[str, Any]) -> dict[str, str]:
+    """source -> target of the rendered service's volumes (short `src:dst[:mode]` or long form)."""
+    targets = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            targets[str(volume["source"])] = str(volume["target"])
+        else:
+            source, target = str(volume).split(":")[:2]
+            targets[source] = target
+    return targets
+
+
+def test_kafka_keeps_its_log_on_the_named_volume_with_the_given_cluster_id(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    kafka = services["kafka"]
+    # apache/kafka defaults KAFKA_LOG_DIRS to /tmp/kraft-combined-logs (lost with the container) and
+    # CLUSTER_ID to one fixed id shared by every installation
+    data = _volume_targets(kafka)["kafka-data"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"].split(",")
+    assert all(d == data or d.startswith(data.rstrip("/") + "/") for d in log_dirs), (log_dirs, data)
+    assert kafka["environment"]["CLUSTER_ID"] == REQUIRED["KAFKA_CLUSTER_ID"]
+    # broker and topic creator run the same image, a Kafka 4.x release
+    assert services["kafka-topics"]["image"] == kafka["image"]
+    assert kafka["image"].startswith("apache/kafka:4."), kafka["image"]
+
+
+def test_each_service_gets_only_the_clickhouse_password_it_needs(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    writer, reader = REQUIRED["FLOWAUDIT_WRITER_PASSWORD"], REQUIRED["FLOWAUDIT_READER_PASSWORD"]
+
+    def values(name: str) -> str:
+        return "\n".join(f"{k}={v}" for k, v in services[name].get("environment", {}).items())
+
+    # Grafana reads the audit store as the SELECT-only reader, never as the writer
+    assert services["grafana"]["environment"]["FLOWAUDIT_READER_PASSWORD"] == reader
+    assert writer not in values("grafana") and "WRITER" not in values("grafana")
+    # the worker writes as the writer and has no use for the reader's password
+    assert writer in services["worker"]["environment"]["FLOWAUDIT_CLICKHOUSE_URL"]
+    assert reader not in values("worker")
+    # the ClickHouse init script creates both users
+    clickhouse = services["clickhouse"]["environment"]
+    assert clickhouse["FLOWAUDIT_WRITER_PASSWORD"] == writer
+    assert clickhouse["FLOWAUDIT_READER_PASSWORD"] == reader
+    for name in set(services) - {"grafana", "worker", "clickhouse"}:
+        assert writer not in values(name) and reader not in values(name), name
+    # and the provisioned data source uses the reader's password from Grafana's environment
+    datasources = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "flowaudit.yml"
+    sources = yaml.safe_load(datasources.read_text())["datasources"]
+    clickhouse_source = next(s for s in sources if s["type"] == "grafana-clickhouse-datasource")
+    assert clickhouse_source["jsonData"]["username"] == "flowaudit_dpo"
+    assert clickhouse_source["secureJsonData"] == {"password": "$FLOWAUDIT_READER_PASSWORD"}
+    assert "WRITER" not in datasources.read_text().upper()
+
+
+def test_grafana_installs_a_pinned_clickhouse_plugin(tmp_path: Path) -> None:
+    grafana = _rendered(tmp_path)["services"]["grafana"]
+    # GF_INSTALL_PLUGINS takes "<plugin id> <version>" entries, separated by commas
+    plugins = [entry.split() for entry in grafana["environment"]["GF_INSTALL_PLUGINS"].split(",")]
+    assert len(plugins) == 1 and plugins[0][0] == "grafana-clickhouse-datasource", plugins
+    assert len(plugins[0]) == 2 and re.fullmatch(r"\d+\.\d+\.\d+", plugins[0][1]), plugins
+    # plugin releases from 4.15.0 on need Grafana 11.6.0 or later
+    major, minor, _ = (int(part) for part in plugins[0][1].split("."))
+    grafana_version = tuple(int(part) for part in grafana["image"].split(":")[1].split(".")[:2])
+    assert major == 4 and (minor < 15 or grafana_version >= (11, 6)), (plugins, grafana["image"])
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
+
+
+def test_worker_web_api_listens_on_loopback_and_metrics_on_the_compose_network(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    worker = services["worker"]
+    environment = worker["environment"]
+    # the web API (reports, verify) is for `docker compose exec worker flowaudit ...`, inside the
+    # container; Grafana reads ClickHouse, nothing in the compose network calls the worker's API
+    assert environment["FLOWAUDIT_WEB_BIND"] == "127.0.0.1"
+    assert environment["FLOWAUDIT_WEB_TOKEN"] == REQUIRED["FLOWAUDIT_WEB_TOKEN"]
+    assert "ports" not in worker and "6066" not in str(worker.get("expose", []))
+    for name, service in services.items():
+        assert "6066" not in str(service.get("ports", [])), name
+    # Prometheus scrapes the metrics endpoint over the compose network, so it listens there (only)
+    assert environment["FLOWAUDIT_METRICS_BIND"] == "0.0.0.0"
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    job = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "flowaudit")
+    assert job["static_configs"][0]["targets"] == [f"worker:{environment['FLOWAUDIT_METRICS_PORT']}"]
+    # the image's own defaults: web API on loopback, only the metrics port exposed
+    instructions = _dockerfile_instructions()
+    env = dict(
+        item.split("=", 1) for kind, arguments in instructions if kind == "ENV" for item in arguments.split()
+    )
+    assert env["FLOWAUDIT_WEB_BIND"] == "127.0.0.1" and env["FLOWAUDIT_METRICS_BIND"] == "0.0.0.0"
+    exposed = [port for kind, arguments in instructions if kind == "EXPOSE" for port in arguments.split()]
+    assert exposed == ["9464"], exposed
+
+
+def _published(port: Any) -> tuple[str, int, int]:
+    """(host ip, host port, container port) of a rendered port: `ip:host:container[/proto]` or long form."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), int(port["published"]), int(port["target"])
+    parts = str(port).split("/")[0].rsplit(":", 2)
+    if len(parts) == 1:  # container port only: a random host port on every interface
+        return "", 0, int(parts[0])
+    if len(parts) == 2:  # no ip: every interface
+        return "", int(parts[0]), int(parts[1])
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def test_only_the_operator_uis_are_published_and_only_on_loopback(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    published = {
+        name: [_published(port) for port in service.get("ports", [])] for name, service in services.items()
+    }
+    # reached through an SSH tunnel or a reverse proxy on the host; Kafka, ClickHouse and the
+    # worker are reachable inside the compose network only
+    assert {name: ports for name, ports in published.items() if ports} == {
+        "grafana": [("127.0.0.1", 3000, 3000)],
+        "prometheus": [("127.0.0.1", 9090, 9090)],
+        "alertmanager": [("127.0.0.1", 9093, 9093)],
+    }
 
 
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
