@@ -3,12 +3,12 @@
 `chdb:///path` opens the embedded engine (chDB, in-process, one process per path); `http(s)://…`
 reaches a ClickHouse server. The same DDL, inserts and queries serve both.
 
-Writing is split in two steps so the caller can overlap them: `prepare` (CPU: rows, hashes, chain
-links, deduplication token) and `insert` (I/O: one INSERT of the whole batch). Chain heads advance
-only after an insert returns, so a failed insert is retried with the very same prepared batch, and
-its deduplication token lets ClickHouse drop a retry of an insert that had in fact succeeded.
-Records at or below a chain's durable offset are skipped: after a crash between insert and offset
-commit, the replayed records are recognised and not written twice.
+Writing is split in two steps so the caller can overlap them: `prepare` (rows, hashes, chain links,
+deduplication token) and `insert` (one INSERT of the whole batch). Chain heads advance only after an
+insert returns, so a failed insert is retried with the very same prepared batch, and its
+deduplication token lets ClickHouse drop a retry of an insert that had in fact succeeded.
+Records whose event id the store already holds are not written again (`sinks.identity`: known by
+event id, never by offset alone); `prepare` asks the store only about records that may be known.
 
 Not thread-safe: the worker calls it from a single executor thread.
 """
@@ -45,6 +45,7 @@ from flowaudit.sinks.audit import (
     row_hashes,
 )
 from flowaudit.sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
+from flowaudit.sinks.identity import LOOKUP_CHUNK, RecentEventIds, split_known
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _TABLE_NAME = re.compile(r"\baudit_events\b")
 DDL_FILE = SCHEMA_DIR / "sql" / "audit.sql"
 
 _DECISION_OF_CONTENT = operator.itemgetter(CONTENT_COLUMNS.index("decision"))
-_OFFSET_OF_RECORD = operator.attrgetter("offset")
+_EVENT_ID_OF_RECORD = operator.attrgetter("event.event_id")
 INSERT_FORMAT = "ArrowStream"  # see sinks/encoding.py
 _INSERT_SETTINGS = {"insert_deduplicate": 1}
 
@@ -72,6 +73,9 @@ class PreparedBatch:
     skipped: int
     heads: dict[str, ChainHead] = field(default_factory=dict)  # chain heads once this batch is durable
     rows_by_decision: dict[str, int] = field(default_factory=dict)
+    event_ids: list[str] = field(default_factory=list)  # of the rows to write
+    # (topic, partition, offset) of the records not written: the store already holds their event id
+    skipped_at: set[tuple[str, int, int]] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -119,6 +123,7 @@ class AuditStore:
         self.table = f"{database}.{TABLE}" if database else TABLE
         self.rows = RowBuilder(policy)
         self.heads: dict[str, ChainHead] = {}
+        self.recent = RecentEventIds()
         self._client: Any = None
 
     # --- connection -----------------------------------------------------------------------------------
@@ -136,6 +141,7 @@ class AuditStore:
             self._client = clickhouse_connect.get_client(dsn=self.url)
             self.apply_ddl()
             self.heads = self.load_heads()
+            self.recent.add(self._newest_event_ids(2 * self.recent.generation))
         except StoreError:
             raise
         except Exception as exc:
@@ -176,6 +182,27 @@ class AuditStore:
             for chain, seq, head, offset in result.result_rows
         }
 
+    def _newest_event_ids(self, limit: int) -> list[str]:
+        """The event ids of the newest rows (by ingestion), at most `limit`: the identity window's start."""
+        result = self.client.query(
+            f"SELECT toString(event_id) FROM {self.table} "
+            f"WHERE ingested_at >= (SELECT max(ingested_at) FROM {self.table}) - INTERVAL 1 DAY "
+            f"ORDER BY ingested_at DESC LIMIT {int(limit)}"
+        )
+        return [row[0] for row in result.result_rows]
+
+    def stored_event_ids(self, event_ids: list[str]) -> set[str]:
+        """Those of `event_ids` that have an audit row (the bloom-filter index keeps this a few reads)."""
+        held: set[str] = set()
+        for start in range(0, len(event_ids), LOOKUP_CHUNK):
+            chunk = event_ids[start : start + LOOKUP_CHUNK]
+            _, rows = self.query(
+                f"SELECT DISTINCT toString(event_id) FROM {self.table} WHERE event_id IN {{ids:Array(UUID)}}",
+                {"ids": chunk},
+            )
+            held.update(row[0] for row in rows)
+        return held
+
     # --- writing --------------------------------------------------------------------------------------
 
     def prepare(
@@ -185,17 +212,21 @@ class AuditStore:
         *,
         after: PreparedBatch | None = None,
     ) -> PreparedBatch:
-        """Build the rows and chain links of a batch. Pure CPU; does not change the heads.
+        """Build the rows and chain links of a batch; does not change the heads.
 
-        `after` chains this batch on one that is prepared but not inserted yet, so the next batch can
-        be prepared while the previous one is being inserted; `insert` keeps them in order.
+        CPU only, unless the batch holds records the store may already hold (see `sinks.identity`):
+        then one lookup by event id says which. `after` chains this batch on one that is prepared
+        but not inserted yet, so the next batch can be prepared while the previous one is being
+        inserted; `insert` keeps them in order.
         """
         ingested = ingested_at_ms if ingested_at_ms is not None else int(time.time() * 1000)
         heads = {**self.heads, **after.heads} if after is not None else self.heads
+        pending = set(after.event_ids) if after is not None else set()
         by_partition: dict[tuple[str, int], list[AuditRecord]] = {}
         for record in records:
             by_partition.setdefault((record.topic, record.partition), []).append(record)
-        skipped = 0
+        skipped: set[tuple[str, int, int]] = set()
+        event_ids: list[str] = []
         encoder = BatchEncoder()
         hashes: list[bytes] = []
         links: list[Link] = []
@@ -205,11 +236,11 @@ class AuditStore:
         for (topic, partition), chain_records in by_partition.items():
             chain = chain_id_for(topic, partition)
             head = heads.get(chain, ChainHead())
-            fresh = [r for r in chain_records if r.offset > head.last_offset]
-            skipped += len(chain_records) - len(fresh)  # already durable: a replay after a crash
+            fresh, known = split_known(chain_records, head, self.recent, pending, self.stored_event_ids)
+            skipped.update((r.topic, r.partition, r.offset) for r in known)
             if not fresh:
                 continue
-            fresh.sort(key=_OFFSET_OF_RECORD)
+            event_ids += map(_EVENT_ID_OF_RECORD, fresh)
             seq = head.seq + 1
             link_hashes: list[bytes] = []
             for start in range(0, len(fresh), CHUNK_ROWS):  # build, hash, convert while in cache
@@ -220,7 +251,8 @@ class AuditStore:
             link = link_hash(self.key, chain, seq, head.link_hash, link_hashes)
             hashes += link_hashes
             links.append(Link(chain, seq, len(fresh), link))
-            new_heads[chain] = ChainHead(seq, link, fresh[-1].offset)
+            # the highest offset seen, even when offsets started again below it (a recreated topic)
+            new_heads[chain] = ChainHead(seq, link, max(head.last_offset, fresh[-1].offset))
         token = hashlib.sha256(
             "|".join(f"{c}:{h.seq}:{h.link_hash.hex()}" for c, h in sorted(new_heads.items())).encode()
         )
@@ -228,15 +260,12 @@ class AuditStore:
             payload=encoder.finish(hashes, links) if hashes else b"",
             token=token.hexdigest(),
             rows=len(hashes),
-            skipped=skipped,
+            skipped=len(skipped),
             heads=new_heads,
             rows_by_decision=dict(decisions),
+            event_ids=event_ids,
+            skipped_at=skipped,
         )
-
-    def is_durable(self, record: AuditRecord) -> bool:
-        """Whether the record's offset is at or below its chain's durable head (already written)."""
-        head = self.heads.get(record.chain_id)
-        return head is not None and record.offset <= head.last_offset
 
     def insert(self, batch: PreparedBatch) -> None:
         """One INSERT of the whole batch; on success the chain heads advance. Raises StoreError."""
@@ -257,6 +286,7 @@ class AuditStore:
         except Exception as exc:
             raise StoreError(f"insert into {self.table} failed: {exc}") from exc
         self.heads.update(batch.heads)
+        self.recent.add(batch.event_ids)
 
     def write(self, records: Sequence[AuditRecord]) -> PreparedBatch:
         batch = self.prepare(records)

@@ -127,11 +127,14 @@ class ClickHouseSink:
             raise StoreError(f"an earlier audit batch was not written ({self._failed}); refusing later ones")
         store = self.store
         batch: PreparedBatch = store.prepare([record for records in requests for record in records])
-        # prepare() leaves the heads alone, so which records it skipped can be told afterwards, and
-        # only needs telling when it skipped any (a replay after a crash): not per event every batch
+        # which request each skipped record belongs to needs telling only when some were skipped (a
+        # replay after a crash, a duplicate): not per event every batch
         if batch.skipped:
             metrics.AUDIT_ROWS_SKIPPED.inc(batch.skipped)
-            replayed = [sum(1 for record in records if store.is_durable(record)) for records in requests]
+            skipped_at = batch.skipped_at
+            replayed = [
+                sum((r.topic, r.partition, r.offset) in skipped_at for r in records) for records in requests
+            ]
         else:
             replayed = [0] * len(requests)
         results = [

@@ -14,7 +14,7 @@ class MemorySink:
     def __init__(self, failures: int = 0) -> None:
         self.records: list[AuditRecord] = []
         self.failures = failures
-        self._seen: set[tuple[str, int, int]] = set()
+        self._seen: set[str] = set()  # event ids: the idempotency key, as in the real store
 
     async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
         if self.failures > 0:
@@ -22,7 +22,7 @@ class MemorySink:
             raise StoreError("memory sink told to fail")
         written = replayed = 0
         for record in records:
-            key = (record.topic, record.partition, record.offset)
+            key = record.event.event_id
             if key in self._seen:
                 replayed += 1
                 continue

@@ -140,6 +140,44 @@ def test_crash_between_insert_and_commit_leaves_no_duplicate_and_no_gap(
     assert verify_store(second).ok
 
 
+def test_offsets_that_start_again_are_new_records(store_factory: Any, policy: Policy) -> None:
+    """A recreated topic (or a fresh development broker) starts at offset 0 again: new events there
+    are written, not taken for replays (the store used to skip them on their offset alone)."""
+    first_run = records_from(policy, list(EventGenerator(policy, seed=1).events(600)))
+    second_run = records_from(policy, list(EventGenerator(policy, seed=2).events(600)))
+    assert {r.offset for r in first_run} == {r.offset for r in second_run}
+    store = store_factory()
+    store.write(first_run)
+    restarted = store_factory()  # the worker again, same store, the offsets start again
+    batch = restarted.prepare(second_run)
+    assert (batch.rows, batch.skipped) == (600, 0)
+    restarted.insert(batch)
+    assert restarted.count() == 1200
+    report = verify_store(restarted)
+    assert report.ok and report.rows == 1200, report.problems
+    # and the second run's records read again are replays, recognised by event id
+    again = restarted.prepare(second_run[:300])
+    assert (again.rows, again.skipped) == (0, 300)
+
+
+def test_the_same_event_at_two_offsets_gets_one_row(store_factory: Any, policy: Policy) -> None:
+    records = generated(policy, 400)
+    twice = [records[10]._replace(offset=1000), records[11]._replace(offset=1001)]
+    store = store_factory()
+    store.write(records[:200])
+    # a copy later in the same batch, a copy of a row written before, and a copy within one batch
+    batch = store.prepare([*records[200:], twice[0], twice[1], records[50]._replace(offset=1002)])
+    assert batch.skipped == 3 and batch.rows == 200
+    store.insert(batch)
+    # after a restart, the window of recent ids is filled from the store
+    restarted = store_factory()
+    later = restarted.prepare([records[60]._replace(offset=2000), records[61]._replace(offset=2001)])
+    assert (later.rows, later.skipped) == (0, 2)
+    _, rows = store.query(f"SELECT uniqExact(event_id), count() FROM {store.table}")
+    assert rows == [(400, 400)]
+    assert verify_store(store).ok
+
+
 def test_retried_insert_is_deduplicated_by_token(store_factory: Any, policy: Policy) -> None:
     store = store_factory()
     batch = store.prepare(generated(policy, 300))

@@ -255,6 +255,28 @@ def test_crash_between_write_and_commit_leaves_no_duplicates(
     assert result["ok"] and result["rows"] == len(events)
 
 
+def test_offsets_that_start_again_are_audited(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy
+) -> None:
+    """Same data dir, a fresh broker whose offsets start at 0 again: every event of both runs is audited
+    (the store used to take the second run's records for replays of the first's, by offset alone)."""
+    env = worker_env(broker.url, tmp_path / "data")
+    first = _start(workers, env, tmp_path, "first")
+    events = _send_generated(env, tmp_path, policy, 300, seed=31)
+    wait_for(lambda: first.metric("flowaudit_audit_rows_total") >= len(events), 60, "the first run's rows")
+    assert first.stop() == 0
+    with EmbeddedBroker() as fresh:
+        fresh.create_topics(TOPICS, 2)
+        env = worker_env(fresh.url, tmp_path / "data")
+        second = _start(workers, env, tmp_path, "second")
+        more = _send_generated(env, tmp_path, policy, 300, seed=32)
+        wait_for(lambda: second.metric("flowaudit_audit_rows_total") >= len(more), 60, "the second run")
+        assert second.metric("flowaudit_audit_rows_replayed_total") == 0
+        assert second.stop() == 0
+    result = json.loads(run_cli(env, "verify", "--json").stdout)
+    assert result["ok"] and result["rows"] == len(events) + len(more), result
+
+
 def test_a_flood_of_invalid_records_stops_the_worker_loudly(
     broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
