@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -100,12 +101,12 @@ def _cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def open_store(settings: Settings, policy: Policy) -> AuditStore:
-    """The audit store named by the settings, connected (DDL applied). Raises StoreError."""
+    """The audit store named by the settings, opened to read: nothing is created. Raises StoreError."""
     from flowaudit.sinks.clickhouse import AuditStore, load_chain_key
 
-    key = load_chain_key(settings.chain_key_value, settings.data_dir)
+    key = load_chain_key(settings.chain_key_value, settings.data_dir, create=False)
     store = AuditStore(settings.resolved_clickhouse_url, policy, key)
-    store.connect()
+    store.connect(writer=False)
     return store
 
 
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # `flowaudit report ... | head` should end quietly, as other command-line tools do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # The store, the chain key and exports hold personal data and secrets: owner-only files.
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -8,12 +8,14 @@ embedded broker when the process exits.
 from __future__ import annotations
 
 import atexit
+import os
 
 from flowaudit.common.settings import SettingsError, load_settings
 from flowaudit.common.tuning import tune_process
 from flowaudit.runtime import build_runtime, start_metrics_server
 from flowaudit.webapi import remove_worker_file, write_worker_file
 
+os.umask(0o077)  # owner-only files, as with `flowaudit worker`
 try:
     settings = load_settings()
 except SettingsError as exc:

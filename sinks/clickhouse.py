@@ -46,6 +46,7 @@ from flowaudit.sinks.audit import (
 )
 from flowaudit.sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
 from flowaudit.sinks.identity import LOOKUP_CHUNK, RecentEventIds, split_known
+from flowaudit.sinks.startup import StartupError, check_chain_key, check_table
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,19 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
-def load_chain_key(explicit: str | None, data_dir: Path) -> bytes:
-    """The HMAC key of the chain: FLOWAUDIT_CHAIN_KEY, else a key created once in the data directory."""
+def load_chain_key(explicit: str | None, data_dir: Path, *, create: bool = True) -> bytes:
+    """The HMAC key of the chain: FLOWAUDIT_CHAIN_KEY, else a key kept in the data directory, created
+    there once when `create` (the worker); a reader that finds none raises StoreError."""
     if explicit:
         return explicit.encode()
     path = data_dir / "chain.key"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        if not create:
+            raise StoreError(
+                f"no chain key: set FLOWAUDIT_CHAIN_KEY, or point FLOWAUDIT_DATA_DIR at the "
+                f"store's data directory (there is no {path})"
+            )
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_hex(32))
@@ -132,20 +139,33 @@ class AuditStore:
     def embedded(self) -> bool:
         return self.url.startswith("chdb:")
 
-    def connect(self) -> None:
-        """Open the client, apply the DDL (idempotent), load the chain heads. Raises StoreError."""
+    def connect(self, *, writer: bool = True) -> None:
+        """Open the client and check the table (`sinks.startup`). Raises StoreError.
+
+        A writer (the worker) creates the store if need be (the DDL is idempotent), loads the chain
+        heads and the window of recent event ids, and checks that the chain key is the one the
+        chains were written with. A reader (`flowaudit report|verify`) creates nothing: a store
+        that does not exist (a mistyped data directory, say) is an error, not an empty store.
+        """
         try:
             if self.embedded:
-                path = self.url.split("://", 1)[1]
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                path = Path(self.url.split("://", 1)[1])
+                if not writer and not path.exists():
+                    raise StartupError(f"there is no audit store at {path}")
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._client = clickhouse_connect.get_client(dsn=self.url)
-            self.apply_ddl()
+            if writer:
+                self.apply_ddl()
+            check_table(self.client, self.table, ALL_COLUMNS)
             self.heads = self.load_heads()
-            self.recent.add(self._newest_event_ids(2 * self.recent.generation))
-        except StoreError:
-            raise
+            if writer:
+                check_chain_key(self.client, self.table, self.key, self.heads)
+                self.recent.add(self._newest_event_ids(2 * self.recent.generation))
+        except (StoreError, StartupError) as exc:
+            self.close()
+            raise StoreError(f"audit store {self.masked_url}: {exc}") from None
         except Exception as exc:
-            self._client = None
+            self.close()
             raise StoreError(f"cannot open the audit store {self.masked_url}: {exc}") from exc
 
     @property

@@ -340,3 +340,43 @@ def test_verify_of_an_unreadable_store_gives_no_verdict(store_factory: Any, poli
     report = verify_store(store)
     assert not report.ok and report.problems == []
     assert report.error is not None and "connection reset" in report.error
+
+
+def test_an_engine_null_table_is_refused(chdb_path: Any, policy: Policy) -> None:
+    from pathlib import Path
+
+    from flowaudit.sinks.clickhouse import DDL_FILE, split_statements
+
+    database = "null_engine"
+    store = AuditStore(f"chdb://{chdb_path}", policy, b"k" * 32, database=database)
+    store.connect()
+    create = split_statements(DDL_FILE.read_text())[0]
+    null_ddl = "\n".join(
+        line for line in create.split("ENGINE")[0].splitlines() if "INDEX idx_" not in line
+    ).replace("IF NOT EXISTS audit_events", f"{database}.audit_events")
+    null_ddl = null_ddl.rstrip().rstrip(")").rstrip().rstrip(",") + "\n)"
+    store.client.command(f"DROP TABLE {database}.audit_events")
+    store.client.command(null_ddl + " ENGINE = Null")
+    store.close()
+    with pytest.raises(StoreError, match="ENGINE = Null: it would not keep audit rows"):
+        AuditStore(f"chdb://{chdb_path}", policy, b"k" * 32, database=database).connect()
+    assert Path(str(chdb_path)).exists()
+
+
+def test_a_table_without_the_writers_columns_is_refused(store_factory: Any) -> None:
+    store = store_factory()
+    store.client.command(f"ALTER TABLE {store.table} DROP INDEX idx_counterparty")
+    store.client.command(f"ALTER TABLE {store.table} DROP COLUMN counterparty")
+    with pytest.raises(StoreError, match="lacks the columns counterparty"):
+        store_factory()
+
+
+def test_a_changed_chain_key_is_refused_at_start_up(store_factory: Any, policy: Policy) -> None:
+    store = store_factory(key=b"the-original-key" * 2)
+    records = generated(policy, 300)
+    store.write(records[:150])
+    store.write(records[150:])
+    with pytest.raises(StoreError, match=r"chain key is not the one chain in/\d was written with"):
+        store_factory(key=b"another-key-here" * 2)
+    again = store_factory(key=b"the-original-key" * 2)  # the right key still opens it
+    assert again.heads == store.heads

@@ -275,6 +275,11 @@ def test_offsets_that_start_again_are_audited(
         assert second.stop() == 0
     result = json.loads(run_cli(env, "verify", "--json").stdout)
     assert result["ok"] and result["rows"] == len(events) + len(more), result
+    # the store and the chain key are the owner's alone (they were world-readable)
+    shared = [
+        str(path) for path in (tmp_path / "data").rglob("*") if path.exists() and path.stat().st_mode & 0o077
+    ]
+    assert shared == []
 
 
 def test_a_flood_of_invalid_records_stops_the_worker_loudly(
