@@ -28,18 +28,26 @@ class ClickHouseSink:
     `write` returns when the insert holding its records returned.
 
     While inserts fail it keeps retrying with bounded back-off and reports back-pressure: the agents
-    awaiting `write` consume nothing more, so Kafka holds the records. Only `stop()` ends the retries;
-    the batches are then not acknowledged, and every later write is refused (see `_failed`).
+    awaiting `write` consume nothing more, so Kafka holds the records. An insert that takes longer
+    than `slow_seconds` holds consumption back just the same, and reports it too. Only `stop()` ends
+    the retries; the batches are then not acknowledged, and every later write is refused.
     """
 
-    def __init__(self, store: AuditStore, max_backoff: float = 30.0, max_rows: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        max_backoff: float = 30.0,
+        max_rows: int = 100_000,
+        slow_seconds: float = 5.0,
+    ) -> None:
         self.store = store
         self.max_backoff = max_backoff
         self.max_rows = max_rows
+        self.slow_seconds = slow_seconds
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-store")
         self._stopping = False
-        # After a write has failed, later writes are refused too: the store skips records below a
-        # chain's durable offset, which is only sound while batches become durable in order.
+        # After a write has failed (only at shutdown: until then it retries), later writes are refused
+        # too: the failed batch's records come before theirs in their chains and are not acked.
         self._failed: StoreError | None = None
         self._pending: list[tuple[Sequence[AuditRecord], asyncio.Future[tuple[int, int]]]] = []
         self._draining = False
@@ -93,13 +101,18 @@ class ClickHouseSink:
                     item = self._pending.pop(0)
                     group.append(item)
                     rows += len(item[0])
+                # a slow insert holds consumption back as a failing one does: say so while it lasts
+                slow = asyncio.get_running_loop().call_later(self.slow_seconds, metrics.BACKPRESSURE.set, 1)
                 try:
                     results = await self.run(self._write_blocking, [records for records, _ in group])
+                    metrics.BACKPRESSURE.set(0)
                 except Exception as exc:  # every caller of the group learns of the failure
                     for _, done in group:
                         if not done.done():
                             done.set_exception(exc)
                     continue
+                finally:
+                    slow.cancel()
                 for (_, done), result in zip(group, results, strict=True):
                     if not done.done():
                         done.set_result(result)

@@ -1,0 +1,77 @@
+"""The audit writer (ClickHouseSink) around a store double: back-pressure while slow or failing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from flowaudit.common import metrics
+from flowaudit.domain.policy import Policy
+from flowaudit.sinks.clickhouse import PreparedBatch, StoreError
+from flowaudit.sinks.writer import ClickHouseSink
+from tests.sinks.test_clickhouse_store import generated
+
+
+class SlowStore:
+    """Prepares nothing real; each insert takes `seconds`, the first `failures` of them fail."""
+
+    def __init__(self, seconds: float, failures: int = 0) -> None:
+        self.seconds = seconds
+        self.failures = failures
+        self.heads: dict[str, Any] = {}
+        self.inserted = 0
+
+    def prepare(self, records: Any) -> PreparedBatch:
+        return PreparedBatch(b"x", "token", len(records), 0)
+
+    def insert_with_retry(self, batch: PreparedBatch, *, on_retry: Any, should_stop: Any, **_: Any) -> None:
+        while True:
+            time.sleep(self.seconds)
+            if self.failures == 0:
+                self.inserted += batch.rows
+                return
+            self.failures -= 1
+            on_retry(1, StoreError("down"))
+
+    def close(self) -> None:
+        pass
+
+
+def _backpressure() -> float:
+    return metrics.REGISTRY.get_sample_value("flowaudit_backpressure") or 0.0
+
+
+def test_a_slow_insert_raises_backpressure_while_it_lasts(policy: Policy) -> None:
+    records = generated(policy, 10)
+
+    async def run() -> list[float]:
+        sink = ClickHouseSink(SlowStore(seconds=0.6), slow_seconds=0.2)  # type: ignore[arg-type]
+        seen = []
+        writing = asyncio.ensure_future(sink.write(records))
+        await asyncio.sleep(0.1)
+        seen.append(_backpressure())  # not slow yet
+        await asyncio.sleep(0.3)
+        seen.append(_backpressure())  # slower than 0.2 s: held back
+        assert await writing == (10, 0)
+        seen.append(_backpressure())  # written: released
+        sink.close()
+        return seen
+
+    assert asyncio.run(run()) == [0.0, 1.0, 0.0]
+
+
+def test_a_failing_insert_raises_backpressure_until_it_succeeds(policy: Policy) -> None:
+    records = generated(policy, 10)
+
+    async def run() -> list[float]:
+        store = SlowStore(seconds=0.15, failures=2)
+        sink = ClickHouseSink(store, slow_seconds=60)  # type: ignore[arg-type]
+        writing = asyncio.ensure_future(sink.write(records))
+        await asyncio.sleep(0.2)
+        during = _backpressure()
+        assert await writing == (10, 0)
+        sink.close()
+        return [during, _backpressure(), float(store.inserted)]
+
+    assert asyncio.run(run()) == [1.0, 0.0, 10.0]
