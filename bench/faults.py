@@ -1,0 +1,205 @@
+"""Fault injection: does every event end up audited exactly once, whatever happens to the worker?
+
+Scenarios (each prints produced, audited, lost, doubled and the verify verdict):
+- `kill`: events flow at a steady rate while the worker, or its pipeline process, is killed with
+  SIGKILL over and over (--kills times, at random moments) and restarted; a last worker drains.
+- `offsets`: a worker runs, stops; a fresh broker (offsets start at 0 again) and a second run on
+  the same data directory: both runs' events must be audited.
+
+Lost = produced event ids without an audit row; doubled = audit rows beyond one per event id. The
+broker is the embedded mock cluster (in this process); workers are `flowaudit worker` subprocesses.
+
+Usage: python bench/faults.py [--scenario kill|offsets|all] [--kills 20] [--events 30000] [--rate 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from flowaudit.broker import EmbeddedBroker  # noqa: E402
+from flowaudit.common.settings import Settings  # noqa: E402
+from flowaudit.domain.policy import load_policy  # noqa: E402
+from flowaudit.generator import EventGenerator  # noqa: E402
+from flowaudit.produce import EventProducer  # noqa: E402
+from tests.helpers import WorkerProcess, run_cli, wait_for, worker_env  # noqa: E402
+
+PARTITIONS = 4
+
+
+def _topics(settings: Settings) -> list[str]:
+    return [
+        *settings.input_topics.values(),
+        settings.topic_approved,
+        settings.topic_blocked,
+        settings.topic_dead_letter,
+    ]
+
+
+def _broker(settings: Settings) -> EmbeddedBroker:
+    broker = EmbeddedBroker().start()
+    broker.create_topics(_topics(settings), PARTITIONS)
+    return broker
+
+
+class Producer(threading.Thread):
+    """Sends generated events at a steady rate; remembers their ids."""
+
+    def __init__(self, bootstrap: str, settings: Settings, count: int, rate: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.policy = load_policy(settings.policy_dir)
+        self.producer = EventProducer(bootstrap, settings, self.policy)
+        self.events = list(EventGenerator(self.policy, seed=seed).events(count))
+        self.rate = rate
+        self.ids: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for number, raw in enumerate(self.events, start=1):
+            self.ids.add(self.producer.send(raw).event_id)
+            delay = started + number / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        self.producer.close()
+        self.done.set()
+
+
+def _pids(data_dir: Path) -> tuple[int | None, int | None]:
+    try:
+        info = json.loads((data_dir / "worker.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    return info.get("pid"), info.get("pipeline_pid")
+
+
+def _drain(env: dict[str, str], log: Path) -> None:
+    """Run a worker until it has consumed nothing new for 5 s (after it started consuming), then stop
+    it with SIGTERM: whatever it did not get to shows up as lost."""
+    worker = WorkerProcess(env, log).start()
+    try:
+        last, still_since = -1.0, time.monotonic()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            consumed = worker.metric("flowaudit_records_consumed_total")
+            if consumed != last:
+                last, still_since = consumed, time.monotonic()
+            elif time.monotonic() - still_since >= (5 if consumed else 20):
+                break
+            time.sleep(0.5)
+        worker.stop()
+    finally:
+        worker.ensure_stopped()
+
+
+def _count(data_dir: Path, settings: Settings, produced: set[str]) -> dict[str, Any]:
+    from flowaudit.sinks.clickhouse import AuditStore, load_chain_key
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWAUDIT_")}
+    env["FLOWAUDIT_DATA_DIR"] = str(data_dir)
+    verified = json.loads(run_cli(env, "verify", "--json", timeout=600).stdout or b"{}")
+    policy = load_policy(settings.policy_dir)
+    store = AuditStore(f"chdb://{(data_dir / 'audit').resolve()}", policy, load_chain_key(None, data_dir))
+    store.connect(writer=False)
+    try:
+        _, rows = store.query(f"SELECT toString(event_id), count() FROM {store.table} GROUP BY event_id")
+    finally:
+        store.close()
+    stored = {event_id: int(count) for event_id, count in rows}
+    return {
+        "produced": len(produced),
+        "audited": len(produced & stored.keys()),
+        "lost": len(produced - stored.keys()),
+        "doubled": sum(count - 1 for count in stored.values()),
+        "verify": "OK" if verified.get("ok") else f"BROKEN: {verified}",
+    }
+
+
+def kill_loop(work: Path, kills: int, events: int, rate: float, seed: int) -> dict[str, Any]:
+    settings = Settings()
+    broker = _broker(settings)
+    data_dir = work / "kill"
+    env = worker_env(broker.url, data_dir, FLOWAUDIT_TOPIC_PARTITIONS=str(PARTITIONS))
+    producer = Producer(broker.bootstrap, settings, events, rate, seed)
+    rng = random.Random(seed)
+    killed = {"worker": 0, "pipeline": 0}
+    try:
+        producer.start()
+        for number in range(kills):
+            worker = WorkerProcess(env, work / f"kill-{number}.log").start()
+            time.sleep(rng.uniform(1.0, 4.0))
+            pid, pipeline_pid = _pids(data_dir)
+            target = "pipeline" if pipeline_pid and rng.random() < 0.3 else "worker"
+            os.kill(pipeline_pid if target == "pipeline" else pid or 0, signal.SIGKILL)
+            killed[target] += 1
+            wait_for(worker.exited, 30, "the killed worker to exit")
+            worker.ensure_stopped()
+            if pipeline_pid:
+                gone = Path(f"/proc/{pipeline_pid}")
+                wait_for(lambda gone=gone: not gone.exists(), 30, "its pipeline process")
+        producer.done.wait()
+        _drain(env, work / "drain.log")
+        return {"scenario": "kill", "kills": killed, **_count(data_dir, settings, producer.ids)}
+    finally:
+        broker.stop()
+
+
+def offsets_start_again(work: Path, events: int, rate: float, seed: int) -> dict[str, Any]:
+    settings = Settings()
+    data_dir = work / "offsets"
+    produced: set[str] = set()
+    for run in range(2):
+        broker = _broker(settings)
+        try:
+            env = worker_env(broker.url, data_dir, FLOWAUDIT_TOPIC_PARTITIONS=str(PARTITIONS))
+            producer = Producer(broker.bootstrap, settings, events, rate, seed + run)
+            producer.start()
+            producer.done.wait()
+            produced |= producer.ids
+            _drain(env, work / f"offsets-{run}.log")
+        finally:
+            broker.stop()
+    return {"scenario": "offsets", **_count(data_dir, settings, produced)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--scenario", choices=("kill", "offsets", "all"), default="all")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--rate", type=float, default=1500.0, help="events per second produced")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores)")
+    args = parser.parse_args()
+    results = []
+    work = Path(tempfile.mkdtemp(prefix="flowaudit-faults-"))
+    print(f"work directory: {work}", file=sys.stderr)
+    try:
+        if args.scenario in ("kill", "all"):
+            results.append(kill_loop(work, args.kills, args.events, args.rate, args.seed))
+        if args.scenario in ("offsets", "all"):
+            results.append(offsets_start_again(work, min(args.events, 5000), args.rate, args.seed))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    for result in results:
+        print(json.dumps(result))
+    if any(r["lost"] or r["doubled"] or r["verify"] != "OK" for r in results):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
