@@ -2,6 +2,8 @@
 and the Avro codec. No I/O beyond reading the policy and schema files at start-up, no metrics, no
 settings: callers pass what each function needs.
 
-Imports point down only: `policy` (model and loader) ← `events` (kinds and validation) ← `decision`;
-`codec` stands alone. The sinks and the streams build on this; nothing here imports them.
+Imports point down only: `policy` (a package: the compiled model, the registry of rule checks, the
+file schemas and the loader) ← `events` (kinds and validation) ← `decision`, which compiles the rules
+through `policy.checks`; `codec` stands alone. The sinks and the streams build on this; nothing here
+imports them.
 """

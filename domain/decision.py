@@ -1,8 +1,9 @@
 """The decision core: classify an event's fields, look up its legal basis, apply the rules.
 
 Pure and I/O-free: `Decider.decide(event)` depends only on the event and the loaded policy, so it can
-be tested exhaustively and benchmarked alone. The rules are compiled once from the policy's rule list
-into small predicates; nothing here names a country, purpose or field.
+be tested exhaustively and benchmarked alone. The rules are compiled once, through the registry of
+rule checks (`flowaudit.domain.policy.checks`), into a relevance test per (kind, purpose) and a small
+predicate per event; nothing here names a check, country, purpose or field.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from flowaudit.domain.events import Event
-from flowaudit.domain.policy import Policy, PolicyException, Rule
+from flowaudit.domain.policy import Policy, PolicyException
+from flowaudit.domain.policy.checks import Predicate, compile_rule
 
 ALLOWED = "allowed"
 BLOCKED = "blocked"
@@ -62,72 +64,6 @@ class Decision(NamedTuple):
         return out
 
 
-# `relevant(kind, purpose, basis)` says whether a rule can fire at all for events of that kind and
-# purpose (decided once per pair and remembered); `fires(event, effective_categories)` decides the rest.
-Relevance = Callable[[str, str, "str | None"], bool]
-Predicate = Callable[[Event, frozenset[str]], bool]
-
-
-def _always(kind: str, purpose: str, basis: str | None) -> bool:
-    return True
-
-
-def _fires(event: Event, effective: frozenset[str]) -> bool:
-    return True
-
-
-def _compile_rule(rule: Rule, policy: Policy) -> tuple[Relevance, Predicate]:
-    check = rule.check
-    if check == "special_category_leaves_zone":
-        categories, zone = rule.categories, rule.zone_countries
-
-        def leaves_zone(event: Event, effective: frozenset[str]) -> bool:
-            return event.destination_country not in zone and not categories.isdisjoint(effective)
-
-        return _always, leaves_zone
-    if check == "unknown_subcontractor":
-
-        def unknown_subcontractor(event: Event, effective: frozenset[str]) -> bool:
-            return event.subcontractor is not None and policy.find_subcontractor(event.subcontractor) is None
-
-        return (lambda kind, purpose, basis: kind == "subcontractor_transfer"), unknown_subcontractor
-    if check == "subcontractor_location_mismatch":
-
-        def location_mismatch(event: Event, effective: frozenset[str]) -> bool:
-            if event.subcontractor is None:
-                return False
-            registered = policy.find_subcontractor(event.subcontractor)
-            return registered is not None and event.destination_country not in registered.storage_countries
-
-        return (lambda kind, purpose, basis: kind == "subcontractor_transfer"), location_mismatch
-    if check == "unknown_purpose":
-        purposes = policy.purposes
-        return (lambda kind, purpose, basis: purpose not in purposes), _fires
-    if check == "consent_missing":
-        bases, kinds = rule.legal_bases, rule.event_types
-
-        def consent_missing(event: Event, effective: frozenset[str]) -> bool:
-            consent = event.consent_id
-            return not consent or not consent.strip()
-
-        return (lambda kind, purpose, basis: basis in bases or kind in kinds), consent_missing
-    if check == "categories_for_purposes":
-        categories, purposes_set = rule.categories, rule.purposes
-
-        def categories_used(event: Event, effective: frozenset[str]) -> bool:
-            return not categories.isdisjoint(effective)
-
-        return (lambda kind, purpose, basis: purpose in purposes_set), categories_used
-    if check == "requires_pseudonymization":
-        purposes_set = rule.purposes
-
-        def not_pseudonymized(event: Event, effective: frozenset[str]) -> bool:
-            return event.pseudonymized is not True
-
-        return (lambda kind, purpose, basis: purpose in purposes_set), not_pseudonymized
-    raise ValueError(f"no predicate for rule check {check!r}")  # the policy schema forbids this
-
-
 def _exception_applies(exc: PolicyException, event: Event) -> bool:
     return (
         (not exc.event_types or event.event_type in exc.event_types)
@@ -158,7 +94,7 @@ class Decider:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.version = policy.version
-        self._rules = tuple((rule.id, *_compile_rule(rule, policy)) for rule in policy.rules)
+        self._rules = tuple((rule.id, *compile_rule(rule, policy)) for rule in policy.rules)
         self._bases = {purpose_id: p.legal_basis for purpose_id, p in policy.purposes.items()}
         self._classifications: dict[tuple[str, ...], Classification] = {}
         self._plans: dict[tuple[str, str], Plan] = {}

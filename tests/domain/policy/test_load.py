@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 import pytest
 
 from flowaudit.domain.policy import POLICY_FILES, Policy, PolicyError, load_policy
+from flowaudit.domain.policy.load import POLICY_TABLE
 from flowaudit.policy import DEFAULT_POLICY_DIR
 from tests.conftest import DATA_DIR, read_data
 
@@ -101,3 +103,41 @@ def test_failing_fixtures_name_file_and_entry(tmp_path: Path, fixture: dict[str,
 
 def test_policy_files_constant_lists_every_shipped_file() -> None:
     assert sorted(POLICY_FILES) == sorted(p.name for p in Path(DEFAULT_POLICY_DIR).glob("*.yaml"))
+
+
+def test_version_hashes_the_files_in_their_historical_order(policy: Policy) -> None:
+    # Written out here on purpose: reordering the loader's file table would change every version.
+    order = ("taxonomy", "register", "subcontractors", "zones", "countries", "rules", "exceptions")
+    digest = hashlib.sha256()
+    for name in (f"{stem}.yaml" for stem in order):
+        digest.update(
+            name.encode() + b"\0" + hashlib.sha256((DEFAULT_POLICY_DIR / name).read_bytes()).digest()
+        )
+    assert policy.version == "sha256:" + digest.hexdigest()[:16]
+    assert list(policy.file_versions) == [f"{stem}.yaml" for stem in order]
+
+
+def test_the_file_table_compiles_each_file_once_in_dependency_order() -> None:
+    stages = sorted(POLICY_TABLE, key=lambda spec: spec.stage)
+    assert [spec.stage for spec in stages] == list(range(1, len(POLICY_TABLE) + 1))
+    assert [spec.name for spec in stages] == [
+        "countries.yaml",
+        "taxonomy.yaml",
+        "zones.yaml",
+        "register.yaml",
+        "subcontractors.yaml",
+        "rules.yaml",
+        "exceptions.yaml",
+    ]
+
+
+def test_every_file_is_schema_checked_before_any_is_compiled(tmp_path: Path) -> None:
+    copy = tmp_path / "p"
+    shutil.copytree(DEFAULT_POLICY_DIR, copy)
+    countries = copy / "countries.yaml"  # compiled first: a reference-free error
+    countries.write_text(countries.read_text().replace("countries: [AD,", "countries: [ad,", 1))
+    rules = copy / "rules.yaml"  # compiled late, but its schema error is found when it is read
+    rules.write_text(rules.read_text().replace("schema_version: 1", "schema_version: 2", 1))
+    with pytest.raises(PolicyError) as caught:
+        load_policy(copy)
+    assert caught.value.file.endswith("rules.yaml") and caught.value.entry == "schema_version"

@@ -1,0 +1,259 @@
+"""The policy files as written: one pydantic schema per YAML file, and reading one file.
+
+`read_policy_file` turns a file into its validated model (or raises `PolicyError` naming the file and
+the entry at fault); checks that need another file, and turning the models into the compiled
+`Policy`, are `load.py`'s. The models here never leave the loader.
+
+YAML is read with YAML 1.2 booleans (only true/false) and without duplicate keys (`load_yaml`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from flowaudit.domain.policy.checks import CHECKS
+from flowaudit.domain.policy.model import LegalBasis, PolicyError
+
+_ISO_DURATION = re.compile(r"^P(?:\d+Y)?(?:\d+M)?(?:\d+W)?(?:\d+D)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileHeader(_Strict):
+    """The keys every policy file starts with."""
+
+    kind: str
+    schema_version: Literal[1]
+    version: str = Field(min_length=1)
+
+
+# --- taxonomy -----------------------------------------------------------------------------------------
+
+
+class CategoryDef(_Strict):
+    description: str
+    special_category: bool = False
+
+
+class UnclassifiedDef(_Strict):
+    category: str
+    treated_as: str
+
+
+class TaxonomyFile(FileHeader):
+    kind: Literal["taxonomy"]
+    categories: dict[str, CategoryDef] = Field(min_length=1)
+    unclassified: UnclassifiedDef
+    fields: dict[str, list[str]]
+
+
+# --- register -----------------------------------------------------------------------------------------
+
+
+class PurposeDef(_Strict):
+    legal_basis: LegalBasis
+    description: str
+    data_categories: list[str] = Field(min_length=1)
+    retention: str
+    retention_period: str | None = None
+    source: str
+
+    @field_validator("retention_period")
+    @classmethod
+    def _iso_duration(cls, value: str | None) -> str | None:
+        if value is not None and (not _ISO_DURATION.match(value) or value == "P"):
+            raise ValueError(f"not an ISO-8601 duration such as P10Y: {value!r}")
+        return value
+
+
+class RegisterFile(FileHeader):
+    kind: Literal["register"]
+    purposes: dict[str, PurposeDef] = Field(min_length=1)
+
+
+# --- subcontractors -----------------------------------------------------------------------------------
+
+
+class StorageDef(_Strict):
+    countries: list[str] | None = None
+    zone: str | None = None
+
+
+class SubcontractorDef(_Strict):
+    name: str = Field(min_length=1)
+    aliases: list[str] = []
+    storage: StorageDef
+    service: str
+    task: str
+    purposes: list[str] = []
+
+
+class SubcontractorsFile(FileHeader):
+    kind: Literal["subcontractors"]
+    subcontractors: list[SubcontractorDef]
+
+
+# --- zones and countries ------------------------------------------------------------------------------
+
+
+class ZoneDef(_Strict):
+    description: str
+    countries: list[str] = Field(min_length=1)
+
+
+class ZonesFile(FileHeader):
+    kind: Literal["zones"]
+    protected_zone: str
+    zones: dict[str, ZoneDef] = Field(min_length=1)
+
+
+class CountriesFile(FileHeader):
+    kind: Literal["countries"]
+    countries: list[str] = Field(min_length=1)
+
+
+# --- rules and exceptions -----------------------------------------------------------------------------
+
+
+def _registered_check(value: object) -> object:
+    """A rule's `check` must be a name in the check registry. The error is worded as pydantic words a
+    Literal's (which this replaces), so a misspelt check reads as it always did: the valid names."""
+    if isinstance(value, str) and value in CHECKS:
+        return value
+    names = [repr(name) for name in CHECKS]
+    expected = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
+class RuleParams(_Strict):
+    categories: list[str] = []
+    purposes: list[str] = []
+    legal_bases: list[LegalBasis] = []
+    event_types: list[Literal["device_sync", "sharing", "subcontractor_transfer"]] = []
+    zone: str | None = None
+
+
+class RuleDef(_Strict):
+    id: str
+    check: Annotated[str, BeforeValidator(_registered_check)]
+    description: str
+    severity: Literal["critical", "high", "medium", "low"]
+    enabled: bool = True
+    params: RuleParams = RuleParams()
+
+
+class RulesFile(FileHeader):
+    kind: Literal["rules"]
+    rules: list[RuleDef] = Field(min_length=1)
+
+
+class ExceptionScope(_Strict):
+    event_types: list[Literal["device_sync", "sharing", "subcontractor_transfer"]] = []
+    purposes: list[str] = []
+    subcontractors: list[str] = []
+    recipients: list[str] = []
+    user_countries: list[str] = []
+    destination_countries: list[str] = []
+
+
+class ExceptionDef(_Strict):
+    id: str
+    enabled: bool
+    waives: str
+    justification: str = Field(min_length=10)
+    scope: ExceptionScope
+
+
+class ExceptionsFile(FileHeader):
+    kind: Literal["exceptions"]
+    exceptions: list[ExceptionDef] = []
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+M = TypeVar("M", bound=FileHeader)
+
+
+class _PolicyYamlLoader(yaml.SafeLoader):
+    """YAML 1.2-style booleans (only true/false) and no duplicate keys.
+
+    PyYAML follows YAML 1.1, where `NO` (Norway) and `ON` are booleans; a country list must not
+    silently lose Norway. A duplicate key would silently override the first entry.
+    """
+
+
+_PolicyYamlLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_PolicyYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|false|True|False|TRUE|FALSE)$"), list("tTfF")
+)
+
+
+def _construct_mapping_no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_PolicyYamlLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates
+)
+
+
+def load_yaml(raw: bytes | str) -> Any:
+    """Parse YAML with the policy loader's rules (YAML 1.2 booleans, no duplicate keys)."""
+    return yaml.load(raw, Loader=_PolicyYamlLoader)
+
+
+def _format_location(loc: tuple[int | str, ...], data: Any) -> str:
+    """Turn a pydantic error location into a readable entry path; list indexes become entry names."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int) and isinstance(node, list) and 0 <= item < len(node):
+            entry = node[item]
+            label = None
+            if isinstance(entry, dict):
+                label = entry.get("id") or entry.get("name")
+            parts.append(f"[{item}]" + (f"({label})" if label else ""))
+            node = entry
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def read_policy_file(path: Path, model: type[M]) -> tuple[M, bytes]:
+    """Read, parse and validate one policy file; returns the model and the raw bytes (for the hash)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(str(path), "", f"cannot read policy file: {exc.strerror or exc}") from exc
+    try:
+        data = load_yaml(raw)
+    except yaml.YAMLError as exc:
+        raise PolicyError(str(path), "", f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(str(path), "", "must be a YAML mapping")
+    try:
+        return model.model_validate(data), raw
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        entry = _format_location(tuple(first["loc"]), data)
+        extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise PolicyError(str(path), entry, f"{first['msg']}{extra}") from exc
