@@ -119,46 +119,63 @@ def _find_forged(
     return rows[-1]
 
 
-def verify_store(store: AuditStore) -> VerifyReport:
+def verify_store(store: AuditStore, window_rows: int = _WINDOW_ROWS) -> VerifyReport:
     """Verify the whole store. Never raises: a store that cannot be read sets `error` instead."""
     report = VerifyReport()
-    try:
-        _verify_chains(store, report)
-    except Exception as exc:  # a store that fails mid-way must give a verdict, not a traceback
-        report.error = f"the store could not be read to the end: {type(exc).__name__}: {exc}"
+    for _ in verification(store, report, window_rows):
+        pass
     return report
 
 
-def _verify_chains(store: AuditStore, report: VerifyReport) -> VerifyReport:
-    table = store.table
+def verification(store: AuditStore, report: VerifyReport, window_rows: int = _WINDOW_ROWS) -> Iterator[None]:
+    """The verification as steps: each `next()` runs one query (the link index, then one window of
+    about `window_rows` rows) and fills `report`. A writer that shares the store's thread runs the
+    steps one at a time, so its inserts wait for one window, never for the whole store. The link
+    index is read first: links written while it runs are not read (verified by the next verify)."""
+    try:
+        yield from _verify_chains(store, report, window_rows)
+    except Exception as exc:  # a store that fails mid-way must give a verdict, not a traceback
+        report.error = f"the store could not be read to the end: {type(exc).__name__}: {exc}"
+
+
+def _link_index(store: AuditStore) -> dict[str, list[tuple[int, int, int, int, int]]]:
     _, index_rows = store.query(
         f"SELECT chain_id, chain_seq, count(), min(link_rows), max(link_rows), uniqExact(link_hash) "
-        f"FROM {table} GROUP BY chain_id, chain_seq ORDER BY chain_id, chain_seq"
+        f"FROM {store.table} GROUP BY chain_id, chain_seq ORDER BY chain_id, chain_seq"
     )
     chains: dict[str, list[tuple[int, int, int, int, int]]] = {}
     for chain, seq, count, min_rows, max_rows, distinct in index_rows:
         chains.setdefault(str(chain), []).append(
             (int(seq), int(count), int(min_rows), int(max_rows), int(distinct))
         )
+    return chains
+
+
+def _index_problem(chain: str, links: list[tuple[int, int, int, int, int]]) -> str | None:
+    for expected, (seq, _count, min_rows, max_rows, _distinct) in enumerate(links, start=1):
+        if seq != expected:
+            return f"chain {chain}: link {expected} is missing (the next link is {seq})"
+        if min_rows != max_rows:
+            return f"chain {chain} link {seq}: rows disagree on the link's size (forged rows)"
+    return None
+
+
+def _verify_chains(store: AuditStore, report: VerifyReport, window_rows: int) -> Iterator[None]:
+    chains = _link_index(store)
     report.chains = len(chains)
-    report.links = len(index_rows)
+    report.links = sum(len(links) for links in chains.values())
+    yield
     for chain, links in chains.items():
-        for expected, (seq, _count, min_rows, max_rows, _distinct) in enumerate(links, start=1):
-            if seq != expected:
-                report.problems.append(f"chain {chain}: link {expected} is missing (the next link is {seq})")
-                return report
-            if min_rows != max_rows:
-                report.problems.append(
-                    f"chain {chain} link {seq}: rows disagree on the link's size (forged rows)"
-                )
-        if report.problems:
-            return report
+        problem = _index_problem(chain, links)
+        if problem:
+            report.problems.append(problem)
+            return
         previous = GENESIS
-        for window in _windows(links):
+        for window in _windows(links, window_rows):
             first, last = window[0][0], window[-1][0]
             rows_by_seq: dict[int, list[dict[str, Any]]] = {}
             for row in store.stream(
-                f"SELECT {_COLUMNS} FROM {table} WHERE chain_id = {{chain:String}} "
+                f"SELECT {_COLUMNS} FROM {store.table} WHERE chain_id = {{chain:String}} "
                 f"AND chain_seq BETWEEN {{first:UInt64}} AND {{last:UInt64}} "
                 f"ORDER BY chain_seq, link_index, source_offset",
                 {"chain": chain, "first": first, "last": last},
@@ -170,22 +187,24 @@ def _verify_chains(store: AuditStore, report: VerifyReport) -> VerifyReport:
                 problem, computed = verify_link_rows(store.key, chain, seq, previous, expected_rows, rows)
                 if problem:
                     report.problems.append(problem)
-                    return report
+                    return
                 previous = computed
-    return report
+            yield
 
 
-def _windows(links: list[tuple[int, int, int, int, int]]) -> Iterator[list[tuple[int, int, int, int, int]]]:
+def _windows(
+    links: list[tuple[int, int, int, int, int]], window_rows: int
+) -> Iterator[list[tuple[int, int, int, int, int]]]:
     window: list[tuple[int, int, int, int, int]] = []
     size = 0
     for link in links:
         window.append(link)
         size += link[1]
-        if size >= _WINDOW_ROWS:
+        if size >= window_rows:
             yield window
             window, size = [], 0
     if window:
         yield window
 
 
-__all__ = ["VerifyReport", "verify_link_rows", "verify_store"]
+__all__ = ["VerifyReport", "verification", "verify_link_rows", "verify_store"]

@@ -6,9 +6,12 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from flowaudit.common import metrics
 from flowaudit.domain.policy import Policy
 from flowaudit.sinks.clickhouse import PreparedBatch, StoreError
+from flowaudit.sinks.verify import verify_store
 from flowaudit.sinks.writer import ClickHouseSink
 from tests.sinks.test_clickhouse_store import generated
 
@@ -75,3 +78,27 @@ def test_a_failing_insert_raises_backpressure_until_it_succeeds(policy: Policy) 
         return [during, _backpressure(), float(store.inserted)]
 
     assert asyncio.run(run()) == [1.0, 0.0, 10.0]
+
+
+@pytest.mark.integration
+def test_inserts_do_not_wait_for_a_whole_verify(store_factory: Any, policy: Policy) -> None:
+    store = store_factory()
+    records = generated(policy, 60_000)
+    for start in range(0, 50_000, 5_000):
+        store.write(records[start : start + 5_000])
+
+    async def run() -> tuple[float, float, bool]:
+        sink = ClickHouseSink(store)
+        verifying = asyncio.ensure_future(sink.verify())
+        await asyncio.sleep(0.05)  # the verify has started
+        written = await sink.write(records[50_000:])
+        write_done = time.monotonic()
+        report = await verifying
+        verify_done = time.monotonic()
+        sink.executor.shutdown(wait=True)
+        return write_done, verify_done, report.ok and written == (10_000, 0)
+
+    write_done, verify_done, ok = asyncio.run(run())
+    assert ok
+    assert write_done < verify_done  # the insert ran between two verify windows
+    assert verify_store(store).ok
