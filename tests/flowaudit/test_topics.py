@@ -1,0 +1,29 @@
+"""Start-up topic check against the embedded broker (a real Kafka protocol endpoint)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowaudit.broker import EmbeddedBroker
+from flowaudit.topics import TopicError, check_topics
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_present_topics_give_their_partition_counts() -> None:
+    with EmbeddedBroker() as broker:
+        broker.create_topics(["a.in", "a.out"], 3)
+        assert check_topics(broker.bootstrap, ["a.in", "a.out", "a.in"]) == {"a.in": 3, "a.out": 3}
+
+
+def test_missing_topics_are_named() -> None:
+    with EmbeddedBroker() as broker:
+        broker.create_topics(["b.in"], 2)
+        with pytest.raises(TopicError, match=r"topics missing on the Kafka cluster .*: b\.out, b\.dlq"):
+            check_topics(broker.bootstrap, ["b.in", "b.out", "b.dlq"])
+
+
+def test_an_unreachable_cluster_is_one_error() -> None:
+    with pytest.raises(TopicError, match=r"cannot reach Kafka at 127\.0\.0\.1"):
+        check_topics(f"127.0.0.1:{free_port()}", ["x"], timeout=2)
