@@ -27,8 +27,8 @@ from flowaudit.generator import EventGenerator
 from flowaudit.produce import EventProducer
 from flowaudit.runtime import Runtime, build_runtime, make_worker, start_metrics_server
 from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
-from flowaudit.streams.pipeline import BatchResult
-from flowaudit.streams.pipeline_process import PipelineProcessError
+from flowaudit.streams.messages import BatchResult
+from flowaudit.streams.pipe import PipelineProcessError
 
 log = logging.getLogger(__name__)
 

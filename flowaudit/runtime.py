@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +22,11 @@ from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
 from flowaudit.sinks.writer import ClickHouseSink
 from flowaudit.streams.app import BatchObserver, BatchRunner, FlowauditApp, create_app
-from flowaudit.streams.pipeline import Topics, batch_processors
-from flowaudit.streams.pipeline_process import (
-    PipelineConfig,
-    PipelineMetrics,
-    PipelineProcess,
-    PipelineProcessError,
-    RemotePipeline,
-)
+from flowaudit.streams.pipe import PipelineConfig, PipelineProcessError
+from flowaudit.streams.pipeline import LocalPipeline, batch_processors
+from flowaudit.streams.pipeline_process import PipelineMetrics, PipelineProcess, RemotePipeline
 from flowaudit.streams.publish import KafkaPublisher
+from flowaudit.streams.route import Topics
 
 log = logging.getLogger(__name__)
 
@@ -113,33 +108,63 @@ def build_runtime(
         bootstrap = broker.bootstrap
     publisher = KafkaPublisher(bootstrap)
     chain_key = load_chain_key(settings.chain_key_value, settings.data_dir)
-    store_url = settings.resolved_clickhouse_url
-    store_owner: PipelineProcess | ClickHouseSink
-    processors: Sequence[BatchRunner]
-    registry = metrics.REGISTRY
+    start = _start_two_processes if settings.pipeline_process else _start_one_process
     try:
-        if settings.pipeline_process:
-            loglevel = logging.getLogger().getEffectiveLevel()
-            store_owner = PipelineProcess(PipelineConfig(settings, policy, chain_key, loglevel))
-            topics = Topics.from_settings(settings)
-            processors = [
-                RemotePipeline(kind, store_owner, publisher, topics) for kind in settings.input_topics
-            ]
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(PipelineMetrics(store_owner))
-        else:
-            store = AuditStore(store_url, policy, chain_key)
-            store.connect()
-            store_owner = ClickHouseSink(store, settings.insert_retry_max_seconds)
-            processors = batch_processors(settings, policy, publisher, store_owner)
+        store_owner, runners, registry = start(settings, policy, chain_key, publisher)
     except Exception:
         if broker is not None:
             broker.stop()
         raise
     app = create_app(
-        settings, bootstrap, processors, publisher, store_owner, observer=observer, web_enabled=web_enabled
+        settings, bootstrap, runners, publisher, store_owner, observer=observer, web_enabled=web_enabled
     )
+    store_url = settings.resolved_clickhouse_url
     return Runtime(settings, policy, broker, bootstrap, store_url, publisher, app, store_owner, registry)
+
+
+def output_topics(settings: Settings) -> Topics:
+    return Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
+
+
+def _start_two_processes(
+    settings: Settings, policy: Policy, chain_key: bytes, publisher: KafkaPublisher
+) -> tuple[PipelineProcess, list[BatchRunner], CollectorRegistry]:
+    """The store, deciding and writing in a second process; forwarding here. Metrics: both processes'."""
+    config = PipelineConfig(
+        kinds=tuple(settings.input_topics),
+        policy=policy,
+        store_url=settings.resolved_clickhouse_url,
+        chain_key=chain_key,
+        insert_retry_max_seconds=settings.insert_retry_max_seconds,
+        invalid_ratio_limit=settings.invalid_ratio_limit,
+        invalid_ratio_window=settings.invalid_ratio_window,
+        loglevel=logging.getLogger().getEffectiveLevel(),
+    )
+    pipeline = PipelineProcess(config)
+    topics = output_topics(settings)
+    runners: list[BatchRunner] = [RemotePipeline(kind, pipeline, publisher, topics) for kind in config.kinds]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineMetrics(pipeline))
+    return pipeline, runners, registry
+
+
+def _start_one_process(
+    settings: Settings, policy: Policy, chain_key: bytes, publisher: KafkaPublisher
+) -> tuple[ClickHouseSink, list[BatchRunner], CollectorRegistry]:
+    """Everything in this process (FLOWAUDIT_PIPELINE_PROCESS=false)."""
+    store = AuditStore(settings.resolved_clickhouse_url, policy, chain_key)
+    store.connect()
+    sink = ClickHouseSink(store, settings.insert_retry_max_seconds)
+    processors = batch_processors(
+        list(settings.input_topics),
+        policy,
+        sink,
+        settings.invalid_ratio_limit,
+        settings.invalid_ratio_window,
+    )
+    topics = output_topics(settings)
+    runners: list[BatchRunner] = [LocalPipeline(processor, publisher, topics) for processor in processors]
+    return sink, runners, metrics.REGISTRY
 
 
 def make_worker(app: FlowauditApp, loglevel: str = "WARNING") -> Any:

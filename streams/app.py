@@ -1,7 +1,7 @@
 """The Faust application: one agent per input topic, each running the batch pipeline.
 
 Each agent reads batches with `Stream.noack_take` (by size and by time) and acknowledges a
-batch's events only after its processor's `process` returned for it (`BatchProcessor`, or
+batch's events only after its runner's `process` returned for it (`LocalPipeline`, or
 `RemotePipeline` when the pipeline runs in a second process), i.e. after its audit rows, forwarded
 events and dead letters are durable. Up to two batches per agent are in flight: the next
 one is decided while the previous one is written. Faust commits acknowledged offsets. A batch
@@ -26,7 +26,8 @@ from flowaudit.common import metrics
 from flowaudit.common.settings import Settings
 from flowaudit.sinks.reports import ReportError, as_records, load_reports, report_parameters
 from flowaudit.sinks.verify import VerifyReport
-from flowaudit.streams.pipeline import BatchResult, InboundMessage, InvalidRatioExceeded
+from flowaudit.streams.deadletter import InvalidRatioExceeded
+from flowaudit.streams.messages import BatchResult, InboundMessage
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,11 @@ BatchObserver = Callable[[str, BatchResult], None]
 
 
 class BatchRunner(Protocol):
-    """One kind's pipeline as the agent sees it: `BatchProcessor`, or `RemotePipeline` in the second
-    process (streams.pipeline_process)."""
+    """One kind's pipeline as the agent sees it: `LocalPipeline` (streams.pipeline), or
+    `RemotePipeline` when the pipeline runs in the second process (streams.pipeline_process).
+
+    `process` returns only once the batch's audit rows, forwarded events and dead letters are durable
+    (then the agent acknowledges it), and raises if any of them failed (then it does not)."""
 
     kind: str
 

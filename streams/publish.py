@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from flowaudit.streams.pipeline import OutboundRecord
+from flowaudit.streams.messages import OutboundRecord
 
 
 class KafkaPublisher:

@@ -139,6 +139,18 @@ def test_the_domain_and_the_sinks_take_no_settings() -> None:
     assert offenders == []
 
 
+def test_of_the_streams_only_the_faust_app_reads_the_settings() -> None:
+    """The pipeline's steps and the second process get values; `flowaudit.runtime` does the wiring."""
+    readers = []
+    for module, path in sorted(_modules().items()):
+        if _floor(module) != FLOORS["flowaudit.streams"] or module == "flowaudit.streams.app":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(alias.name == "Settings" for alias in node.names):
+                readers.append(module)
+    assert readers == []
+
+
 def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
     # built from a copy of the tracked files: an in-tree build would leave build/ in the checkout
     source = tmp_path / "source"

@@ -1,5 +1,5 @@
 """The pipeline in a second process, against a real chDB store there (no broker: the worker's side of
-forwarding is `forward`, tested with the in-process pipeline)."""
+forwarding is `forward_while_writing`, tested with the in-process pipeline and in test_route)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowaudit.common import metrics
-from flowaudit.common.settings import Settings
 from flowaudit.domain.codec import AvroCodec
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import event_from_mapping
@@ -24,13 +23,11 @@ from flowaudit.produce import avro_record
 from flowaudit.schemas import SCHEMA_DIR
 from flowaudit.sinks.clickhouse import StoreError
 from flowaudit.sinks.reports import load_reports, report_parameters
-from flowaudit.streams.pipeline import BatchResult, InboundMessage, InvalidRatioExceeded, Routes
-from flowaudit.streams.pipeline_process import (
-    PipelineConfig,
-    PipelineMetrics,
-    PipelineProcess,
-    PipelineProcessError,
-)
+from flowaudit.streams.deadletter import InvalidRatioExceeded
+from flowaudit.streams.messages import BatchResult, InboundMessage
+from flowaudit.streams.pipe import PipelineConfig, PipelineProcessError
+from flowaudit.streams.pipeline_process import PipelineMetrics, PipelineProcess
+from flowaudit.streams.route import Routes
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -38,9 +35,18 @@ CODEC = AvroCodec(SCHEMA_DIR)
 CHAIN_KEY = b"k" * 32
 
 
-def _config(policy: Policy, data_dir: Path, **settings: object) -> PipelineConfig:
-    values: dict[str, object] = {"data_dir": data_dir, "metrics_port": 0, "web_port": 0} | settings
-    return PipelineConfig(Settings(**values), policy, CHAIN_KEY, 30)  # type: ignore[arg-type]
+def _config(policy: Policy, data_dir: Path, **values: object) -> PipelineConfig:
+    defaults: dict[str, object] = {
+        "kinds": ("device_sync", "sharing", "subcontractor_transfer"),
+        "policy": policy,
+        "store_url": f"chdb://{(data_dir / 'audit').resolve()}",
+        "chain_key": CHAIN_KEY,
+        "insert_retry_max_seconds": 30.0,
+        "invalid_ratio_limit": 0.5,
+        "invalid_ratio_window": 1000,
+        "loglevel": 30,
+    }
+    return PipelineConfig(**(defaults | values))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -163,6 +169,6 @@ def test_batches_fail_when_the_second_process_dies(started: PipelineProcess, pol
 
 
 def test_a_store_that_cannot_be_opened_fails_the_start(policy: Policy, tmp_path: Path) -> None:
-    config = _config(policy, tmp_path, clickhouse_url=f"http://127.0.0.1:{free_port()}")
+    config = _config(policy, tmp_path, store_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(StoreError, match="cannot open the audit store"):
         PipelineProcess(config)
