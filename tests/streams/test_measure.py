@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flowaudit.common import metrics
 from flowaudit.domain.policy import Policy, load_policy
+from flowaudit.domain.policy.checks import CHECKS
 from flowaudit.policy import DEFAULT_POLICY_DIR
 from flowaudit.streams.deadletter import InvalidRatioGuard
 from flowaudit.streams.measure import UNKNOWN_SUBCONTRACTOR_CHECK
@@ -41,6 +42,7 @@ def _unknown_subcontractor_events(policy: Policy) -> int:
 
 
 def test_unknown_subcontractor_events_are_counted_by_the_rules_check(policy: Policy) -> None:
+    assert UNKNOWN_SUBCONTRACTOR_CHECK in CHECKS  # a check the policy loader knows
     assert _unknown_subcontractor_events(policy) >= 1
 
 
