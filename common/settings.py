@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         default=6066, ge=0, le=65535, description="worker's web port (reports while it runs)"
     )
     web_bind: str = Field(default="127.0.0.1", description="address the worker's web server binds to")
+    web_allowed_hosts: str = Field(
+        default="",
+        description="host names the web API answers to besides its address and localhost (a, b)",
+    )
     metrics_bind: str = Field(default="127.0.0.1", description="address the metrics endpoint binds to")
     chain_key: SecretStr | None = Field(
         default=None,
@@ -192,6 +196,14 @@ class Settings(BaseSettings):
             raise ValueError("must name a directory")
         if Path(value).exists() and not Path(value).is_dir():
             raise ValueError("exists and is not a directory")
+        return value
+
+    @field_validator("web_allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: str) -> str:
+        for name in filter(None, (part.strip() for part in value.split(","))):
+            if not _is_host(name):
+                raise ValueError(f"{name!r} is not a host name")
         return value
 
     @field_validator("policy_dir")

@@ -110,23 +110,24 @@ def open_store(settings: Settings, policy: Policy) -> AuditStore:
     return store
 
 
-def _store_or_worker(settings: Settings, policy: Policy) -> AuditStore | str:
-    """The store, or the base URL of the running worker that holds the embedded store."""
+def _store_or_worker(settings: Settings, policy: Policy) -> AuditStore | tuple[str, str]:
+    """The store, or (base URL, token) of the running worker that holds the embedded store."""
     from flowaudit.sinks.clickhouse import StoreError
-    from flowaudit.webapi import running_worker_url
+    from flowaudit.webapi import running_worker
 
     try:
         return open_store(settings, policy)
     except StoreError as exc:
-        url = running_worker_url(settings) if settings.resolved_clickhouse_url.startswith("chdb:") else None
-        if url is None:
+        worker = running_worker(settings) if settings.resolved_clickhouse_url.startswith("chdb:") else None
+        if worker is None:
             raise
+        url = worker[0]
         print(
             f"flowaudit: the embedded store is held by the running worker; asking it at {url}",
             file=sys.stderr,
         )
         del exc
-        return url
+        return worker
 
 
 def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
@@ -150,8 +151,9 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         parameters = report_parameters(report, args.since, args.until, args.user)
         policy = _load_policy_or_exit(settings.policy_dir)
         target = _store_or_worker(settings, policy)
-        if isinstance(target, str):
-            answer = fetch_json(f"{target}/flowaudit/report/{report.name}/", parameters)
+        if isinstance(target, tuple):
+            url, token = target
+            answer = fetch_json(f"{url}/flowaudit/report/{report.name}/", parameters, token)
             columns, rows = answer["columns"], [tuple(row) for row in answer["rows"]]
         else:
             try:
@@ -173,8 +175,9 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     policy = _load_policy_or_exit(settings.policy_dir)
     try:
         target = _store_or_worker(settings, policy)
-        if isinstance(target, str):
-            result = fetch_json(f"{target}/flowaudit/verify/", {})
+        if isinstance(target, tuple):
+            url, token = target
+            result = fetch_json(f"{url}/flowaudit/verify/", {}, token)
         else:
             try:
                 result = verify_store(target).as_dict()

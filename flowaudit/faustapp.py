@@ -13,6 +13,9 @@ import os
 from flowaudit.common.settings import SettingsError, load_settings
 from flowaudit.common.tuning import tune_process
 from flowaudit.runtime import build_runtime, start_metrics_server
+from flowaudit.sinks.clickhouse import StoreError
+from flowaudit.streams.pipe import PipelineProcessError
+from flowaudit.topics import TopicError
 from flowaudit.webapi import remove_worker_file, write_worker_file
 
 os.umask(0o077)  # owner-only files, as with `flowaudit worker`
@@ -21,10 +24,13 @@ try:
 except SettingsError as exc:
     raise SystemExit(f"flowaudit: invalid setting {exc}") from None
 tune_process()
-runtime = build_runtime(settings)
+try:
+    runtime = build_runtime(settings)
+except (StoreError, PipelineProcessError, TopicError) as exc:
+    raise SystemExit(f"flowaudit: {exc}") from None
 app = runtime.app
 start_metrics_server(settings, runtime.metrics_registry)
-write_worker_file(settings, runtime.bootstrap, runtime.pipeline_pid)
+write_worker_file(settings, runtime.bootstrap, runtime.pipeline_pid, runtime.web_token)
 
 
 @atexit.register

@@ -2,12 +2,15 @@
 
 `build_runtime` is shared by `flowaudit worker`, `flowaudit demo` and `faust -A flowaudit.faustapp`.
 Without `FLOWAUDIT_KAFKA_URL` it starts the embedded development broker in this process and
-creates the topics; with it, the topics must exist on the cluster.
+creates the topics; with it, the topics must exist on the cluster (checked before anything starts).
+The web API's token is FLOWAUDIT_WEB_TOKEN, or one made here for this run and announced, with the
+web address, in the owner-only `<data dir>/worker.json` that `flowaudit report|verify` read.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +30,8 @@ from flowaudit.streams.pipeline import LocalPipeline, batch_processors
 from flowaudit.streams.pipeline_process import PipelineMetrics, PipelineProcess, RemotePipeline
 from flowaudit.streams.publish import KafkaPublisher
 from flowaudit.streams.route import Topics
+from flowaudit.streams.web import WebGuard
+from flowaudit.topics import TopicError, check_topics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ class Runtime:
     # what holds the audit store: a second process (settings.pipeline_process), or a sink in this one
     store_owner: PipelineProcess | ClickHouseSink
     metrics_registry: CollectorRegistry
+    web_token: str | None  # None when the web API is off
 
     @property
     def pipeline_pid(self) -> int | None:
@@ -95,7 +101,7 @@ def build_runtime(
     """Start the broker (embedded, unless FLOWAUDIT_KAFKA_URL) and the store's writer; build the app.
 
     Raises StoreError when the audit store cannot be opened, PipelineProcessError when the pipeline
-    process does not start.
+    process does not start, TopicError when the cluster lacks a topic (or does not answer).
     """
     policy = policy or load_policy(settings.policy_dir)
     metrics.POLICY.info({"version": policy.version})
@@ -103,6 +109,7 @@ def build_runtime(
     broker = None
     if settings.kafka_url:
         bootstrap = kafka_bootstrap(settings.kafka_url)
+        check_topics(bootstrap, all_topics(settings))
     else:
         broker = start_embedded_broker(settings)
         bootstrap = broker.bootstrap
@@ -115,11 +122,16 @@ def build_runtime(
         if broker is not None:
             broker.stop()
         raise
-    app = create_app(
-        settings, bootstrap, runners, publisher, store_owner, observer=observer, web_enabled=web_enabled
-    )
+    token = (settings.web_token_value or secrets.token_urlsafe(32)) if web_enabled else None
+    guard = None
+    if token is not None:
+        hosts = [host.strip() for host in settings.web_allowed_hosts.split(",") if host.strip()]
+        guard = WebGuard.for_server(token, settings.web_bind, settings.web_port, hosts)
+    app = create_app(settings, bootstrap, runners, publisher, store_owner, observer=observer, web_guard=guard)
     store_url = settings.resolved_clickhouse_url
-    return Runtime(settings, policy, broker, bootstrap, store_url, publisher, app, store_owner, registry)
+    return Runtime(
+        settings, policy, broker, bootstrap, store_url, publisher, app, store_owner, registry, token
+    )
 
 
 def output_topics(settings: Settings) -> Topics:
@@ -190,11 +202,11 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     log.info("settings: %s", settings)
     try:
         runtime = build_runtime(settings)
-    except (StoreError, PipelineProcessError) as exc:
+    except (StoreError, PipelineProcessError, TopicError) as exc:
         print(f"flowaudit worker: {exc}", file=sys.stderr)
         return 2
     start_metrics_server(settings, runtime.metrics_registry)
-    write_worker_file(settings, runtime.bootstrap, runtime.pipeline_pid)
+    write_worker_file(settings, runtime.bootstrap, runtime.pipeline_pid, runtime.web_token)
     log.info(
         "worker consuming %s from %s; audit store %s",
         ", ".join(settings.input_topics.values()),

@@ -22,14 +22,26 @@ def worker_file(settings: Settings) -> Path:
     return settings.data_dir / "worker.json"
 
 
-def write_worker_file(settings: Settings, bootstrap: str | None, pipeline_pid: int | None = None) -> None:
-    """Announce this worker: its web address (reports, verify), the broker it uses, and the pid of its
-    pipeline process (the one holding the store), if any."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    web = f"http://{settings.web_bind}:{settings.web_port}" if settings.web_port else ""
-    info = {"pid": os.getpid(), "web": web, "kafka_bootstrap": bootstrap, "pipeline_pid": pipeline_pid}
+def write_worker_file(
+    settings: Settings, bootstrap: str | None, pipeline_pid: int | None = None, web_token: str | None = None
+) -> None:
+    """Announce this worker: its web address (reports, verify) and the token its web API wants, the
+    broker it uses, and the pid of its pipeline process (the one holding the store), if any. The
+    file is the owner's alone (it holds the token)."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    host = f"[{settings.web_bind}]" if ":" in settings.web_bind else settings.web_bind
+    web = f"http://{host}:{settings.web_port}" if settings.web_port and web_token else ""
+    info = {
+        "pid": os.getpid(),
+        "web": web,
+        "web_token": web_token,
+        "kafka_bootstrap": bootstrap,
+        "pipeline_pid": pipeline_pid,
+    }
     tmp = worker_file(settings).with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(info))
     tmp.replace(worker_file(settings))
 
 
@@ -55,16 +67,20 @@ def read_worker_file(settings: Settings) -> dict[str, Any] | None:
     return info
 
 
-def running_worker_url(settings: Settings) -> str | None:
+def running_worker(settings: Settings) -> tuple[str, str] | None:
+    """(web address, token) of the worker running on this data directory, if it serves its web API."""
     info = read_worker_file(settings)
-    return str(info["web"]) if info and info.get("web") else None
+    if not info or not info.get("web"):
+        return None
+    return str(info["web"]), str(settings.web_token_value or info.get("web_token") or "")
 
 
-def fetch_json(url: str, parameters: dict[str, Any], timeout: float = 600.0) -> Any:
+def fetch_json(url: str, parameters: dict[str, Any], token: str, timeout: float = 600.0) -> Any:
     query = urllib.parse.urlencode(parameters)
     full = f"{url}?{query}" if query else url
+    request = urllib.request.Request(full, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(full, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")

@@ -24,10 +24,10 @@ from faust.types import TP
 
 from flowaudit.common import metrics
 from flowaudit.common.settings import Settings
-from flowaudit.sinks.reports import ReportError, as_records, load_reports, report_parameters
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.deadletter import InvalidRatioExceeded
 from flowaudit.streams.messages import BatchResult, InboundMessage
+from flowaudit.streams.web import WebGuard, add_web_views
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,10 @@ def create_app(
     store_owner: AuditStoreOwner,
     *,
     observer: BatchObserver | None = None,
-    web_enabled: bool = True,
+    web_guard: WebGuard | None = None,
 ) -> FlowauditApp:
-    """The Faust app: an agent per processor (its kind's input topic), web views over the store."""
+    """The Faust app: an agent per processor (its kind's input topic); with a `web_guard`, the web
+    API over the store (`streams.web`)."""
     app = FlowauditApp(
         settings.consumer_group,
         broker=f"kafka://{bootstrap}",
@@ -115,7 +116,7 @@ def create_app(
         topic_disable_leader=True,
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
-        web_enabled=web_enabled and settings.web_port > 0,
+        web_enabled=web_guard is not None and settings.web_port > 0,
         web_port=settings.web_port or 6066,  # Faust validates the port even when the web is off
         web_bind=settings.web_bind,
         web_host=settings.web_bind,
@@ -138,8 +139,8 @@ def create_app(
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", partitions=None)
         app.agent(topic, name=f"flowaudit.{processor.kind}")(_make_agent(app, processor, settings, observer))
 
-    if web_enabled and settings.web_port > 0:
-        _add_web_views(app, store_owner)
+    if web_guard is not None and settings.web_port > 0:
+        add_web_views(app, store_owner, web_guard)
     return app
 
 
@@ -198,13 +199,14 @@ async def _process_batch(
         return
     except Exception as exc:
         if app.should_stop:
-            log.error(
+            # A stop was asked for (SIGTERM) while the store was down: the batch is not acknowledged
+            # and is read again after the restart. Nothing is lost, so the stop stays a clean one.
+            log.warning(
                 "batch of %d %s records not written before shutdown; it will be read again: %s",
                 len(events),
                 processor.kind,
                 exc,
             )
-            app.fatal_error = app.fatal_error or exc
             return
         log.critical("STOPPING: batch of %d %s records failed: %s", len(events), processor.kind, exc)
         app.fatal_error = exc
@@ -232,31 +234,3 @@ def _measure_lag(app: FlowauditApp, messages: Sequence[InboundMessage]) -> None:
             continue
         if highwater is not None:
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, highwater - offset - 1))
-
-
-def _add_web_views(app: FlowauditApp, store: AuditStoreOwner) -> None:
-    """Reports and verify over HTTP, for `flowaudit report|verify` while this worker holds the store."""
-    reports = load_reports()
-
-    @app.page("/flowaudit/report/{name}/")
-    async def report_view(web: Any, request: Any, name: str) -> Any:
-        report = reports.get(name)
-        if report is None:
-            return web.json({"error": f"unknown report {name!r}"}, status=404)
-        query = request.query
-        try:
-            parameters = report_parameters(report, query.get("since"), query.get("until"), query.get("user"))
-        except ReportError as exc:
-            return web.json({"error": str(exc)}, status=400)
-        columns, rows = await store.query(report.sql, parameters)
-        records = as_records(columns, rows)
-        return web.json({"columns": columns, "rows": [list(r.values()) for r in records]})
-
-    @app.page("/flowaudit/verify/")
-    async def verify_view(web: Any, request: Any) -> Any:
-        report = await store.verify()
-        return web.json(report.as_dict())
-
-    @app.page("/flowaudit/health/")
-    async def health_view(web: Any, request: Any) -> Any:
-        return web.json({"ok": True, "store": store.masked_url})

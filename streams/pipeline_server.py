@@ -21,14 +21,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any, assert_never
 
 from flowaudit.common import metrics
 from flowaudit.common.tuning import tune_process
 from flowaudit.sinks.clickhouse import AuditStore, StoreError
-from flowaudit.sinks.verify import verify_store
 from flowaudit.sinks.writer import ClickHouseSink
 from flowaudit.streams.pipe import (
     Close,
@@ -158,7 +157,8 @@ class _Server:
             case ReportRequest(ident=ident, sql=sql, parameters=parameters):
                 self._on_store_thread(ident, self.sink.query_blocking, sql, parameters)
             case VerifyRequest(ident=ident):
-                self._on_store_thread(ident, verify_store, self.sink.store)
+                # in windows on the store's thread (ClickHouseSink.verify): inserts keep going
+                self._on_loop(ident, self.sink.verify)
             case StopWrites():
                 self.sink.stop()
             case Close():
@@ -178,10 +178,24 @@ class _Server:
 
         self.sink.executor.submit(function, *args).add_done_callback(reply)
 
-    def _start_batch(self, batch: SubmitBatch) -> None:
-        task = self.loop.create_task(self._batch(batch))
+    def _on_loop(self, ident: int, coroutine: Callable[[], Awaitable[Any]]) -> None:
+        async def answer() -> None:
+            try:
+                value = await coroutine()
+            except Exception as exc:
+                self.send(Reply(ident, None, portable(exc)))
+            else:
+                self.send(Reply(ident, value, None))
+
+        self.loop.call_soon_threadsafe(self._start_task, answer())
+
+    def _start_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _start_batch(self, batch: SubmitBatch) -> None:
+        self._start_task(self._batch(batch))
 
     async def _batch(self, batch: SubmitBatch) -> None:
         processor = self.processors[batch.kind]

@@ -11,7 +11,7 @@ store's thread, so inserts keep going while it runs (`ClickHouseSink.verify`).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,13 +21,10 @@ from flowaudit.sinks.verify import VerifyReport
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
-View = Callable[..., Awaitable[Any]]
-
-
 class WebApp(Protocol):
-    """The part of a Faust app the views need."""
+    """The part of a Faust app the views need (`faust.App.page`)."""
 
-    def page(self, path: str) -> Callable[[View], View]: ...
+    def page(self, path: str) -> Callable[[Any], Any]: ...
 
 
 class StoreViews(Protocol):

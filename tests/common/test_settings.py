@@ -37,6 +37,7 @@ BAD_VALUES: dict[str, str] = {
     "pipeline_process": "maybe",
     "web_port": "http",
     "web_bind": "not an address!",
+    "web_allowed_hosts": "good.example, bad host!",
     "metrics_bind": "",
     "chain_key": "short",
     "web_token": "short",

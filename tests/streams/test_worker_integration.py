@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +172,7 @@ def test_events_flow_through_the_gate_with_correct_decisions(
     assert any(row["recipient"] == "(platform: device sync)" for row in json.loads(report.stdout))
     verify = run_cli(env, "verify")
     assert verify.returncode == 0 and b"OK" in verify.stdout, verify.stdout + verify.stderr
+    _web_api_refuses_strangers(env)
 
     assert worker.stop(signal.SIGTERM) == 0, worker.log()
     if pipeline_pid is not None:
@@ -177,6 +180,35 @@ def test_events_flow_through_the_gate_with_correct_decisions(
     after = run_cli(env, "verify", "--json")
     result = json.loads(after.stdout)
     assert after.returncode == 0 and result["ok"] and result["rows"] == len(expected)
+
+
+def _web_api_refuses_strangers(env: dict[str, str]) -> None:
+    """Without the token, or through another host name, the web API answers nothing."""
+    base = f"http://127.0.0.1:{env['FLOWAUDIT_WEB_PORT']}"
+    token = json.loads((Path(env["FLOWAUDIT_DATA_DIR"]) / "worker.json").read_text())["web_token"]
+    attempts = {
+        "no token": ({}, 401),
+        "wrong token": ({"Authorization": "Bearer " + "x" * len(token)}, 401),
+        "rebinding host": ({"Authorization": f"Bearer {token}", "Host": "attacker.example:80"}, 421),
+    }
+    for what, (headers, status) in attempts.items():
+        request = urllib.request.Request(f"{base}/flowaudit/verify/", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == status, what
+    ok = urllib.request.Request(f"{base}/flowaudit/health/")
+    with urllib.request.urlopen(ok, timeout=10) as response:
+        assert json.loads(response.read()) == {"ok": True}  # no store address for strangers
+
+
+def test_a_topic_missing_on_the_cluster_stops_the_worker_at_once(tmp_path: Path) -> None:
+    with EmbeddedBroker() as partial:
+        partial.create_topics([t for t in TOPICS if t != SETTINGS.topic_dead_letter], 2)
+        env = worker_env(partial.url, tmp_path / "data")
+        done = run_cli(env, "worker", timeout=60)
+    assert done.returncode == 2
+    (line,) = done.stderr.decode().strip().splitlines()[-1:]
+    assert SETTINGS.topic_dead_letter in line and "missing" in line, done.stderr
 
 
 def test_evolved_schema_record_is_decided(
@@ -221,7 +253,8 @@ def test_events_whose_sink_write_failed_are_processed_again_after_a_restart(
     wait_for(lambda: failing.metric("flowaudit_audit_insert_retries_total") >= 2, 60, "insert retries")
     assert failing.metric("flowaudit_backpressure") == 1
     assert failing.metric("flowaudit_audit_rows_total") == 0
-    failing.stop(signal.SIGTERM)  # the batch in flight is not acknowledged: its offsets stay uncommitted
+    # the batch in flight is not acknowledged (its offsets stay uncommitted); a stop asked for is clean
+    assert failing.stop(signal.SIGTERM) == 0, failing.log()
 
     worker = _start(workers, worker_env(broker.url, tmp_path / "data"), tmp_path, "worker")
     wait_for(lambda: worker.metric("flowaudit_audit_rows_total") >= len(events), 60, "rows after restart")
