@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,16 @@ def store_factory(chdb_path: Path, policy: Policy) -> Any:
     yield make
     for store in opened:
         store.close()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A chDB store served over ClickHouse's HTTP interface by another process (tests/clickhouse_http.py),
+    on a free port of 127.0.0.1: the base URL (add `/<database>`). Stopped at the end of the session."""
+    from tests.clickhouse_http import ClickHouseHTTPServer
+
+    server = ClickHouseHTTPServer(tmp_path_factory.mktemp("clickhouse-http") / "store")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
