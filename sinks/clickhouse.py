@@ -130,6 +130,7 @@ class AuditStore:
         self.table = f"{database}.{TABLE}" if database else TABLE
         self.rows = RowBuilder(policy)
         self.heads: dict[str, ChainHead] = {}
+        self.released: set[str] = set()  # chains whose partitions another writer owns now
         self.recent = RecentEventIds()
         self._client: Any = None
 
@@ -192,15 +193,33 @@ class AuditStore:
         for statement in split_statements(DDL_FILE.read_text()):
             self.client.command(qualify(statement, self.table))
 
-    def load_heads(self) -> dict[str, ChainHead]:
+    def load_heads(self, chains: Sequence[str] | None = None) -> dict[str, ChainHead]:
+        """The last durable link of every chain in the store (or of `chains` only)."""
+        where = "WHERE chain_id IN {chains:Array(String)} " if chains is not None else ""
         result = self.client.query(
             f"SELECT chain_id, max(chain_seq), argMax(link_hash, chain_seq), max(source_offset) "
-            f"FROM {self.table} GROUP BY chain_id"
+            f"FROM {self.table} {where}GROUP BY chain_id",
+            parameters={"chains": list(chains)} if chains is not None else None,
         )
         return {
             chain: ChainHead(int(seq), bytes(head), int(offset))
             for chain, seq, head, offset in result.result_rows
         }
+
+    def take_chains(self, chains: Sequence[str]) -> None:
+        """This writer now owns `chains` (their partitions were assigned to it): read their heads
+        from the store, where the previous owner left them, and accept their records again."""
+        fresh = self.load_heads(chains)
+        for chain in chains:
+            self.released.discard(chain)
+            self.heads.pop(chain, None)
+        self.heads.update(fresh)
+
+    def release_chains(self, chains: Sequence[str]) -> None:
+        """Another writer will own `chains` (their partitions were revoked): from now on their
+        records are not written here (they are read again by the new owner), so one chain never
+        has two writers linking onto the same head."""
+        self.released.update(chains)
 
     def _newest_event_ids(self, limit: int) -> list[str]:
         """The event ids of the newest rows (by ingestion), at most `limit`: the identity window's start."""
@@ -255,6 +274,9 @@ class AuditStore:
         build = self.rows.contents
         for (topic, partition), chain_records in by_partition.items():
             chain = chain_id_for(topic, partition)
+            if chain in self.released:  # not ours any more: the partition's new owner writes them
+                skipped.update((r.topic, r.partition, r.offset) for r in chain_records)
+                continue
             head = heads.get(chain, ChainHead())
             fresh, known = split_known(chain_records, head, self.recent, pending, self.stored_event_ids)
             skipped.update((r.topic, r.partition, r.offset) for r in known)

@@ -81,6 +81,19 @@ class ClickHouseSink:
         result: tuple[list[str], list[tuple[Any, ...]]] = await self.run(self.query_blocking, sql, parameters)
         return result
 
+    async def take_chains(self, chains: Sequence[str]) -> None:
+        """Their partitions were assigned here: read their heads from the store (on its thread, so
+        after every insert handed over before)."""
+        await self.run(self.store.take_chains, list(chains))
+        for chain in chains:
+            head = self.store.heads.get(chain)
+            metrics.CHAIN_HEAD.labels(chain).set(head.seq if head else 0)
+
+    async def release_chains(self, chains: Sequence[str]) -> None:
+        """Their partitions were revoked: returns once every insert handed over before is done; the
+        records of those chains handed over after are not written (the new owner writes them)."""
+        await self.run(self.store.release_chains, list(chains))
+
     async def verify(self) -> VerifyReport:
         """Verify the store one window at a time on the store's thread: inserts queued meanwhile run
         between two windows instead of waiting for the whole verification."""

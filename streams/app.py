@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import faust
 from faust.types import TP
 
 from flowaudit.common import metrics
 from flowaudit.common.settings import Settings
+from flowaudit.sinks.audit import chain_id_for
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.deadletter import InvalidRatioExceeded
 from flowaudit.streams.messages import BatchResult, InboundMessage
@@ -49,9 +50,13 @@ class BatchRunner(Protocol):
 class AuditStoreOwner(Protocol):
     """What holds the audit store for this worker (`ClickHouseSink`, or `PipelineProcess` when the
     store is in the second process): stops insert retries at shutdown, answers reports and verify
-    (web views for `flowaudit report|verify`)."""
+    (web views for `flowaudit report|verify`), and moves chains with their partitions."""
 
     def stop(self) -> None: ...
+
+    async def take_chains(self, chains: Sequence[str]) -> None: ...
+
+    async def release_chains(self, chains: Sequence[str]) -> None: ...
 
     @property
     def masked_url(self) -> str: ...
@@ -139,9 +144,36 @@ def create_app(
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", partitions=None)
         app.agent(topic, name=f"flowaudit.{processor.kind}")(_make_agent(app, processor, settings, observer))
 
+    _chains_follow_partitions(app, store_owner, frozenset(settings.input_topics.values()))
     if web_guard is not None and settings.web_port > 0:
         add_web_views(app, store_owner, web_guard)
     return app
+
+
+def _chains_follow_partitions(app: FlowauditApp, store: AuditStoreOwner, inputs: frozenset[str]) -> None:
+    """One writer per chain, across workers: a chain is a partition's, and moves with it.
+
+    On revocation (Faust waits for this before the worker rejoins the group, so before the
+    partition's new owner starts) every insert already handed to the store finishes, and records of
+    those chains handed over later are not written. On assignment the chains' heads are read from
+    the store, where the previous owner left them, before any batch of them is written.
+    """
+
+    def chains(partitions: set[TP]) -> list[str]:
+        return sorted(chain_id_for(tp.topic, tp.partition) for tp in partitions if tp.topic in inputs)
+
+    async def revoked(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
+        if moved := chains(args[0]):  # the revoked partitions
+            await store.release_chains(moved)
+
+    async def assigned(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
+        if taken := chains(args[0]):  # the whole new assignment
+            await store.take_chains(taken)
+
+    # mode's handler type does not admit a coroutine function with this signature; mode calls it
+    # as receiver(sender, partitions, signal=...) and awaits what it returns (mode.signals.Signal.send)
+    app.on_partitions_revoked.connect(cast(Any, revoked))
+    app.on_partitions_assigned.connect(cast(Any, assigned))
 
 
 # An agent decides its next batch while the previous one is being written and forwarded. Writes stay
@@ -190,7 +222,7 @@ async def _process_batch(
                 exc,
             )
             raise asyncio.CancelledError() from exc
-        _ack(events)
+        _ack(app, events)
         raise
     except InvalidRatioExceeded as exc:
         log.critical("STOPPING: %s", exc)
@@ -212,15 +244,19 @@ async def _process_batch(
         app.fatal_error = exc
         await app.crash(exc)
         return
-    _ack(events)
+    _ack(app, events)
     _measure_lag(app, messages)
     if observer is not None:
         observer(processor.kind, result)
 
 
-def _ack(events: Sequence[Any]) -> None:
+def _ack(app: FlowauditApp, events: Sequence[Any]) -> None:
+    """Acknowledge the events of partitions this worker still holds: a partition revoked meanwhile
+    is read again by its new owner, and an ack of it here could only confuse Faust's commit."""
+    assignment = app.consumer.assignment()
     for event in events:
-        event.ack()
+        if event.message.tp in assignment:
+            event.ack()
 
 
 def _measure_lag(app: FlowauditApp, messages: Sequence[InboundMessage]) -> None:

@@ -108,6 +108,16 @@ class VerifyRequest:
 
 
 @dataclass(frozen=True)
+class ChainsRequest:
+    """The partitions of `chains` were assigned to this worker (`take`: read their heads from the
+    store) or revoked (`release`: write no more of their records); answered with None once done."""
+
+    ident: int
+    chains: tuple[str, ...]
+    take: bool
+
+
+@dataclass(frozen=True)
 class StopWrites:
     """Stop retrying failed inserts (shutdown): batches waiting on a store that is down then fail."""
 
@@ -117,7 +127,7 @@ class Close:
     """Finish the batches in flight, close the store and exit. Nothing is read after it."""
 
 
-Request: TypeAlias = MetricsRequest | ReportRequest | VerifyRequest
+Request: TypeAlias = MetricsRequest | ReportRequest | VerifyRequest | ChainsRequest
 ToPipeline: TypeAlias = SubmitBatch | Request | StopWrites | Close
 
 

@@ -42,6 +42,7 @@ from flowaudit.sinks.clickhouse import StoreError
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.messages import BatchResult, InboundMessage
 from flowaudit.streams.pipe import (
+    ChainsRequest,
     Close,
     Failed,
     MetricsRequest,
@@ -198,6 +199,12 @@ class PipelineProcess:
     async def verify(self) -> VerifyReport:
         report: VerifyReport = await asyncio.wrap_future(self.request(VerifyRequest))
         return report
+
+    async def take_chains(self, chains: Sequence[str]) -> None:
+        await asyncio.wrap_future(self.request(lambda ident: ChainsRequest(ident, tuple(chains), True)))
+
+    async def release_chains(self, chains: Sequence[str]) -> None:
+        await asyncio.wrap_future(self.request(lambda ident: ChainsRequest(ident, tuple(chains), False)))
 
     def stop(self) -> None:
         """Stop retrying failed inserts (shutdown): batches waiting on a down store then fail."""

@@ -30,6 +30,7 @@ from flowaudit.common.tuning import tune_process
 from flowaudit.sinks.clickhouse import AuditStore, StoreError
 from flowaudit.sinks.writer import ClickHouseSink
 from flowaudit.streams.pipe import (
+    ChainsRequest,
     Close,
     Failed,
     MetricsRequest,
@@ -156,6 +157,9 @@ class _Server:
                 self.send(Reply(ident, list(metrics.REGISTRY.collect()), None))
             case ReportRequest(ident=ident, sql=sql, parameters=parameters):
                 self._on_store_thread(ident, self.sink.query_blocking, sql, parameters)
+            case ChainsRequest(ident=ident, chains=chains, take=take):
+                change = self.sink.take_chains if take else self.sink.release_chains
+                self._on_loop(ident, lambda: change(chains))
             case VerifyRequest(ident=ident):
                 # in windows on the store's thread (ClickHouseSink.verify): inserts keep going
                 self._on_loop(ident, self.sink.verify)

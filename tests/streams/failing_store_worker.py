@@ -20,6 +20,9 @@ class DownClient:
     def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("ClickHouse is down (test)")
 
+    def __getattr__(self, name: str) -> Any:  # reads still work: only inserts fail
+        return getattr(self.real, name)
+
     def close(self) -> None:
         self.real.close()
 
@@ -27,8 +30,8 @@ class DownClient:
 _connect = AuditStore.connect
 
 
-def _connect_then_break(self: AuditStore) -> None:
-    _connect(self)
+def _connect_then_break(self: AuditStore, **kwargs: Any) -> None:
+    _connect(self, **kwargs)
     self._client = DownClient(self._client)
 
 
