@@ -1,0 +1,112 @@
+"""Two workers in one consumer group, one audit store: partitions move, chains follow them.
+
+The store is chDB served over ClickHouse's HTTP interface by another process (tests/clickhouse_http.py),
+so both workers reach it the way production workers reach a ClickHouse server. The broker is the
+embedded mock cluster here; tests/test_real_kafka_delivery.py runs the same moves on Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+
+from flowaudit.broker import EmbeddedBroker
+from flowaudit.domain.policy import Policy
+from tests.clickhouse_http import ClickHouseHTTPServer
+from tests.helpers import WorkerProcess, run_cli, wait_for, worker_env
+from tests.streams.test_worker_integration import TOPICS, _send_generated
+
+pytestmark = pytest.mark.integration
+CHAIN_KEY = "partition-moves-chain-key-0123456789"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[str]:
+    with ClickHouseHTTPServer(tmp_path / "store", databases=["flowaudit"]) as server:
+        yield f"{server.url}/flowaudit"
+
+
+def shared_env(broker_url: str, store_url: str, data_dir: Path) -> dict[str, str]:
+    return worker_env(
+        broker_url,
+        data_dir,
+        FLOWAUDIT_CLICKHOUSE_URL=store_url,
+        FLOWAUDIT_CHAIN_KEY=CHAIN_KEY,
+        FLOWAUDIT_SESSION_TIMEOUT_SECONDS="6",
+        FLOWAUDIT_TOPIC_PARTITIONS="4",
+    )
+
+
+def audited(store_url: str) -> tuple[int, int]:
+    """(rows, distinct event ids) in the shared store."""
+    client = clickhouse_connect.get_client(dsn=store_url)
+    try:
+        rows, distinct = client.query("SELECT count(), uniqExact(event_id) FROM audit_events").result_rows[0]
+    finally:
+        client.close()
+    return int(rows), int(distinct)
+
+
+def assigned_chains(worker: WorkerProcess) -> int:
+    text = worker.metric_text() or ""
+    return sum(1 for line in text.splitlines() if line.startswith("flowaudit_audit_chain_head_seq{"))
+
+
+def run_partition_moves(
+    broker_url: str, store_url: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
+) -> dict[str, Any]:
+    """A alone, then A and B sharing the partitions, then B alone: every event audited once."""
+    first = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "a"), tmp_path / "a.log")
+    workers.append(first.start())
+    sent = _send_generated(first.env, tmp_path, policy, 300, seed=41)
+    wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "the first worker's rows")
+
+    second = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "b"), tmp_path / "b.log")
+    workers.append(second.start())
+    sent += _send_generated(first.env, tmp_path, policy, 300, seed=42)
+    wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "rows while both workers run")
+    assert first.stop(signal.SIGTERM) == 0, first.log()  # its partitions move to the second worker
+
+    sent += _send_generated(second.env, tmp_path, policy, 300, seed=43)
+    wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "rows after the first worker left")
+    consumed_by_second = second.metric("flowaudit_records_consumed_total")
+    assert second.stop(signal.SIGTERM) == 0, second.log()
+    verified = json.loads(run_cli(second.env, "verify", "--json").stdout)
+    rows, distinct = audited(store_url)
+    return {
+        "sent": len(sent),
+        "rows": rows,
+        "distinct": distinct,
+        "verify": verified,
+        "second_consumed": consumed_by_second,
+    }
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as started:
+        started.create_topics(TOPICS, 4)
+        yield started
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.ensure_stopped()
+
+
+def test_partitions_move_between_two_workers_and_chains_follow(
+    broker: EmbeddedBroker, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
+) -> None:
+    result = run_partition_moves(broker.url, store, tmp_path, policy, workers)
+    assert result["rows"] == result["distinct"] == result["sent"], result
+    assert result["verify"]["ok"], result["verify"]
+    assert result["second_consumed"] > 0  # the second worker did take partitions over
