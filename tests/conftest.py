@@ -10,6 +10,8 @@ import pytest
 from policy import DEFAULT_POLICY_DIR
 from streams.policy import Policy, load_policy, load_yaml
 
+pytest_plugins = ["tests.kafka_broker"]  # the real_kafka fixture (a real Apache Kafka broker)
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
