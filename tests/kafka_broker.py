@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
@@ -151,7 +151,7 @@ class RealKafka:
                     for topic in described
                 )
                 if ready:
-                    return
+                    break
                 if time.monotonic() > deadline:
                     raise AssertionError(
                         f"topics {wanted} have no leaders after {timeout:.0f} s: {described}"
@@ -159,6 +159,14 @@ class RealKafka:
                 time.sleep(0.05)
         finally:
             admin.close()
+        # The metadata can name a leader a moment before that broker's replica manager serves the
+        # partition (a client's first produce then gets NOT_LEADER and retries): ask the leaders for
+        # the end offsets, which the client retries until every partition answers.
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, client_id="flowaudit-tests")
+        try:
+            consumer.end_offsets([TopicPartition(name, p) for name in wanted for p in range(partitions)])
+        finally:
+            consumer.close()
 
     def _wait_serving(self, deadline: float) -> None:
         """The script waited for the broker's own "started"; check that it answers a metadata request."""
