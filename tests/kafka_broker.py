@@ -30,6 +30,29 @@ FETCH_TIMEOUT = 900.0
 START_TIMEOUT = 120.0
 
 
+OFFSETS_TOPIC = "__consumer_offsets"
+
+
+def _java_string_hash(text: str) -> int:
+    """Java's String.hashCode (over UTF-16 code units), as a signed 32-bit int."""
+    value = 0
+    encoded = text.encode("utf-16-be")
+    for i in range(0, len(encoded), 2):
+        value = (31 * value + int.from_bytes(encoded[i : i + 2], "big")) & 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _group_on(partition: int, partitions: int) -> str:
+    """A group id whose offsets live in that __consumer_offsets partition: Kafka places a group at
+    Utils.abs(groupId.hashCode()) % partitions (Utils.abs maps Integer.MIN_VALUE to 0)."""
+    for n in range(100_000):
+        group = f"flowaudit-tests-probe-{n}"
+        code = _java_string_hash(group)
+        if (0 if code == -(1 << 31) else abs(code)) % partitions == partition:
+            return group
+    raise AssertionError(f"no probe group found for partition {partition} of {partitions}")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -169,12 +192,21 @@ class RealKafka:
             consumer.close()
 
     def _wait_serving(self, deadline: float) -> None:
-        """The script waited for the broker's own "started"; check that it answers a metadata request."""
+        """The script waited for the broker's own "started"; wait until it answers a metadata request
+        and, after a restart, until its group coordinator has loaded every __consumer_offsets partition
+        (until then a group's offsets are refused with COORDINATOR_LOAD_IN_PROGRESS).
+        """
         while True:
             try:
                 admin = self.admin()
                 try:
                     admin.describe_cluster()
+                    if OFFSETS_TOPIC in admin.list_topics():
+                        (offsets,) = admin.describe_topics([OFFSETS_TOPIC])
+                        for partition in range(len(offsets["partitions"])):
+                            admin.list_consumer_group_offsets(
+                                _group_on(partition, len(offsets["partitions"]))
+                            )
                     return
                 finally:
                     admin.close()
@@ -182,7 +214,7 @@ class RealKafka:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"the Kafka broker at {self.bootstrap} does not answer: {error}"
+                        f"the Kafka broker at {self.bootstrap} does not serve: {error!r}"
                     ) from error
                 time.sleep(0.1)
 
