@@ -28,8 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "kafka-broker.sh"
 FETCH_TIMEOUT = 900.0
 START_TIMEOUT = 120.0
-
-
 OFFSETS_TOPIC = "__consumer_offsets"
 
 
@@ -70,8 +68,9 @@ def _tail(text: str, lines: int = 30) -> str:
 
 
 def _java() -> str | None:
+    """The java the script will run (its JAVA, else $JAVA_HOME/bin/java, else java on PATH), if any."""
     java_home = os.environ.get("JAVA_HOME")
-    return os.environ.get("JAVA") or (f"{java_home}/bin/java" if java_home else shutil.which("java"))
+    return shutil.which(os.environ.get("JAVA") or (f"{java_home}/bin/java" if java_home else "java"))
 
 
 def fetch_broker() -> None:
@@ -79,8 +78,7 @@ def fetch_broker() -> None:
 
     A missing Java counts as a failed fetch too: without it there is no broker to run.
     """
-    java = _java()
-    if java is None or not os.access(java, os.X_OK):
+    if _java() is None:
         reason = "no java found (JAVA, JAVA_HOME or PATH); Kafka 4 needs Java 17+"
     else:
         try:
