@@ -11,6 +11,8 @@ import pytest
 from flowaudit.domain.policy import Policy, load_policy, load_yaml
 from flowaudit.policy import DEFAULT_POLICY_DIR
 
+pytest_plugins = ["tests.kafka_broker"]  # the real_kafka fixture (a real Apache Kafka broker)
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
