@@ -32,7 +32,7 @@ def store(tmp_path: Path) -> Iterator[str]:
         yield f"{server.url}/flowaudit"
 
 
-def shared_env(broker_url: str, store_url: str, data_dir: Path) -> dict[str, str]:
+def shared_env(broker_url: str, store_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     return worker_env(
         broker_url,
         data_dir,
@@ -40,6 +40,7 @@ def shared_env(broker_url: str, store_url: str, data_dir: Path) -> dict[str, str
         FLOWAUDIT_CHAIN_KEY=CHAIN_KEY,
         FLOWAUDIT_SESSION_TIMEOUT_SECONDS="6",
         FLOWAUDIT_TOPIC_PARTITIONS="4",
+        **extra,
     )
 
 
@@ -59,15 +60,20 @@ def assigned_chains(worker: WorkerProcess) -> int:
 
 
 def run_partition_moves(
-    broker_url: str, store_url: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
+    broker_url: str,
+    store_url: str,
+    tmp_path: Path,
+    policy: Policy,
+    workers: list[WorkerProcess],
+    **extra: str,
 ) -> dict[str, Any]:
     """A alone, then A and B sharing the partitions, then B alone: every event audited once."""
-    first = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "a"), tmp_path / "a.log")
+    first = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "a", **extra), tmp_path / "a.log")
     workers.append(first.start())
     sent = _send_generated(first.env, tmp_path, policy, 300, seed=41)
     wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "the first worker's rows")
 
-    second = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "b"), tmp_path / "b.log")
+    second = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "b", **extra), tmp_path / "b.log")
     workers.append(second.start())
     sent += _send_generated(first.env, tmp_path, policy, 300, seed=42)
     wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "rows while both workers run")

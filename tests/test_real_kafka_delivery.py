@@ -1,0 +1,120 @@
+"""Delivery on a real Apache Kafka broker (scripts/kafka-broker.sh): a consumer group of two workers.
+
+One broker serves the whole session, so each test has topics and a consumer group of its own. The
+two workers share one audit store, chDB served over ClickHouse's HTTP interface by another process
+(tests/clickhouse_http.py): the production client path. What the mock-cluster tests prove in one
+worker (crash between write and commit, restart after a store failure) these prove across a group:
+partitions moving between workers, a worker killed with SIGKILL and restarted while events flow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowaudit.common.settings import Settings
+from flowaudit.domain.policy import Policy
+from flowaudit.generator import EventGenerator
+from flowaudit.produce import EventProducer
+from tests.clickhouse_http import ClickHouseHTTPServer
+from tests.helpers import WorkerProcess, run_cli, wait_for
+from tests.kafka_broker import RealKafka
+from tests.streams.test_partition_moves import audited, run_partition_moves, shared_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+_SUFFIX = itertools.count()
+
+
+def own_topics(broker: RealKafka, partitions: int = 4) -> dict[str, str]:
+    """Topics and a consumer group for one test, created on the broker; the worker settings for them."""
+    suffix = f"t{os.getpid()}-{next(_SUFFIX)}"
+    names = {
+        "FLOWAUDIT_TOPIC_DEVICE_SYNC": f"flowaudit.device-sync.{suffix}",
+        "FLOWAUDIT_TOPIC_SHARING": f"flowaudit.sharing.{suffix}",
+        "FLOWAUDIT_TOPIC_SUBCONTRACTOR_TRANSFER": f"flowaudit.subcontractor-transfer.{suffix}",
+        "FLOWAUDIT_TOPIC_APPROVED": f"flowaudit.approved.{suffix}",
+        "FLOWAUDIT_TOPIC_BLOCKED": f"flowaudit.blocked.{suffix}",
+        "FLOWAUDIT_TOPIC_DEAD_LETTER": f"flowaudit.dead-letter.{suffix}",
+    }
+    broker.create_topics(names.values(), partitions)
+    return {**names, "FLOWAUDIT_CONSUMER_GROUP": f"flowaudit-{suffix}"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[str]:
+    with ClickHouseHTTPServer(tmp_path / "store", databases=["flowaudit"]) as server:
+        yield f"{server.url}/flowaudit"
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.ensure_stopped()
+
+
+def test_partitions_move_between_two_workers_on_kafka(
+    real_kafka: RealKafka, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
+) -> None:
+    topics = own_topics(real_kafka)
+    result = run_partition_moves(real_kafka.url, store, tmp_path, policy, workers, **topics)
+    assert result["rows"] == result["distinct"] == result["sent"], result
+    assert result["verify"]["ok"], result["verify"]
+    assert result["second_consumed"] > 0
+
+
+class SteadyProducer(threading.Thread):
+    def __init__(
+        self, bootstrap: str, topics: dict[str, str], policy: Policy, count: int, rate: float
+    ) -> None:
+        super().__init__(daemon=True)
+        overrides = {name.removeprefix("FLOWAUDIT_").lower(): value for name, value in topics.items()}
+        self.producer = EventProducer(bootstrap, Settings(**overrides), policy)
+        self.events = list(EventGenerator(policy, seed=77).events(count))
+        self.rate = rate
+        self.ids: set[str] = set()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for number, raw in enumerate(self.events, start=1):
+            self.ids.add(self.producer.send(raw).event_id)
+            delay = started + number / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        self.producer.close()
+
+
+def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
+    real_kafka: RealKafka, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
+) -> None:
+    topics = own_topics(real_kafka)
+    first = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "a", **topics), tmp_path / "a.log")
+    second = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "b", **topics), tmp_path / "b.log")
+    workers += [first.start(), second.start()]
+    producer = SteadyProducer(real_kafka.bootstrap, topics, policy, count=3000, rate=300)
+    producer.start()
+    wait_for(lambda: audited(store)[1] >= 500, 90, "rows from both workers")
+    pipeline_pid = json.loads((tmp_path / "a" / "worker.json").read_text())["pipeline_pid"]
+    os.kill(first.process.pid if first.process else 0, signal.SIGKILL)  # mid-stream, no goodbye
+    wait_for(first.exited, 30, "the killed worker")
+    wait_for(lambda: not Path(f"/proc/{pipeline_pid}").exists(), 30, "its pipeline process")
+    time.sleep(2)
+    restarted = WorkerProcess(first.env, tmp_path / "a-again.log")
+    workers.append(restarted.start())
+    producer.join(60)
+    wait_for(lambda: audited(store)[1] >= len(producer.ids), 120, "every event audited")
+    assert restarted.stop(signal.SIGTERM) == 0, restarted.log()
+    assert second.stop(signal.SIGTERM) == 0, second.log()
+    rows, distinct = audited(store)
+    assert (rows, distinct) == (len(producer.ids), len(producer.ids))
+    verified = json.loads(run_cli(second.env, "verify", "--json").stdout)
+    assert verified["ok"], verified
