@@ -7,9 +7,11 @@ Scenarios (each prints produced, audited, lost, doubled and the verify verdict):
   the same data directory: both runs' events must be audited.
 
 Lost = produced event ids without an audit row; doubled = audit rows beyond one per event id. The
-broker is the embedded mock cluster (in this process); workers are `flowaudit worker` subprocesses.
+broker is the embedded mock cluster (in this process) or, with --broker kafka, a real Apache Kafka
+broker (scripts/kafka-broker.sh, on 127.0.0.1); workers are `flowaudit worker` subprocesses.
 
-Usage: python bench/faults.py [--scenario kill|offsets|all] [--kills 20] [--events 30000] [--rate 1500]
+Usage: python bench/faults.py [--broker mock|kafka] [--scenario kill|offsets|all] [--kills 20]
+       [--events 30000] [--rate 1500]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -51,7 +53,25 @@ def _topics(settings: Settings) -> list[str]:
     ]
 
 
-def _broker(settings: Settings) -> EmbeddedBroker:
+class _Broker(Protocol):
+    url: str
+    bootstrap: str
+
+    def stop(self) -> None: ...
+
+
+BROKER = {"kind": "mock", "work": Path(tempfile.gettempdir())}
+
+
+def _broker(settings: Settings) -> _Broker:
+    """A new broker of the kind asked for, with the worker's topics (a new one's offsets start at 0)."""
+    if BROKER["kind"] == "kafka":
+        from tests.kafka_broker import RealKafka, fetch_broker
+
+        fetch_broker()
+        real = RealKafka(Path(tempfile.mkdtemp(prefix="kafka-", dir=BROKER["work"]))).start()
+        real.create_topics(_topics(settings), PARTITIONS)
+        return real
     broker = EmbeddedBroker().start()
     broker.create_topics(_topics(settings), PARTITIONS)
     return broker
@@ -179,6 +199,7 @@ def offsets_start_again(work: Path, events: int, rate: float, seed: int) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--broker", choices=("mock", "kafka"), default="mock")
     parser.add_argument("--scenario", choices=("kill", "offsets", "all"), default="all")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--events", type=int, default=30_000)
@@ -188,6 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     work = Path(tempfile.mkdtemp(prefix="flowaudit-faults-"))
+    BROKER.update(kind=args.broker, work=work)
     print(f"work directory: {work}", file=sys.stderr)
     try:
         if args.scenario in ("kill", "all"):
@@ -198,7 +220,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     for result in results:
-        print(json.dumps(result))
+        print(json.dumps({"broker": args.broker, **result}))
     if any(r["lost"] or r["doubled"] or r["verify"] != "OK" for r in results):
         raise SystemExit(1)
 

@@ -9,6 +9,7 @@ web address, in the owner-only `<data dir>/worker.json` that `flowaudit report|v
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import sys
@@ -24,7 +25,7 @@ from flowaudit.common.tuning import tune_process
 from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
 from flowaudit.sinks.writer import ClickHouseSink
-from flowaudit.streams.app import BatchObserver, BatchRunner, FlowauditApp, create_app
+from flowaudit.streams.app import BatchObserver, BatchRunner, FlowauditApp, crash_from_thread, create_app
 from flowaudit.streams.pipe import PipelineConfig, PipelineProcessError
 from flowaudit.streams.pipeline import LocalPipeline, batch_processors
 from flowaudit.streams.pipeline_process import PipelineMetrics, PipelineProcess, RemotePipeline
@@ -128,6 +129,8 @@ def build_runtime(
         hosts = [host.strip() for host in settings.web_allowed_hosts.split(",") if host.strip()]
         guard = WebGuard.for_server(token, settings.web_bind, settings.web_port, hosts)
     app = create_app(settings, bootstrap, runners, publisher, store_owner, observer=observer, web_guard=guard)
+    if isinstance(store_owner, PipelineProcess):
+        store_owner.on_death = functools.partial(crash_from_thread, app)
     store_url = settings.resolved_clickhouse_url
     return Runtime(
         settings, policy, broker, bootstrap, store_url, publisher, app, store_owner, registry, token

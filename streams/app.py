@@ -15,6 +15,7 @@ and finished (and then acknowledged) before the agent lets go.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
@@ -148,6 +149,13 @@ def create_app(
     if web_guard is not None and settings.web_port > 0:
         add_web_views(app, store_owner, web_guard)
     return app
+
+
+def crash_from_thread(app: FlowauditApp, error: BaseException) -> None:
+    """Stop the worker (exit 3) from another thread, e.g. when its pipeline process died."""
+    app.fatal_error = app.fatal_error or error
+    with contextlib.suppress(RuntimeError):  # the loop is already closed: the worker is stopping
+        asyncio.run_coroutine_threadsafe(app.crash(error), app.loop)
 
 
 def _chains_follow_partitions(app: FlowauditApp, store: AuditStoreOwner, inputs: frozenset[str]) -> None:

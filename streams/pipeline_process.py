@@ -111,6 +111,9 @@ class PipelineProcess:
         self._requests: dict[int, concurrent.futures.Future[Any]] = {}
         self._error: PipelineProcessError | None = None
         self._closing = False
+        # called (on the reader thread) when the process dies unasked: the worker must stop then,
+        # not at its next batch, which may never come
+        self.on_death: Callable[[PipelineProcessError], None] | None = None
         self._masked_url = mask_url(config.store_url) or ""
         self._await_ready(start_timeout)
         self._reader = threading.Thread(target=self._read, name="pipeline-results", daemon=True)
@@ -280,6 +283,8 @@ class PipelineProcess:
                 f"the pipeline process died (exit code {self.process.exitcode})"
             )
             log.critical("%s", self._error)
+            if self.on_death is not None:  # stop the worker now, not at its next batch
+                self.on_death(self._error)
         with self._lock:
             batches, self._batches = list(self._batches.values()), {}
             requests, self._requests = list(self._requests.values()), {}

@@ -7,6 +7,7 @@ produces with `flowaudit produce` (kafka-python) or raw records, and reads the o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import urllib.error
@@ -199,6 +200,17 @@ def _web_api_refuses_strangers(env: dict[str, str]) -> None:
     ok = urllib.request.Request(f"{base}/flowaudit/health/")
     with urllib.request.urlopen(ok, timeout=10) as response:
         assert json.loads(response.read()) == {"ok": True}  # no store address for strangers
+
+
+def test_a_worker_whose_pipeline_process_dies_while_idle_stops_at_once(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """With no batch pending the death used to go unnoticed until the next batch, which may never come."""
+    worker = _start(workers, worker_env(broker.url, tmp_path / "data"), tmp_path, "idle")
+    pipeline_pid = json.loads((tmp_path / "data" / "worker.json").read_text())["pipeline_pid"]
+    os.kill(pipeline_pid, signal.SIGKILL)
+    wait_for(worker.exited, 30, "the worker to stop after its pipeline process died")
+    assert worker.process is not None and worker.process.returncode == 3, worker.log()
 
 
 def test_a_topic_missing_on_the_cluster_stops_the_worker_at_once(tmp_path: Path) -> None:
