@@ -22,6 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flowaudit.domain.kinds import KIND_NAMES
+
 POLICY_FILES = (
     "taxonomy.yaml",
     "register.yaml",
@@ -60,7 +62,7 @@ class LegalBasis(StrEnum):
     LEGITIMATE_INTERESTS = "legitimate_interests"
 
 
-EVENT_TYPES = ("device_sync", "sharing", "subcontractor_transfer")
+EVENT_TYPES = KIND_NAMES
 
 
 class _Strict(BaseModel):
