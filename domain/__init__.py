@@ -2,6 +2,7 @@
 and the Avro codec. No I/O beyond reading the policy and schema files at start-up, no metrics, no
 settings: callers pass what each function needs.
 
-Imports point down only: `policy` (model and loader) ← `events` (kinds and validation) ← `decision`;
-`codec` stands alone. The sinks and the streams build on this; nothing here imports them.
+Imports point down only: `checks` (InvalidEvent, field checks) ← `kinds` (the table of event kinds)
+← `policy` (model and loader) ← `events` (the event and its validation) ← `decision`; `codec` needs
+only `kinds`. The sinks and the streams build on this; nothing here imports them.
 """

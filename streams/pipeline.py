@@ -236,7 +236,7 @@ class BatchProcessor:
         self._special = policy.special_reported_categories
 
     def _decision_header(self, decision: Decision, decided_at_ms: int) -> bytes:
-        """The `flowaudit-decision` header: the decision as JSON (fields as in decision.v1.avsc)."""
+        """The `flowaudit-decision` header: the decision as JSON (schemas/headers/decision.v1.avsc)."""
         key = (
             decision.decision,
             decision.data_categories,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,22 +19,13 @@ from flowaudit.streams.pipeline import (
     InboundMessage,
     InvalidRatioExceeded,
     InvalidRatioGuard,
-    OutboundRecord,
     Topics,
 )
 from tests.conftest import DATA_DIR
-from tests.fakes import MemorySink
+from tests.fakes import FakePublisher, MemorySink
 
 TOPICS = Topics("approved", "blocked", "dlq")
 CODEC = AvroCodec(SCHEMA_DIR)
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.sent: dict[str, list[OutboundRecord]] = {}
-
-    async def publish(self, topic: str, records: Sequence[OutboundRecord]) -> None:
-        self.sent.setdefault(topic, []).extend(records)
 
 
 def _examples(policy: Policy, kind: str) -> list[dict[str, Any]]:
