@@ -26,6 +26,8 @@ _KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*$")
 _SECRET_FIELDS = frozenset({"chain_key", "web_token"})
 _URL_FIELDS = frozenset({"kafka_url", "clickhouse_url"})
+# `json_schema_extra` key marking a field `topic_<kind>` as the input topic of event kind <kind>
+_INPUT_TOPIC = "flowaudit_input_topic"
 
 
 class SettingsError(ValueError):
@@ -52,6 +54,11 @@ def _servers(text: str) -> list[tuple[str, int]]:
     return servers
 
 
+def _input_topic(default: str) -> Any:
+    """Declares a field `topic_<kind>`: the topic event kind <kind> is consumed from (`input_topics`)."""
+    return Field(default=default, json_schema_extra={_INPUT_TOPIC: True})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
@@ -67,9 +74,10 @@ class Settings(BaseSettings):
     policy_dir: Path = Field(default=DEFAULT_POLICY_DIR, description="policy data directory")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="Prometheus metrics port (0 = off)")
 
-    topic_device_sync: str = "flowaudit.device-sync"
-    topic_sharing: str = "flowaudit.sharing"
-    topic_subcontractor_transfer: str = "flowaudit.subcontractor-transfer"
+    # one per event kind (flowaudit.domain.kinds), env FLOWAUDIT_TOPIC_<KIND>
+    topic_device_sync: str = _input_topic("flowaudit.device-sync")
+    topic_sharing: str = _input_topic("flowaudit.sharing")
+    topic_subcontractor_transfer: str = _input_topic("flowaudit.subcontractor-transfer")
     topic_approved: str = "flowaudit.approved"
     topic_blocked: str = "flowaudit.blocked"
     topic_dead_letter: str = "flowaudit.dead-letter"
@@ -215,12 +223,16 @@ class Settings(BaseSettings):
 
     @property
     def input_topics(self) -> dict[str, str]:
-        """event kind -> topic name"""
-        return {
-            "device_sync": self.topic_device_sync,
-            "sharing": self.topic_sharing,
-            "subcontractor_transfer": self.topic_subcontractor_transfer,
-        }
+        """Event kind -> the topic it is consumed from, in the order the fields are declared.
+
+        Derived from the fields declared with `_input_topic()`: field `topic_<kind>` is the topic of
+        <kind>. Settings sit below the domain, so they cannot import the kinds table
+        (`flowaudit.domain.kinds`); the explicit per-kind fields stay (each is an environment variable
+        and a `flowaudit config` line), and this property reads the kinds off them rather than
+        repeating the list. tests/common/test_settings.py holds the two lists together: the keys here
+        are `KIND_NAMES`, in order, and `Kind.topic_setting` names each field.
+        """
+        return {name.removeprefix("topic_"): getattr(self, name) for name in _INPUT_TOPIC_FIELDS}
 
     @property
     def chain_key_value(self) -> str | None:
@@ -246,6 +258,20 @@ class Settings(BaseSettings):
         return f"Settings({self.masked()!r})"
 
     __str__ = __repr__
+
+
+def _input_topic_fields() -> tuple[str, ...]:
+    fields = []
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get(_INPUT_TOPIC):
+            if not name.startswith("topic_"):
+                raise TypeError(f"Settings.{name}: an input topic field is named topic_<kind>")
+            fields.append(name)
+    return tuple(fields)
+
+
+_INPUT_TOPIC_FIELDS = _input_topic_fields()
 
 
 def kafka_bootstrap(url: str) -> str:

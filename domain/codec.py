@@ -2,9 +2,11 @@
 
 Wire format (Avro specification, "Single-object encoding"): the two bytes C3 01, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro
-binary body. Every `*.avsc` under the schema directory is a known writer schema; the reader schema of
-a kind is its highest version, so records written with an older or newer known version are resolved
-to the current reader (schema evolution). fastavro does the hot-path reading and writing.
+binary body. The known writer schemas are, for each event kind of `kinds.KINDS`, the files
+`<Kind.avro_schema>.vN.avsc` in the schema directory; other files there are not writer schemas (the
+decision header's schema lives in `headers/`). The reader schema of a kind is its highest version, so
+records written with an older or newer known version are resolved to the current reader (schema
+evolution). fastavro does the hot-path reading and writing.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
+from flowaudit.domain.kinds import KINDS
+
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
-_FILE_NAME = re.compile(r"^(?P<kind>[a-z_]+)\.v(?P<version>\d+)\.avsc$")
+_VERSION = re.compile(r"^v(?P<version>\d+)$")
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
 
@@ -83,32 +87,43 @@ def _without_logical_types(schema: Any) -> Any:
     return schema
 
 
+def _load(path: Path, kind: str, version: int) -> WriterSchema:
+    try:
+        raw = json.loads(path.read_text())
+        parsed = fastavro.parse_schema(raw)
+    except (ValueError, fastavro.schema.SchemaParseException) as exc:
+        raise ValueError(f"{path}: invalid Avro schema: {exc}") from exc
+    canonical = to_parsing_canonical_form(raw)
+    fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
+    plain = fastavro.parse_schema(_without_logical_types(raw))
+    return WriterSchema(kind, version, fingerprint, parsed, plain, path)
+
+
 class AvroCodec:
-    """Encodes and decodes the schemas found in one directory. Thread-safe after construction."""
+    """Encodes and decodes the event kinds' schemas found in one directory. Thread-safe after construction.
+
+    Raises ValueError when a kind has no schema file there, a file `<schema>.v*.avsc` is misnamed or not
+    a valid schema, or two files have the same canonical form.
+    """
 
     def __init__(self, schema_dir: str | Path) -> None:
         self.schema_dir = Path(schema_dir)
         self._by_fingerprint: dict[bytes, WriterSchema] = {}
         self._versions: dict[str, dict[int, WriterSchema]] = {}
-        for path in sorted(self.schema_dir.glob("*.avsc")):
-            match = _FILE_NAME.match(path.name)
-            if not match:
-                raise ValueError(f"{path}: schema files are named KIND.vN.avsc")
-            try:
-                raw = json.loads(path.read_text())
-                parsed = fastavro.parse_schema(raw)
-            except (ValueError, fastavro.schema.SchemaParseException) as exc:
-                raise ValueError(f"{path}: invalid Avro schema: {exc}") from exc
-            canonical = to_parsing_canonical_form(raw)
-            fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
-            kind, version = match["kind"], int(match["version"])
-            plain = fastavro.parse_schema(_without_logical_types(raw))
-            schema = WriterSchema(kind, version, fingerprint, parsed, plain, path)
-            if fingerprint in self._by_fingerprint:
-                other = self._by_fingerprint[fingerprint].path.name
-                raise ValueError(f"{path}: same canonical form as {other}")
-            self._by_fingerprint[fingerprint] = schema
-            self._versions.setdefault(kind, {})[version] = schema
+        for kind in KINDS.values():
+            paths = sorted(self.schema_dir.glob(f"{kind.avro_schema}.*.avsc"))
+            if not paths:
+                raise ValueError(f"{self.schema_dir}: no schema {kind.avro_schema}.vN.avsc for {kind.name}")
+            for path in paths:
+                match = _VERSION.match(path.name[len(kind.avro_schema) + 1 : -len(".avsc")])
+                if not match:
+                    raise ValueError(f"{path}: schema files are named KIND.vN.avsc")
+                schema = _load(path, kind.name, int(match["version"]))
+                if schema.fingerprint in self._by_fingerprint:
+                    other = self._by_fingerprint[schema.fingerprint].path.name
+                    raise ValueError(f"{path}: same canonical form as {other}")
+                self._by_fingerprint[schema.fingerprint] = schema
+                self._versions.setdefault(kind.name, {})[schema.version] = schema
         self._readers = {kind: versions[max(versions)] for kind, versions in self._versions.items()}
 
     @property

@@ -1,4 +1,4 @@
-"""The three event kinds and their validation.
+"""Events and their validation: the fields every kind has here, the kind's own through `kinds.KINDS`.
 
 `event_from_mapping` turns a decoded record (canonical JSON object, or an Avro record read by fastavro)
 into an `Event`, or raises `InvalidEvent` with a reason a person can act on. It is the single gate
@@ -15,27 +15,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flowaudit.domain.policy import EVENT_TYPES, Policy
-
-RECIPIENT_TYPES = frozenset(
-    {"third_party_app", "other_user", "healthcare_professional", "research_program", "social_network"}
-)
+from flowaudit.domain.fields import InvalidEvent as InvalidEvent
+from flowaudit.domain.fields import country_code, non_empty, required_str
+from flowaudit.domain.kinds import KIND_NAMES, KINDS
+from flowaudit.domain.kinds import RECIPIENT_TYPES as RECIPIENT_TYPES
+from flowaudit.domain.policy import Policy
 
 _COMMON_REQUIRED = ("event_id", "occurred_at", "fields", "destination_country", "purpose")
-_KIND_REQUIRED = {
-    "device_sync": ("device_model", "device_id"),
-    "sharing": ("recipient_type", "recipient"),
-    "subcontractor_transfer": ("subcontractor", "record_count", "encrypted", "pseudonymized"),
-}
-
-
-class InvalidEvent(ValueError):
-    """A record that is not a valid event; the message says why."""
+# the presence check's list per kind, built once: common fields first, then the kind's
+_REQUIRED = {name: _COMMON_REQUIRED + kind.required for name, kind in KINDS.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A validated event. Countries are upper-case; `occurred_at_ms` is UTC epoch milliseconds."""
+    """A validated event. Countries are upper-case; `occurred_at_ms` is UTC epoch milliseconds.
+
+    `event_type` is one of `KIND_NAMES`; the attributes after `consent_id` are the union of the kinds'
+    own fields, None where the event's kind has no such field.
+    """
 
     event_type: str
     event_id: str
@@ -57,14 +54,21 @@ class Event:
 
     @property
     def counterparty(self) -> str | None:
-        """Who receives the data: the sharing recipient or the subcontractor (None for a device sync)."""
-        return self.recipient if self.event_type == "sharing" else self.subcontractor
+        """Who receives the data: the sharing recipient or the subcontractor (None for a device sync).
+
+        The same value as the audit row's `counterparty` column (`Kind.audit_counterparty`).
+        """
+        return KINDS[self.event_type].audit_counterparty(self)[1]
 
     def occurred_at_iso(self) -> str:
         return format_millis(self.occurred_at_ms)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The canonical JSON form (contract §1)."""
+        """The canonical JSON form (contract §1).
+
+        The common fields, then the kind's own (`Kind.fields`): required ones always, optional ones
+        only when not null.
+        """
         out: dict[str, Any] = {
             "event_id": self.event_id,
             "event_type": self.event_type,
@@ -76,19 +80,13 @@ class Event:
             "purpose": self.purpose,
             "consent_id": self.consent_id,
         }
-        if self.event_type == "device_sync":
-            out["device_model"] = self.device_model
-            out["device_id"] = self.device_id
-        elif self.event_type == "sharing":
-            out["recipient_type"] = self.recipient_type
-            out["recipient"] = self.recipient
-        else:
-            out["subcontractor"] = self.subcontractor
-            out["record_count"] = self.record_count
-            out["encrypted"] = self.encrypted
-            out["pseudonymized"] = self.pseudonymized
-        if self.event_type != "subcontractor_transfer" and self.pseudonymized is not None:
-            out["pseudonymized"] = self.pseudonymized
+        kind = KINDS[self.event_type]
+        for name in kind.required:
+            out[name] = getattr(self, name)
+        for name in kind.optional:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
         return out
 
 
@@ -130,54 +128,33 @@ def _optional_str(record: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def _required_str(record: Mapping[str, Any], name: str) -> str:
-    value = record.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidEvent(f"{name} must be a non-empty string")
-    return value
-
-
 def _country(value: Any, name: str, policy: Policy) -> str:
     if not isinstance(value, str):
         raise InvalidEvent(f"{name} must be an ISO 3166-1 alpha-2 country code")
-    return _country_code(value, name, policy.countries)
-
-
-def _country_code(value: str, name: str, countries: frozenset[str]) -> str:
-    code = value.strip().upper()
-    if code not in countries:
-        raise InvalidEvent(f"{name} is not an ISO 3166-1 alpha-2 country code: {value!r}")
-    return code
-
-
-def _bool(record: Mapping[str, Any], name: str, *, required: bool) -> bool | None:
-    value = record.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, bool):
-        raise InvalidEvent(f"{name} must be true or false")
-    return value
+    return country_code(value, name, policy.countries)
 
 
 def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: str | None = None) -> Event:
     """Validate one decoded record and return the Event.
 
     `event_type` is given when the transport tells the kind (the Kafka topic); otherwise the record's
-    `event_type` field is used. Unknown extra fields are ignored (forward compatibility).
+    `event_type` field is used. Unknown extra fields are ignored (forward compatibility). The checks
+    run in a fixed order (presence, event_id, fields, user_country, the kind's fields, occurred_at,
+    user_id, destination_country, purpose, consent_id): a record with several faults gets the first.
     """
     if not isinstance(record, Mapping):
         raise InvalidEvent(f"an event must be a JSON object, got {type(record).__name__}")
     declared = record.get("event_type")
     kind = event_type or declared
-    if kind not in EVENT_TYPES:
+    if kind not in KIND_NAMES:  # a tuple, not the table: `kind` may be unhashable (a JSON array)
         raise InvalidEvent(
-            f"event_type must be one of {', '.join(EVENT_TYPES)}, got {declared!r}"
+            f"event_type must be one of {', '.join(KIND_NAMES)}, got {declared!r}"
             if event_type is None
             else f"unknown event kind {event_type!r}"
         )
     if event_type is not None and declared is not None and declared != event_type:
         raise InvalidEvent(f"event_type {declared!r} does not match the topic's kind {event_type!r}")
-    for name in _COMMON_REQUIRED + _KIND_REQUIRED[kind]:
+    for name in _REQUIRED[kind]:
         if name not in record:
             raise InvalidEvent(f"missing field {name!r}")
 
@@ -199,28 +176,7 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
     user_country_raw = record.get("user_country")
     user_country = None if user_country_raw is None else _country(user_country_raw, "user_country", policy)
 
-    extras: dict[str, Any] = {}
-    if kind == "device_sync":
-        extras["device_model"] = _required_str(record, "device_model")
-        extras["device_id"] = _required_str(record, "device_id")
-        extras["pseudonymized"] = _bool(record, "pseudonymized", required=False)
-    elif kind == "sharing":
-        recipient_type = record["recipient_type"]
-        if recipient_type not in RECIPIENT_TYPES:
-            raise InvalidEvent(
-                f"recipient_type must be one of {', '.join(sorted(RECIPIENT_TYPES))}, got {recipient_type!r}"
-            )
-        extras["recipient_type"] = recipient_type
-        extras["recipient"] = _required_str(record, "recipient")
-        extras["pseudonymized"] = _bool(record, "pseudonymized", required=False)
-    else:
-        extras["subcontractor"] = _required_str(record, "subcontractor")
-        count = record["record_count"]
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise InvalidEvent(f"record_count must be an integer >= 1, got {count!r}")
-        extras["record_count"] = count
-        extras["encrypted"] = _bool(record, "encrypted", required=True)
-        extras["pseudonymized"] = _bool(record, "pseudonymized", required=True)
+    extras = KINDS[kind].from_json(record, policy.countries)
 
     return Event(
         event_type=kind,
@@ -230,7 +186,7 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
         user_country=user_country,
         fields=tuple(fields),
         destination_country=_country(record["destination_country"], "destination_country", policy),
-        purpose=_required_str(record, "purpose"),
+        purpose=required_str(record, "purpose"),
         consent_id=_optional_str(record, "consent_id"),
         **extras,
     )
@@ -239,19 +195,13 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
 _UUID_TEXT = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def _non_empty(record: Mapping[str, Any], name: str) -> str:
-    value: str = record[name]
-    if not value.strip():
-        raise InvalidEvent(f"{name} must be a non-empty string")
-    return value
-
-
 def event_from_avro(record: Mapping[str, Any], kind: str, policy: Policy) -> Event:
     """Validate a record already typed by its Avro reader schema (the hot path of the worker).
 
     The schema guarantees the types (strings, longs, booleans, the recipient-type enum, arrays of
     strings); only the checks a schema cannot express remain. Gives exactly what
-    `event_from_mapping` gives for the same record, or the same error.
+    `event_from_mapping` gives for the same record, or the same error. `kind` is one of the codec's
+    kinds, hence of `KIND_NAMES` (KeyError otherwise).
     """
     raw_id: str = record["event_id"]
     event_id = raw_id if _UUID_TEXT.match(raw_id) else None
@@ -263,13 +213,13 @@ def event_from_avro(record: Mapping[str, Any], kind: str, policy: Policy) -> Eve
     countries = policy.countries
     user_country = record["user_country"]
     if user_country is not None:
-        user_country = _country_code(user_country, "user_country", countries)
-    destination = _country_code(record["destination_country"], "destination_country", countries)
+        user_country = country_code(user_country, "user_country", countries)
+    destination = country_code(record["destination_country"], "destination_country", countries)
     fields = record["fields"]
     if not all(fields):
         raise InvalidEvent("fields must be an array of non-empty strings")
-    purpose = _non_empty(record, "purpose")
-    common = (
+    purpose = non_empty(record, "purpose")
+    return Event(
         kind,
         event_id,
         record["occurred_at"],
@@ -279,28 +229,5 @@ def event_from_avro(record: Mapping[str, Any], kind: str, policy: Policy) -> Eve
         destination,
         purpose,
         record["consent_id"],
-    )
-    if kind == "device_sync":
-        return Event(
-            *common,
-            device_model=_non_empty(record, "device_model"),
-            device_id=_non_empty(record, "device_id"),
-            pseudonymized=record.get("pseudonymized"),
-        )
-    if kind == "sharing":
-        return Event(
-            *common,
-            recipient_type=record["recipient_type"],
-            recipient=_non_empty(record, "recipient"),
-            pseudonymized=record.get("pseudonymized"),
-        )
-    count = record["record_count"]
-    if count < 1:
-        raise InvalidEvent(f"record_count must be an integer >= 1, got {count!r}")
-    return Event(
-        *common,
-        subcontractor=_non_empty(record, "subcontractor"),
-        record_count=count,
-        encrypted=record["encrypted"],
-        pseudonymized=record["pseudonymized"],
+        **KINDS[kind].from_avro(record, countries),
     )

@@ -1,8 +1,12 @@
-"""Avro schemas (`*.avsc`, one file per kind and version) and ClickHouse DDL/report SQL, as data.
+"""Avro schemas and ClickHouse DDL/report SQL, as data.
 
-`SCHEMA_DIR` is the directory these files live in.
+`SCHEMA_DIR` holds the event kinds' writer schemas (`<kind>.vN.avsc`, one file per kind and version,
+read by `flowaudit.domain.codec`), `sql/` the audit store's DDL and roles, `reports/` the report
+queries. `HEADER_SCHEMA_DIR` (`headers/`) declares the shape of JSON headers the worker writes on
+forwarded records (`decision.v1.avsc`: the `flowaudit-decision` header); no codec reads it.
 """
 
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).resolve().parent
+HEADER_SCHEMA_DIR = SCHEMA_DIR / "headers"

@@ -27,6 +27,7 @@ import orjson
 
 from flowaudit.domain.decision import Decision
 from flowaudit.domain.events import Event
+from flowaudit.domain.kinds import KINDS
 from flowaudit.domain.policy import Policy
 
 GENESIS = bytes(32)
@@ -107,6 +108,8 @@ class RowBuilder:
         self._zone_id = policy.protected_zone
         self._declared = {pid: p.data_categories for pid, p in policy.purposes.items()}
         self._facts_memo: dict[tuple[str, tuple[str, ...]], tuple[bool, tuple[str, ...]]] = {}
+        # kind -> (counterparty_type, counterparty) of an event: one lookup and one call per row
+        self._counterparty = {name: kind.audit_counterparty for name, kind in KINDS.items()}
 
     def _facts(self, purpose: str, categories: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
         """(carries special-category data, categories the register does not declare for the purpose)."""
@@ -124,7 +127,7 @@ class RowBuilder:
 
     def contents(self, records: Iterable[AuditRecord], ingested_at_ms: int) -> list[tuple[Any, ...]]:
         """The content columns of each record (one loop: the writer's hot path)."""
-        memo, zone, zone_id = self._facts_memo, self._zone, self._zone_id
+        memo, zone, zone_id, counterparty_of = self._facts_memo, self._zone, self._zone_id, self._counterparty
         rows = []
         for record in records:
             event, decision = record.event, record.decision
@@ -132,12 +135,7 @@ class RowBuilder:
             purpose = event.purpose
             facts = memo.get((purpose, categories)) or self._facts(purpose, categories)
             kind = event.event_type
-            if kind == "device_sync":
-                counterparty_type, counterparty = "platform", None
-            elif kind == "sharing":
-                counterparty_type, counterparty = event.recipient_type or "", event.recipient
-            else:
-                counterparty_type, counterparty = "subcontractor", event.subcontractor
+            counterparty_type, counterparty = counterparty_of[kind](event)
             destination = event.destination_country
             rows.append(
                 (

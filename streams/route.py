@@ -53,7 +53,7 @@ class Publisher(Protocol):
 
 
 class DecisionHeaders:
-    """Encodes the `flowaudit-decision` header: the decision as JSON (fields as in decision.v1.avsc).
+    """Encodes the `flowaudit-decision` header: the decision as JSON (schemas/headers/decision.v1.avsc).
 
     Called once per decided event, in the decide loop. All but the event id and the time repeat across
     events, so that tail is encoded once per distinct decision and kept (up to 4096 of them).

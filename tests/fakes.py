@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from flowaudit.sinks.audit import AuditRecord
 from flowaudit.sinks.clickhouse import StoreError
+from flowaudit.streams.messages import OutboundRecord
 
 
 class MemorySink:
@@ -30,3 +31,13 @@ class MemorySink:
             self.records.append(record)
             written += 1
         return written, replayed
+
+
+class FakePublisher:
+    """A publisher for tests: keeps what it is given, by topic; every publish succeeds at once."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, list[OutboundRecord]] = {}
+
+    async def publish(self, topic: str, records: Sequence[OutboundRecord]) -> None:
+        self.sent.setdefault(topic, []).extend(records)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from flowaudit.domain.policy.checks import CHECKS
-from flowaudit.domain.policy.model import LegalBasis, PolicyError
+from flowaudit.domain.policy.model import EVENT_TYPES, LegalBasis, PolicyError
 
 _ISO_DURATION = re.compile(r"^P(?:\d+Y)?(?:\d+M)?(?:\d+W)?(?:\d+D)?$")
 
@@ -133,11 +133,23 @@ def _registered_check(value: object) -> object:
     raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
 
 
+def _known_kind(value: object) -> object:
+    """An event kind of the kinds table (`domain.kinds`), with the message a Literal would give."""
+    if isinstance(value, str) and value in EVENT_TYPES:
+        return value
+    names = [repr(name) for name in EVENT_TYPES]
+    expected = ", ".join(names[:-1]) + " or " + names[-1]
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
+EventKind = Annotated[str, BeforeValidator(_known_kind)]
+
+
 class RuleParams(_Strict):
     categories: list[str] = []
     purposes: list[str] = []
     legal_bases: list[LegalBasis] = []
-    event_types: list[Literal["device_sync", "sharing", "subcontractor_transfer"]] = []
+    event_types: list[EventKind] = []
     zone: str | None = None
 
 
@@ -156,7 +168,7 @@ class RulesFile(FileHeader):
 
 
 class ExceptionScope(_Strict):
-    event_types: list[Literal["device_sync", "sharing", "subcontractor_transfer"]] = []
+    event_types: list[EventKind] = []
     purposes: list[str] = []
     subcontractors: list[str] = []
     recipients: list[str] = []

@@ -3,7 +3,7 @@
 Frozen dataclasses and plain containers only (sets, tuples, mappings of str), no pydantic models:
 the file schemas (`files.py`) are the loader's business and end with it, so the rest of the code can
 neither depend on how a file spells an entry nor mutate the policy it decides with. This module is the
-package's ground floor: it imports nothing from flowaudit.
+package's ground floor: of flowaudit it imports only the table of event kinds (`domain.kinds`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from flowaudit.domain.kinds import KIND_NAMES
+
 # The event kinds a rule or an exception may be scoped to; also the kinds `events` accepts.
-EVENT_TYPES = ("device_sync", "sharing", "subcontractor_transfer")
+EVENT_TYPES = KIND_NAMES
 
 
 class PolicyError(Exception):

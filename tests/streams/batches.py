@@ -11,20 +11,15 @@ from flowaudit.domain.events import event_from_mapping
 from flowaudit.domain.policy import Policy
 from flowaudit.produce import avro_record
 from flowaudit.schemas import SCHEMA_DIR
-from flowaudit.streams.messages import InboundMessage, OutboundRecord
+from flowaudit.streams.messages import InboundMessage
 from flowaudit.streams.route import Topics
 from tests.conftest import DATA_DIR
+from tests.fakes import FakePublisher
+
+__all__ = ["CODEC", "TOPICS", "FakePublisher", "examples", "messages_of"]
 
 TOPICS = Topics("approved", "blocked", "dlq")
 CODEC = AvroCodec(SCHEMA_DIR)
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.sent: dict[str, list[OutboundRecord]] = {}
-
-    async def publish(self, topic: str, records: Sequence[OutboundRecord]) -> None:
-        self.sent.setdefault(topic, []).extend(records)
 
 
 def examples(policy: Policy, kind: str) -> list[dict[str, Any]]:

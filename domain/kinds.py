@@ -1,0 +1,203 @@
+"""The event kinds: `KINDS`, one table entry per kind, holding everything that differs between kinds.
+
+An entry says which fields the kind adds to the common ones (required and optional), how to validate
+them from a JSON object and from an Avro record, which Avro schema files carry the kind, which setting
+names its input topic, and what its audit row records as counterparty. Validation (`events`), the
+codec and the audit rows dispatch through it. Adding a kind is an entry here, plus what lives
+elsewhere by nature: its `schemas/<kind>.vN.avsc`, its `topic_<kind>` setting, `Event` attributes
+for fields no kind had before, and the rules of the policy that concern it.
+
+Nothing here imports the policy model: the policy loader reads `KIND_NAMES` from this module.
+Validators that need the policy's facts get them as arguments (today only the country list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flowaudit.domain.fields import InvalidEvent, bool_field, non_empty, required_str
+
+
+class Parties(Protocol):
+    """What an audit-row mapping reads of an `Event` (`events` imports this module, not the reverse)."""
+
+    @property
+    def recipient_type(self) -> str | None: ...
+
+    @property
+    def recipient(self) -> str | None: ...
+
+    @property
+    def subcontractor(self) -> str | None: ...
+
+
+# (record, the policy's country codes) -> the kind's fields as `Event` keyword arguments; raises
+# InvalidEvent. The JSON validator may assume the kind's required fields are present (checked before)
+# and nothing about their types; the Avro validator may assume the types the reader schema guarantees.
+Validator = Callable[[Mapping[str, Any], frozenset[str]], dict[str, Any]]
+
+# event -> (counterparty_type, counterparty) of its audit row
+AuditCounterparty = Callable[[Parties], tuple[str, str | None]]
+
+RECIPIENT_TYPES = frozenset(
+    {"third_party_app", "other_user", "healthcare_professional", "research_program", "social_network"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One event kind. `required` and `optional` are `Event` attributes, in canonical JSON order.
+
+    `required` fields must be present in a record (null allowed only where the validator allows it)
+    and always appear in the canonical JSON; `optional` ones may be absent and appear only when not
+    null. The codec reads and writes `schemas/<avro_schema>.vN.avsc`.
+    """
+
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    from_json: Validator
+    from_avro: Validator
+    avro_schema: str
+    audit_counterparty: AuditCounterparty
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The kind's own fields, required then optional: the tail of its canonical JSON object."""
+        return self.required + self.optional
+
+    @property
+    def topic_setting(self) -> str:
+        """The `Settings` field naming the kind's input topic (`Settings.input_topics` keys on it)."""
+        return f"topic_{self.name}"
+
+    @property
+    def topic_env(self) -> str:
+        """The environment variable that sets the kind's input topic."""
+        return f"FLOWAUDIT_{self.topic_setting.upper()}"
+
+
+# --- device_sync: a device uploads measurements to the platform ---------------------------------------
+
+
+def _device_sync_json(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
+    return {
+        "device_model": required_str(record, "device_model"),
+        "device_id": required_str(record, "device_id"),
+        "pseudonymized": bool_field(record, "pseudonymized", required=False),
+    }
+
+
+def _device_sync_avro(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
+    return {
+        "device_model": non_empty(record, "device_model"),
+        "device_id": non_empty(record, "device_id"),
+        "pseudonymized": record.get("pseudonymized"),
+    }
+
+
+def _platform(event: Parties) -> tuple[str, str | None]:
+    return "platform", None
+
+
+# --- sharing: data leaves the account towards a recipient the user chose ------------------------------
+
+
+def _sharing_json(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
+    recipient_type = record["recipient_type"]
+    if recipient_type not in RECIPIENT_TYPES:
+        raise InvalidEvent(
+            f"recipient_type must be one of {', '.join(sorted(RECIPIENT_TYPES))}, got {recipient_type!r}"
+        )
+    return {
+        "recipient_type": recipient_type,
+        "recipient": required_str(record, "recipient"),
+        "pseudonymized": bool_field(record, "pseudonymized", required=False),
+    }
+
+
+def _sharing_avro(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
+    return {  # recipient_type: the schema's enum is RECIPIENT_TYPES
+        "recipient_type": record["recipient_type"],
+        "recipient": non_empty(record, "recipient"),
+        "pseudonymized": record.get("pseudonymized"),
+    }
+
+
+def _recipient(event: Parties) -> tuple[str, str | None]:
+    return event.recipient_type or "", event.recipient
+
+
+# --- subcontractor_transfer: records handed to a processor (hosting, support, ...) --------------------
+
+
+def _record_count_error(count: object) -> InvalidEvent:
+    return InvalidEvent(f"record_count must be an integer >= 1, got {count!r}")
+
+
+def _subcontractor_transfer_json(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
+    subcontractor = required_str(record, "subcontractor")
+    count = record["record_count"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise _record_count_error(count)
+    return {
+        "subcontractor": subcontractor,
+        "record_count": count,
+        "encrypted": bool_field(record, "encrypted", required=True),
+        "pseudonymized": bool_field(record, "pseudonymized", required=True),
+    }
+
+
+def _subcontractor_transfer_avro(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
+    count = record["record_count"]
+    if count < 1:  # before the name: a record with both faults keeps getting this message
+        raise _record_count_error(count)
+    return {
+        "subcontractor": non_empty(record, "subcontractor"),
+        "record_count": count,
+        "encrypted": record["encrypted"],
+        "pseudonymized": record["pseudonymized"],
+    }
+
+
+def _subcontractor(event: Parties) -> tuple[str, str | None]:
+    return "subcontractor", event.subcontractor
+
+
+KINDS: Mapping[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind(
+            name="device_sync",
+            required=("device_model", "device_id"),
+            optional=("pseudonymized",),
+            from_json=_device_sync_json,
+            from_avro=_device_sync_avro,
+            avro_schema="device_sync",
+            audit_counterparty=_platform,
+        ),
+        Kind(
+            name="sharing",
+            required=("recipient_type", "recipient"),
+            optional=("pseudonymized",),
+            from_json=_sharing_json,
+            from_avro=_sharing_avro,
+            avro_schema="sharing",
+            audit_counterparty=_recipient,
+        ),
+        Kind(
+            name="subcontractor_transfer",
+            required=("subcontractor", "record_count", "encrypted", "pseudonymized"),
+            optional=(),
+            from_json=_subcontractor_transfer_json,
+            from_avro=_subcontractor_transfer_avro,
+            avro_schema="subcontractor_transfer",
+            audit_counterparty=_subcontractor,
+        ),
+    )
+}
+
+# The kind names in table order (error messages, processors and metrics list them in this order).
+KIND_NAMES: tuple[str, ...] = tuple(KINDS)

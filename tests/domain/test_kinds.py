@@ -1,0 +1,87 @@
+"""The table of event kinds: its shape, and that the code built on it agrees with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+from flowaudit.domain import policy as policy_module
+from flowaudit.domain.codec import AvroCodec
+from flowaudit.domain.events import Event, event_from_mapping
+from flowaudit.domain.kinds import KIND_NAMES, KINDS
+from flowaudit.domain.policy import Policy
+from flowaudit.schemas import SCHEMA_DIR
+from tests.conftest import DATA_DIR
+from tests.helpers import REPO
+
+COMMON_FIELDS = ("event_id", "event_type", "occurred_at", "user_id", "user_country", "fields")
+
+
+def test_kind_names_are_the_table_in_order() -> None:
+    assert KIND_NAMES == ("device_sync", "sharing", "subcontractor_transfer")
+    assert tuple(KINDS) == KIND_NAMES
+    assert all(KINDS[name].name == name for name in KIND_NAMES)
+    assert policy_module.EVENT_TYPES is KIND_NAMES
+
+
+def test_the_table_does_not_import_the_policy_model() -> None:
+    probe = "import sys, flowaudit.domain.kinds; print('flowaudit.domain.policy' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_the_kinds_fields_are_exactly_the_events_kind_specific_attributes() -> None:
+    attributes = [field.name for field in dataclasses.fields(Event)]
+    kind_specific = attributes[attributes.index("consent_id") + 1 :]
+    declared = {name for kind in KINDS.values() for name in kind.fields}
+    assert declared == set(kind_specific)
+    for kind in KINDS.values():
+        assert not set(kind.required) & set(kind.optional), kind.name
+
+
+def test_canonical_json_ends_with_the_kinds_fields(policy: Policy) -> None:
+    seen = set()
+    for line in (DATA_DIR / "events" / "valid.jsonl").read_text().splitlines():
+        event = event_from_mapping(json.loads(line), policy)
+        kind = KINDS[event.event_type]
+        own = [name for name in event.to_json_dict() if name in kind.fields]
+        present = [n for n in kind.fields if n in kind.required or getattr(event, n) is not None]
+        assert own == present
+        assert list(event.to_json_dict())[: len(COMMON_FIELDS)] == list(COMMON_FIELDS)
+        seen.add(kind.name)
+    assert seen == set(KIND_NAMES)
+
+
+def test_every_kind_has_its_schema_and_the_schema_carries_its_required_fields() -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    for kind in KINDS.values():
+        assert list(SCHEMA_DIR.glob(f"{kind.avro_schema}.v*.avsc")), kind.name
+        reader = json.loads(codec.reader(kind.name).path.read_text())
+        assert set(kind.required) <= {field["name"] for field in reader["fields"]}, kind.name
+
+
+def test_audit_counterparty_per_kind() -> None:
+    base = dict(
+        event_id="x",
+        occurred_at_ms=0,
+        user_id=None,
+        user_country=None,
+        fields=(),
+        destination_country="FR",
+        purpose="p",
+        consent_id=None,
+    )
+    events = {
+        "device_sync": Event(event_type="device_sync", device_model="m", device_id="d", **base),  # type: ignore[arg-type]
+        "sharing": Event(event_type="sharing", recipient_type="other_user", recipient="Ann", **base),  # type: ignore[arg-type]
+        "subcontractor_transfer": Event(event_type="subcontractor_transfer", subcontractor="BSO", **base),  # type: ignore[arg-type]
+    }
+    assert {name: KINDS[name].audit_counterparty(event) for name, event in events.items()} == {
+        "device_sync": ("platform", None),
+        "sharing": ("other_user", "Ann"),
+        "subcontractor_transfer": ("subcontractor", "BSO"),
+    }
