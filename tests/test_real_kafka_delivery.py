@@ -27,7 +27,7 @@ from flowaudit.produce import EventProducer
 from tests.clickhouse_http import ClickHouseHTTPServer
 from tests.helpers import WorkerProcess, run_cli, wait_for
 from tests.kafka_broker import RealKafka
-from tests.streams.test_partition_moves import audited, run_partition_moves, shared_env
+from tests.streams.two_workers import audited, run_partition_moves, shared_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 _SUFFIX = itertools.count()
