@@ -98,6 +98,36 @@ def format_millis(millis: int) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
+# When an event may have happened (contract v2 §1): at most 5 minutes after the moment it is decided
+# (later is a clock error, not a flow that happened), and not before 2000-01-01, which no device or
+# account of the company predates (earlier is a zero or a mistyped epoch). Outside it an event is
+# invalid: a dead letter on Kafka, an error line in `evaluate`. The store and `verify` never see
+# such timestamps then (and `verify` reads any stored value without converting it).
+FUTURE_TOLERANCE_MS = 5 * 60 * 1000
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+
+def check_occurred_at(occurred_at_ms: int, decided_at_ms: int) -> None:
+    """InvalidEvent unless `occurred_at_ms` lies between 2000-01-01 and 5 minutes after `decided_at_ms`."""
+    if occurred_at_ms > decided_at_ms + FUTURE_TOLERANCE_MS:
+        raise InvalidEvent(
+            f"occurred_at {_shown_millis(occurred_at_ms)} is more than 5 minutes after the moment it is "
+            f"decided ({format_millis(decided_at_ms)}): a clock error, not a flow that happened"
+        )
+    if occurred_at_ms < EARLIEST_MS:
+        raise InvalidEvent(
+            f"occurred_at {_shown_millis(occurred_at_ms)} is before 2000-01-01T00:00:00.000Z (a zero or "
+            "mistyped timestamp)"
+        )
+
+
+def _shown_millis(millis: int) -> str:
+    """The timestamp as ISO-8601 where a datetime can hold it, else as epoch milliseconds."""
+    try:
+        return format_millis(millis)
+    except (ValueError, OverflowError, OSError):
+        return f"{millis} ms after the epoch"
+
 
 def _parse_time(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):

@@ -107,7 +107,7 @@ def _platform(event: Parties) -> tuple[str, str | None]:
 
 def _sharing_json(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
     recipient_type = record["recipient_type"]
-    if recipient_type not in RECIPIENT_TYPES:
+    if not isinstance(recipient_type, str) or recipient_type not in RECIPIENT_TYPES:  # a list: unhashable
         raise InvalidEvent(
             f"recipient_type must be one of {', '.join(sorted(RECIPIENT_TYPES))}, got {recipient_type!r}"
         )

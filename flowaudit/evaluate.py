@@ -12,7 +12,7 @@ import orjson
 
 from flowaudit.common.tuning import tune_process
 from flowaudit.domain.decision import Decider
-from flowaudit.domain.events import InvalidEvent, event_from_mapping
+from flowaudit.domain.events import InvalidEvent, check_occurred_at, event_from_mapping
 from flowaudit.domain.policy import Policy
 
 
@@ -42,7 +42,9 @@ def evaluate_lines(
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise InvalidEvent(f"not valid JSON: {exc}") from None
-            decision = decider.decide(event_from_mapping(record, policy))
+            event = event_from_mapping(record, policy)
+            check_occurred_at(event.occurred_at_ms, int(time.time() * 1000))
+            decision = decider.decide(event)
             payload = decision.to_dict() if verbose else decision.to_contract_dict()
         except InvalidEvent as exc:
             stats.errors += 1

@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 
 from flowaudit.common.settings import Settings, kafka_bootstrap
 from flowaudit.domain.codec import AvroCodec
-from flowaudit.domain.events import Event, InvalidEvent, event_from_mapping
+from flowaudit.domain.events import Event, InvalidEvent, check_occurred_at, event_from_mapping
 from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 
@@ -63,6 +63,7 @@ class EventProducer:
     def send(self, raw: dict[str, Any], *, version: int | None = None) -> Event:
         """Validate, encode and send one canonical JSON event. Raises InvalidEvent."""
         event = event_from_mapping(raw, self.policy)
+        check_occurred_at(event.occurred_at_ms, int(time.time() * 1000))  # what the worker would refuse
         data = self.codec.encode(event.event_type, avro_record(event), version=version)
         self.send_bytes(event.event_type, data, event.event_id.encode())
         return event

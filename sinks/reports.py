@@ -20,8 +20,9 @@ from uuid import UUID
 from flowaudit.schemas import SCHEMA_DIR
 
 REPORT_DIR = SCHEMA_DIR / "reports"
-DEFAULT_SINCE = "1970-01-01 00:00:00"
-DEFAULT_UNTIL = "2100-01-01 00:00:00"
+# the whole range of DateTime64 (1900 to 2299): rows dated outside 1970-2100 are reported too
+DEFAULT_SINCE = "1900-01-01 00:00:00"
+DEFAULT_UNTIL = "2299-12-31 23:59:59"
 _HEADER = re.compile(r"^--\s*(name|description|parameters):\s*(.*)$")
 
 

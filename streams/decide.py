@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from flowaudit.domain.codec import AvroCodec, DecodeError
 from flowaudit.domain.decision import Decider
-from flowaudit.domain.events import InvalidEvent, event_from_avro
+from flowaudit.domain.events import InvalidEvent, check_occurred_at, event_from_avro
 from flowaudit.domain.policy import Policy
 from flowaudit.sinks.audit import AuditRecord
 from flowaudit.streams.deadletter import InvalidRatioGuard, dead_letter_headers
@@ -83,6 +83,7 @@ class BatchDecider:
             try:
                 _, raw = decode(message.value, kind)  # type: ignore[arg-type]
                 event = event_from_avro(raw, kind, policy)
+                check_occurred_at(event.occurred_at_ms, now_ms)
             except DecodeError as exc:
                 dead.append((position, dead_letter_headers(message, kind, version, exc.reason, str(exc))))
                 reasons[exc.reason] += 1

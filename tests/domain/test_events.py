@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
-from flowaudit.domain.events import Event, InvalidEvent, event_from_mapping, format_millis
+from flowaudit.domain.events import (
+    Event,
+    InvalidEvent,
+    check_occurred_at,
+    event_from_mapping,
+    format_millis,
+)
 from flowaudit.domain.policy import Policy
 from tests.conftest import DATA_DIR, read_data
 
@@ -15,7 +23,6 @@ def _lines(name: str) -> list[str]:
 
 
 def test_valid_examples_parse_and_round_trip(policy: Policy) -> None:
-    import json
 
     for line in _lines("valid.jsonl"):
         raw = json.loads(line)
@@ -25,7 +32,6 @@ def test_valid_examples_parse_and_round_trip(policy: Policy) -> None:
 
 
 def test_invalid_examples_give_their_reason(policy: Policy) -> None:
-    import json
 
     reasons = read_data("events/invalid_reasons.yaml")
     lines = _lines("invalid.jsonl")
@@ -162,3 +168,39 @@ def test_the_avro_fast_path_agrees_with_the_general_validator(policy: Policy) ->
             except InvalidEvent as exc:
                 got = ("invalid", str(exc))
             assert got == expected, (change, got, expected)
+
+
+# --- when an event may have happened (contract v2 §1) -------------------------------------------------
+
+NOW = 1_764_000_000_000  # 2025-11-24T16:00:00Z
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [NOW, NOW - 86_400_000 * 365 * 20, NOW + 5 * 60 * 1000, 946_684_800_000],
+)
+def test_plausible_times_pass(occurred_at: int) -> None:
+    check_occurred_at(occurred_at, NOW)
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "message"),
+    [
+        (NOW + 5 * 60 * 1000 + 1, "more than 5 minutes after the moment it is decided"),
+        (1_956_528_000_000, "2032-01-01T00:00:00.000Z is more than 5 minutes after"),
+        (2**62, "4611686018427387904 ms after the epoch is more than 5 minutes after"),
+        (946_684_799_999, "before 2000-01-01"),
+        (0, "1970-01-01T00:00:00.000Z is before 2000-01-01"),
+        (-5_000_000_000_000, "before 2000-01-01"),
+    ],
+)
+def test_implausible_times_are_invalid_and_say_why(occurred_at: int, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=re.escape(message)):
+        check_occurred_at(occurred_at, NOW)
+
+
+def test_a_recipient_type_of_the_wrong_type_is_invalid_not_a_crash(policy: Policy) -> None:
+    sharing = next(line for line in _lines("valid.jsonl") if '"sharing"' in line)
+    raw = dict(json.loads(sharing), recipient_type=["third_party_app"])  # a list: it used to raise TypeError
+    with pytest.raises(InvalidEvent, match="recipient_type must be one of"):
+        event_from_mapping(raw, policy)

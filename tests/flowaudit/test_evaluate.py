@@ -134,3 +134,13 @@ def test_evaluate_memory_stays_flat(tmp_path: object, policy: Policy) -> None:
     large = _peak_rss_kib_of_evaluate(tmp_path, policy, 150_000)
     # 15x the input may cost the bounded memos (a few MiB), never memory proportional to the input
     assert large - small < 16 * 1024, (small, large)
+
+
+def test_evaluate_refuses_times_that_cannot_have_happened() -> None:
+    """Dated 2031 (a clock error) and 1970 (a zero timestamp): invalid lines naming occurred_at."""
+    result = _run("evaluate", str(EVENTS / "implausible_times.jsonl"), "--quiet")
+    assert result.returncode == 1
+    out = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert out[0]["line"] == 1 and "more than 5 minutes after the moment it is decided" in out[0]["error"]
+    assert out[1]["line"] == 2 and "before 2000-01-01" in out[1]["error"]
+    assert out[2]["decision"] in ("allowed", "blocked")  # a plausible time still decides

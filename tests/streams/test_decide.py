@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import event_from_mapping
 from flowaudit.domain.policy import Policy
@@ -40,3 +42,25 @@ def test_decision_latency_is_sampled(policy: Policy) -> None:
     # every (len // LATENCY_SAMPLES)-th record: between LATENCY_SAMPLES and twice as many, never all
     assert LATENCY_SAMPLES <= len(decided.latencies) < 2 * LATENCY_SAMPLES
     assert all(latency >= 0 for latency in decided.latencies)
+
+
+def test_records_dated_where_no_flow_can_be_are_dead_letters(policy: Policy) -> None:
+    """The Avro path refuses what `evaluate` refuses: after year 9999 (2^62 ms, which used to break
+    verify for the whole store), more than 5 minutes ahead, before 2000."""
+    from flowaudit.produce import avro_record
+
+    raw = examples(policy, "device_sync")[0]
+    event = event_from_mapping(raw, policy)
+    values = []
+    for millis in (2**62, int(time.time() * 1000) + 3_600_000, 0, event.occurred_at_ms):
+        record = avro_record(event)
+        record["occurred_at"] = millis
+        values.append(CODEC.encode("device_sync", record))
+    batch = [InboundMessage("in", 0, offset, None, value, None) for offset, value in enumerate(values)]
+    decided = BatchDecider("device_sync", policy, CODEC, InvalidRatioGuard(0.9, 1000)).decide(batch)
+    assert [index for index, _ in decided.routes.dead] == [0, 1, 2]
+    assert decided.reasons == {"invalid_event": 3}
+    errors = [dict(headers)["flowaudit-error"].decode() for _, headers in decided.routes.dead]
+    assert "more than 5 minutes after" in errors[0] and "more than 5 minutes after" in errors[1]
+    assert "before 2000-01-01" in errors[2]
+    assert [record.offset for record in decided.records] == [3]
