@@ -158,6 +158,7 @@ def kill_loop(work: Path, kills: int, events: int, rate: float, seed: int) -> di
     producer = Producer(broker.bootstrap, settings, events, rate, seed)
     rng = random.Random(seed)
     killed = {"worker": 0, "pipeline": 0}
+    worker: WorkerProcess | None = None
     try:
         producer.start()
         for number in range(kills):
@@ -176,6 +177,8 @@ def kill_loop(work: Path, kills: int, events: int, rate: float, seed: int) -> di
         _drain(env, work / "drain.log")
         return {"scenario": "kill", "kills": killed, **_count(data_dir, settings, producer.ids)}
     finally:
+        if worker is not None:  # a run that failed half-way leaves no worker behind
+            worker.ensure_stopped()
         broker.stop()
 
 
