@@ -2,7 +2,8 @@
 
 1. Builds --records realistic audit records (generator + decision core, not timed). Each store
    first takes them once untimed (the engine and the allocators warm up, as in a running worker),
-   then --passes more times with fresh offsets, timed, through `AuditStore.prepare` + `insert` in
+   then --passes more times with fresh offsets and event ids, timed, through `AuditStore.prepare` +
+   `insert` in
    batches of --batch rows. The ClickHouse engine's background merges run meanwhile, as they
    would in a worker:
    - sequential: prepare then insert, batch after batch;
@@ -22,6 +23,7 @@ Targets (issue 4): >= 150,000 rows/s; user-disclosures < 200 ms at 10M rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -52,9 +54,21 @@ def build_records(count: int) -> list[AuditRecord]:
 
 
 def later_passes(records: list[AuditRecord], passes: int) -> list[AuditRecord]:
-    """The same records again `passes` times, each time at offsets past all earlier ones."""
+    """The same records again `passes` times, each time at offsets past all earlier ones and with
+    event ids of their own: the store knows records by event id and would not write them again."""
     span = max(record.offset for record in records) + 1
-    return [r._replace(offset=r.offset + span * k) for k in range(1, passes + 1) for r in records]
+    return [
+        _renamed(r, k)._replace(offset=r.offset + span * k) for k in range(1, passes + 1) for r in records
+    ]
+
+
+def _renamed(record: AuditRecord, generation: int) -> AuditRecord:
+    """The record as another event: a new event id (its first group of hex digits changed)."""
+    event_id = f"{generation:08x}{record.event.event_id[8:]}"
+    return record._replace(
+        event=dataclasses.replace(record.event, event_id=event_id),
+        decision=record.decision._replace(event_id=event_id),
+    )
 
 
 def write_sequential(store: AuditStore, records: list[AuditRecord], batch: int) -> None:
