@@ -24,7 +24,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,9 +34,7 @@ sys.path.insert(0, str(REPO))
 from flowaudit.broker import EmbeddedBroker  # noqa: E402
 from flowaudit.common.settings import Settings  # noqa: E402
 from flowaudit.domain.policy import load_policy  # noqa: E402
-from flowaudit.generator import EventGenerator  # noqa: E402
-from flowaudit.produce import EventProducer  # noqa: E402
-from tests.helpers import WorkerProcess, run_cli, wait_for, worker_env  # noqa: E402
+from tests.helpers import SteadyProducer, WorkerProcess, run_cli, wait_for, worker_env  # noqa: E402
 
 PARTITIONS = 4
 # a killed worker's partitions move after its session times out: keep that short (the minimum is 6 s)
@@ -75,29 +72,6 @@ def _broker(settings: Settings) -> _Broker:
     broker = EmbeddedBroker().start()
     broker.create_topics(_topics(settings), PARTITIONS)
     return broker
-
-
-class Producer(threading.Thread):
-    """Sends generated events at a steady rate; remembers their ids."""
-
-    def __init__(self, bootstrap: str, settings: Settings, count: int, rate: float, seed: int) -> None:
-        super().__init__(daemon=True)
-        self.policy = load_policy(settings.policy_dir)
-        self.producer = EventProducer(bootstrap, settings, self.policy)
-        self.events = list(EventGenerator(self.policy, seed=seed).events(count))
-        self.rate = rate
-        self.ids: set[str] = set()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        started = time.monotonic()
-        for number, raw in enumerate(self.events, start=1):
-            self.ids.add(self.producer.send(raw).event_id)
-            delay = started + number / self.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        self.producer.close()
-        self.done.set()
 
 
 def _pids(data_dir: Path) -> tuple[int | None, int | None]:
@@ -155,7 +129,7 @@ def kill_loop(work: Path, kills: int, events: int, rate: float, seed: int) -> di
     broker = _broker(settings)
     data_dir = work / "kill"
     env = worker_env(broker.url, data_dir, **_WORKER)
-    producer = Producer(broker.bootstrap, settings, events, rate, seed)
+    producer = SteadyProducer(broker.bootstrap, settings, events, rate, seed)
     rng = random.Random(seed)
     killed = {"worker": 0, "pipeline": 0}
     worker: WorkerProcess | None = None
@@ -190,7 +164,7 @@ def offsets_start_again(work: Path, events: int, rate: float, seed: int) -> dict
         broker = _broker(settings)
         try:
             env = worker_env(broker.url, data_dir, **_WORKER)
-            producer = Producer(broker.bootstrap, settings, events, rate, seed + run)
+            producer = SteadyProducer(broker.bootstrap, settings, events, rate, seed + run)
             producer.start()
             producer.done.wait()
             produced |= producer.ids

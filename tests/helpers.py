@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -149,3 +150,30 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60) -
         return records
     finally:
         consumer.close()
+
+
+class SteadyProducer(threading.Thread):
+    """Sends generated events at a steady rate with `flowaudit produce`'s producer; keeps their ids."""
+
+    def __init__(self, bootstrap: str, settings: Any, count: int, rate: float, seed: int) -> None:
+        from flowaudit.domain.policy import load_policy
+        from flowaudit.generator import EventGenerator
+        from flowaudit.produce import EventProducer
+
+        super().__init__(daemon=True)
+        policy = load_policy(settings.policy_dir)
+        self.producer = EventProducer(bootstrap, settings, policy)
+        self.events = list(EventGenerator(policy, seed=seed).events(count))
+        self.rate = rate
+        self.ids: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for number, raw in enumerate(self.events, start=1):
+            self.ids.add(self.producer.send(raw).event_id)
+            delay = started + number / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        self.producer.close()
+        self.done.set()

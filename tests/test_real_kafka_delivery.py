@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +21,8 @@ import pytest
 
 from flowaudit.common.settings import Settings
 from flowaudit.domain.policy import Policy
-from flowaudit.generator import EventGenerator
-from flowaudit.produce import EventProducer
 from tests.clickhouse_http import ClickHouseHTTPServer
-from tests.helpers import WorkerProcess, run_cli, wait_for
+from tests.helpers import SteadyProducer, WorkerProcess, run_cli, wait_for
 from tests.kafka_broker import RealKafka
 from tests.streams.two_workers import audited, run_partition_moves, shared_env
 
@@ -72,27 +69,6 @@ def test_partitions_move_between_two_workers_on_kafka(
     assert result["second_consumed"] > 0
 
 
-class SteadyProducer(threading.Thread):
-    def __init__(
-        self, bootstrap: str, topics: dict[str, str], policy: Policy, count: int, rate: float
-    ) -> None:
-        super().__init__(daemon=True)
-        overrides = {name.removeprefix("FLOWAUDIT_").lower(): value for name, value in topics.items()}
-        self.producer = EventProducer(bootstrap, Settings(**overrides), policy)
-        self.events = list(EventGenerator(policy, seed=77).events(count))
-        self.rate = rate
-        self.ids: set[str] = set()
-
-    def run(self) -> None:
-        started = time.monotonic()
-        for number, raw in enumerate(self.events, start=1):
-            self.ids.add(self.producer.send(raw).event_id)
-            delay = started + number / self.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        self.producer.close()
-
-
 def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     real_kafka: RealKafka, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
 ) -> None:
@@ -100,7 +76,8 @@ def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     first = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "a", **topics), tmp_path / "a.log")
     second = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "b", **topics), tmp_path / "b.log")
     workers += [first.start(), second.start()]
-    producer = SteadyProducer(real_kafka.bootstrap, topics, policy, count=3000, rate=300)
+    overrides = {name.removeprefix("FLOWAUDIT_").lower(): value for name, value in topics.items()}
+    producer = SteadyProducer(real_kafka.bootstrap, Settings(**overrides), count=3000, rate=300, seed=77)
     producer.start()
     wait_for(lambda: audited(store)[1] >= 500, 90, "rows from both workers")
     pipeline_pid = json.loads((tmp_path / "a" / "worker.json").read_text())["pipeline_pid"]
