@@ -30,7 +30,9 @@ def test_all_reports_are_shipped_with_headers() -> None:
 def test_parameters_defaults_and_user_required() -> None:
     reports = load_reports()
     params = report_parameters(reports["daily-volume"], "2025-11-01", None, None)
-    assert params == {"since": "2025-11-01 00:00:00.000", "until": "2100-01-01 00:00:00"}
+    # until defaults to the end of DateTime64's range: rows dated after 2100 are reported too
+    assert params == {"since": "2025-11-01 00:00:00.000", "until": "2299-12-31 23:59:59"}
+    assert report_parameters(reports["daily-volume"], None, None, None)["since"] == "1900-01-01 00:00:00"
     with pytest.raises(ReportError, match="--user"):
         report_parameters(reports["user-disclosures"], None, None, None)
     assert normalize_time("2025-11-01T10:00:00+02:00", "") == "2025-11-01 08:00:00.000"
