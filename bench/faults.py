@@ -5,6 +5,10 @@ Scenarios (each prints produced, audited, lost, doubled and the verify verdict):
   SIGKILL over and over (--kills times, at random moments) and restarted; a last worker drains.
 - `offsets`: a worker runs, stops; a fresh broker (offsets start at 0 again) and a second run on
   the same data directory: both runs' events must be audited.
+- `outage`: the store, served over ClickHouse's HTTP interface by another process, goes away for
+  --down seconds while events flow, and comes back on the same address; the worker keeps running.
+- `moves`: two workers in one consumer group share one store (over HTTP) while partitions move
+  between them (real Kafka only).
 
 Lost = produced event ids without an audit row; doubled = audit rows beyond one per event id. The
 broker is the embedded mock cluster (in this process) or, with --broker kafka, a real Apache Kafka
@@ -39,6 +43,7 @@ from tests.helpers import SteadyProducer, WorkerProcess, run_cli, wait_for, work
 PARTITIONS = 4
 # a killed worker's partitions move after its session times out: keep that short (the minimum is 6 s)
 _WORKER = {"FLOWAUDIT_TOPIC_PARTITIONS": str(PARTITIONS), "FLOWAUDIT_SESSION_TIMEOUT_SECONDS": "6"}
+_CHAIN = {"FLOWAUDIT_CHAIN_KEY": "faults-bench-chain-key-0123456789"}
 
 
 def _topics(settings: Settings) -> list[str]:
@@ -174,10 +179,123 @@ def offsets_start_again(work: Path, events: int, rate: float, seed: int) -> dict
     return {"scenario": "offsets", **_count(data_dir, settings, produced)}
 
 
+def _count_http(store_url: str, env: dict[str, str], produced: set[str]) -> dict[str, Any]:
+    """The counts of `_count` for a store reached over ClickHouse's HTTP interface."""
+    import clickhouse_connect
+
+    verified = json.loads(run_cli(env, "verify", "--json", timeout=600).stdout or b"{}")
+    client = clickhouse_connect.get_client(dsn=store_url)
+    try:
+        rows = client.query(
+            "SELECT toString(event_id), count() FROM audit_events GROUP BY event_id"
+        ).result_rows
+    finally:
+        client.close()
+    stored = {event_id: int(count) for event_id, count in rows}
+    return {
+        "produced": len(produced),
+        "audited": len(produced & stored.keys()),
+        "lost": len(produced - stored.keys()),
+        "doubled": sum(count - 1 for count in stored.values()),
+        "verify": "OK" if verified.get("ok") else f"BROKEN: {verified}",
+    }
+
+
+def store_outage(work: Path, events: int, rate: float, seed: int, down_seconds: float) -> dict[str, Any]:
+    """The store (served over HTTP by another process) goes away for `down_seconds` while events flow,
+    then comes back on the same address; the worker keeps running throughout."""
+    from tests.clickhouse_http import ClickHouseHTTPServer
+    from tests.helpers import free_port
+
+    settings = Settings()
+    broker = _broker(settings)
+    server = ClickHouseHTTPServer(work / "outage-store", databases=["flowaudit"], port=free_port())
+    worker: WorkerProcess | None = None
+    try:
+        store_url = f"{server.start()}/flowaudit"
+        env = worker_env(broker.url, work / "outage", FLOWAUDIT_CLICKHOUSE_URL=store_url, **_CHAIN, **_WORKER)
+        worker = WorkerProcess(env, work / "outage.log").start()
+        producer = SteadyProducer(broker.bootstrap, settings, events, rate, seed)
+        producer.start()
+        time.sleep(3)
+        server.stop()  # the store is down: inserts fail and are retried, consumption waits
+        time.sleep(down_seconds)
+        backpressure = worker.metric("flowaudit_backpressure")
+        server.start()
+        producer.done.wait()
+        stored = wait_for(lambda: _audited_ids(store_url) >= len(producer.ids), 180, "every event audited")
+        worker.stop()
+        result = _count_http(store_url, env, producer.ids)
+        return {
+            "scenario": "outage",
+            "down_seconds": down_seconds,
+            "backpressure_during": backpressure,
+            "stored": stored,
+            **result,
+        }
+    finally:
+        if worker is not None:
+            worker.ensure_stopped()
+        server.stop()
+        broker.stop()
+
+
+def _audited_ids(store_url: str) -> int:
+    import clickhouse_connect
+
+    try:
+        client = clickhouse_connect.get_client(dsn=store_url)
+    except Exception:
+        return 0
+    try:
+        return int(client.query("SELECT uniqExact(event_id) FROM audit_events").result_rows[0][0])
+    finally:
+        client.close()
+
+
+def partition_moves(work: Path) -> dict[str, Any]:
+    """Two workers in one group sharing one store: partitions move from A to both, then to B."""
+    from flowaudit.domain.policy import load_policy
+    from tests.clickhouse_http import ClickHouseHTTPServer
+    from tests.streams.two_workers import run_partition_moves
+
+    settings = Settings()
+    broker = _broker(settings)
+    workers: list[WorkerProcess] = []
+    try:
+        (work / "moves").mkdir(parents=True, exist_ok=True)
+        with ClickHouseHTTPServer(work / "moves-store", databases=["flowaudit"]) as server:
+            result = run_partition_moves(
+                broker.url,
+                f"{server.url}/flowaudit",
+                work / "moves",
+                load_policy(settings.policy_dir),
+                workers,
+            )
+    finally:
+        for worker in workers:
+            worker.ensure_stopped()
+        broker.stop()
+    return {
+        "scenario": "moves",
+        "produced": result["sent"],
+        "audited": result["distinct"],
+        "lost": result["sent"] - result["distinct"],
+        "doubled": result["rows"] - result["distinct"],
+        "verify": "OK" if result["verify"].get("ok") else f"BROKEN: {result['verify']}",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--broker", choices=("mock", "kafka"), default="mock")
-    parser.add_argument("--scenario", choices=("kill", "offsets", "all"), default="all")
+    parser.add_argument(
+        "--scenario",
+        choices=("kill", "offsets", "outage", "moves", "all"),
+        default="all",
+        help="moves: real Kafka only (the mock cluster refuses a second group member now and then)",
+    )
+    parser.add_argument("--down", type=float, default=15.0, help="seconds the store is down (outage)")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--rate", type=float, default=1500.0, help="events per second produced")
@@ -193,6 +311,12 @@ def main() -> None:
             results.append(kill_loop(work, args.kills, args.events, args.rate, args.seed))
         if args.scenario in ("offsets", "all"):
             results.append(offsets_start_again(work, min(args.events, 5000), args.rate, args.seed))
+        if args.scenario in ("outage", "all"):
+            results.append(
+                store_outage(work, min(args.events, 6000), min(args.rate, 300), args.seed, args.down)
+            )
+        if args.scenario == "moves" or (args.scenario == "all" and args.broker == "kafka"):
+            results.append(partition_moves(work))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -208,8 +208,12 @@ class AuditStore:
 
     def take_chains(self, chains: Sequence[str]) -> None:
         """This writer now owns `chains` (their partitions were assigned to it): read their heads
-        from the store, where the previous owner left them, and accept their records again."""
-        fresh = self.load_heads(chains)
+        from the store, where the previous owner left them, and accept their records again.
+        Raises StoreError when the store cannot be read (the caller retries, as for inserts)."""
+        try:
+            fresh = self.load_heads(chains)
+        except Exception as exc:
+            raise StoreError(f"cannot read the chain heads from {self.masked_url}: {exc}") from exc
         for chain in chains:
             self.released.discard(chain)
             self.heads.pop(chain, None)

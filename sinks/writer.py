@@ -9,6 +9,7 @@ drops a batch. It is the `AuditSink` of `flowaudit.streams.pipeline` (structural
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,8 @@ from flowaudit.common import metrics
 from flowaudit.sinks.audit import AuditRecord
 from flowaudit.sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify
 from flowaudit.sinks.verify import VerifyReport, verification
+
+log = logging.getLogger(__name__)
 
 # Rows verified per step while the worker writes (an insert waits for at most one step): ~0.1-0.2 s
 VERIFY_WINDOW_ROWS = 20_000
@@ -84,10 +87,28 @@ class ClickHouseSink:
     async def take_chains(self, chains: Sequence[str]) -> None:
         """Their partitions were assigned here: read their heads from the store (on its thread, so
         after every insert handed over before)."""
-        await self.run(self.store.take_chains, list(chains))
+        await self.run(self._take_chains_blocking, list(chains))
         for chain in chains:
             head = self.store.heads.get(chain)
             metrics.CHAIN_HEAD.labels(chain).set(head.seq if head else 0)
+
+    def _take_chains_blocking(self, chains: list[str]) -> None:
+        """Read the heads, retrying with back-off while the store is down (a rebalance during an
+        outage waits for the store, as inserts do, instead of crashing the worker)."""
+        delay = 0.1
+        while True:
+            try:
+                self.store.take_chains(chains)
+            except StoreError as exc:
+                if self._stopping:
+                    raise
+                metrics.BACKPRESSURE.set(1)
+                log.warning("chain heads not read, retrying in %.1f s: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            metrics.BACKPRESSURE.set(0)
+            return
 
     async def release_chains(self, chains: Sequence[str]) -> None:
         """Their partitions were revoked: returns once every insert handed over before is done; the

@@ -752,8 +752,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 class ClickHouseHTTPServer:
     """`python -m tests.clickhouse_http` in a subprocess on a free port; `stop` always ends it."""
 
-    def __init__(self, path: Path, *, databases: Sequence[str] = (), log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        databases: Sequence[str] = (),
+        log_path: Path | None = None,
+        port: int = 0,
+    ) -> None:
         self.path = path
+        self.fixed_port = port
         self.databases = list(databases)
         self.log_path = log_path or path.with_name(path.name + ".http.log")
         self.ready_file = path.with_name(path.name + ".http.ready")
@@ -772,7 +780,9 @@ class ClickHouseHTTPServer:
     def start(self, timeout: float = 60) -> str:
         """Start it and wait until /ping answers `Ok.`; returns the base URL."""
         self.ready_file.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "tests.clickhouse_http", "--path", str(self.path), "--port", "0"]
+        # a fixed port survives a stop and a start (an outage of the store); 0 takes any free one
+        command = [sys.executable, "-m", "tests.clickhouse_http", "--path", str(self.path)]
+        command += ["--port", str(self.fixed_port)]
         command += ["--ready-file", str(self.ready_file), "--exit-with-parent"]
         for name in self.databases:
             command += ["--database", name]
