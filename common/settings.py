@@ -25,7 +25,7 @@ ENV_PREFIX = "FLOWAUDIT_"
 _KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*$")
 _SECRET_FIELDS = frozenset({"chain_key", "web_token"})
-_URL_FIELDS = frozenset({"kafka_url", "clickhouse_url"})
+_URL_FIELDS = frozenset({"kafka_url", "clickhouse_url", "clickhouse_reader_url"})
 # `json_schema_extra` key marking a field `topic_<kind>` as the input topic of event kind <kind>
 _INPUT_TOPIC = "flowaudit_input_topic"
 
@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(
         default=None,
         description="chdb:///path or http(s)://user:pass@host:8123/db; default chdb://<data dir>/audit",
+    )
+    clickhouse_reader_url: str | None = Field(
+        default=None,
+        description="http(s)://reader:pass@host:8123/db: the reader role the web API's reports and "
+        "verify use with a ClickHouse server (unset: the web API serves none; chDB has no roles)",
     )
     data_dir: Path = Field(default=Path(".flowaudit"), description="where embedded state lives")
     policy_dir: Path = Field(default=DEFAULT_POLICY_DIR, description="policy data directory")
@@ -137,7 +142,9 @@ class Settings(BaseSettings):
         description="bearer token the worker's web API requires for reports and verify (16+ characters)",
     )
 
-    @field_validator("kafka_url", "clickhouse_url", "chain_key", "web_token", mode="before")
+    @field_validator(
+        "kafka_url", "clickhouse_url", "clickhouse_reader_url", "chain_key", "web_token", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return value or None
@@ -161,7 +168,7 @@ class Settings(BaseSettings):
             _servers((rest if sep else value).rstrip("/"))
         return value
 
-    @field_validator("clickhouse_url")
+    @field_validator("clickhouse_url", "clickhouse_reader_url")
     @classmethod
     def _clickhouse_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -250,6 +257,7 @@ class Settings(BaseSettings):
         values = self.model_dump()
         values["kafka_url"] = mask_url(self.kafka_url)
         values["clickhouse_url"] = mask_url(self.resolved_clickhouse_url)
+        values["clickhouse_reader_url"] = mask_url(self.clickhouse_reader_url)
         for name in _SECRET_FIELDS:
             values[name] = "***" if getattr(self, name) else None
         return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}

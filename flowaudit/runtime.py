@@ -24,6 +24,7 @@ from flowaudit.common.settings import Settings, kafka_bootstrap
 from flowaudit.common.tuning import tune_process
 from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
+from flowaudit.sinks.reader import StoreReader
 from flowaudit.sinks.writer import ClickHouseSink
 from flowaudit.streams.app import BatchObserver, BatchRunner, FlowauditApp, crash_from_thread, create_app
 from flowaudit.streams.pipe import PipelineConfig, PipelineProcessError
@@ -31,7 +32,7 @@ from flowaudit.streams.pipeline import LocalPipeline, batch_processors
 from flowaudit.streams.pipeline_process import PipelineMetrics, PipelineProcess, RemotePipeline
 from flowaudit.streams.publish import KafkaPublisher
 from flowaudit.streams.route import Topics
-from flowaudit.streams.web import WebGuard
+from flowaudit.streams.web import NoReaderViews, StoreViews, WebGuard
 from flowaudit.topics import TopicError, check_topics
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Runtime:
     store_owner: PipelineProcess | ClickHouseSink
     metrics_registry: CollectorRegistry
     web_token: str | None  # None when the web API is off
+    reader: StoreReader | None = None  # the reader role's connection for the web API (a server store)
 
     @property
     def pipeline_pid(self) -> int | None:
@@ -60,6 +62,8 @@ class Runtime:
         return self.store_owner.masked_url
 
     def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
         self.store_owner.close()
         if self.broker is not None:
             self.broker.stop()
@@ -117,24 +121,55 @@ def build_runtime(
     publisher = KafkaPublisher(bootstrap)
     chain_key = load_chain_key(settings.chain_key_value, settings.data_dir)
     start = _start_two_processes if settings.pipeline_process else _start_one_process
+    guard = _web_guard(settings) if web_enabled else None
     try:
         store_owner, runners, registry = start(settings, policy, chain_key, publisher)
+        try:  # after the writer: it creates the table the reader opens
+            reader, views = _web_views(settings, policy, chain_key) if guard is not None else (None, None)
+        except Exception:
+            store_owner.close()
+            raise
     except Exception:
         if broker is not None:
             broker.stop()
         raise
-    token = (settings.web_token_value or secrets.token_urlsafe(32)) if web_enabled else None
-    guard = None
-    if token is not None:
-        hosts = [host.strip() for host in settings.web_allowed_hosts.split(",") if host.strip()]
-        guard = WebGuard.for_server(token, settings.web_bind, settings.web_port, hosts)
-    app = create_app(settings, bootstrap, runners, publisher, store_owner, observer=observer, web_guard=guard)
+    app = create_app(
+        settings,
+        bootstrap,
+        runners,
+        publisher,
+        store_owner,
+        observer=observer,
+        web_guard=guard,
+        web_views=views,
+    )
     if isinstance(store_owner, PipelineProcess):
         store_owner.on_death = functools.partial(crash_from_thread, app)
     store_url = settings.resolved_clickhouse_url
+    token = guard.token if guard is not None else None
     return Runtime(
-        settings, policy, broker, bootstrap, store_url, publisher, app, store_owner, registry, token
+        settings, policy, broker, bootstrap, store_url, publisher, app, store_owner, registry, token, reader
     )
+
+
+def _web_guard(settings: Settings) -> WebGuard:
+    """The web API's token (FLOWAUDIT_WEB_TOKEN, or one made for this run) and its host names."""
+    token = settings.web_token_value or secrets.token_urlsafe(32)
+    hosts = [host.strip() for host in settings.web_allowed_hosts.split(",") if host.strip()]
+    return WebGuard.for_server(token, settings.web_bind, settings.web_port, hosts)
+
+
+def _web_views(
+    settings: Settings, policy: Policy, chain_key: bytes
+) -> tuple[StoreReader | None, StoreViews | None]:
+    """What the web API reads with: the writer's store for chDB (no roles: the default, None), the
+    reader role for a ClickHouse server, or nothing there when no reader URL is set."""
+    if settings.resolved_clickhouse_url.startswith("chdb:"):
+        return None, None
+    if settings.clickhouse_reader_url is None:
+        return None, NoReaderViews()
+    reader = StoreReader(settings.clickhouse_reader_url, policy, chain_key)
+    return reader, reader
 
 
 def output_topics(settings: Settings) -> Topics:

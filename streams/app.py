@@ -29,7 +29,7 @@ from flowaudit.sinks.audit import chain_id_for
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.deadletter import InvalidRatioExceeded
 from flowaudit.streams.messages import BatchResult, InboundMessage
-from flowaudit.streams.web import WebGuard, add_web_views
+from flowaudit.streams.web import StoreViews, WebGuard, add_web_views
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def create_app(
     *,
     observer: BatchObserver | None = None,
     web_guard: WebGuard | None = None,
+    web_views: StoreViews | None = None,
 ) -> FlowauditApp:
     """The Faust app: an agent per processor (its kind's input topic); with a `web_guard`, the web
     API over the store (`streams.web`)."""
@@ -147,7 +148,7 @@ def create_app(
 
     _chains_follow_partitions(app, store_owner, frozenset(settings.input_topics.values()))
     if web_guard is not None and settings.web_port > 0:
-        add_web_views(app, store_owner, web_guard)
+        add_web_views(app, web_views or store_owner, web_guard)
     return app
 
 

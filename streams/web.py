@@ -37,6 +37,26 @@ class StoreViews(Protocol):
     async def verify(self) -> VerifyReport: ...
 
 
+class NoReaderViews:
+    """What a worker on a ClickHouse server serves without FLOWAUDIT_CLICKHOUSE_READER_URL: nothing,
+    rather than reports read with the writer's credentials."""
+
+    REASON = (
+        "this worker has no reader role to serve reports with: query ClickHouse as the reader "
+        "(schemas/sql/roles.sql), or set FLOWAUDIT_CLICKHOUSE_READER_URL"
+    )
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        raise ViewsUnavailable(self.REASON)
+
+    async def verify(self) -> VerifyReport:
+        raise ViewsUnavailable(self.REASON)
+
+
+class ViewsUnavailable(Exception):
+    """The web API has nothing to answer this with (HTTP 503)."""
+
+
 @dataclass(frozen=True)
 class WebGuard:
     """Who may call the API: a bearer token, and the Host names this server answers to."""
@@ -89,7 +109,10 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard) -> None:
             parameters = report_parameters(report, query.get("since"), query.get("until"), query.get("user"))
         except ReportError as exc:
             return web.json({"error": str(exc)}, status=400)
-        columns, rows = await store.query(report.sql, parameters)
+        try:
+            columns, rows = await store.query(report.sql, parameters)
+        except ViewsUnavailable as exc:
+            return web.json({"error": str(exc)}, status=503)
         records = as_records(columns, rows)
         return web.json({"columns": columns, "rows": [list(r.values()) for r in records]})
 
@@ -98,7 +121,10 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard) -> None:
         denied = refused(web, request)
         if denied is not None:
             return denied
-        report = await store.verify()
+        try:
+            report = await store.verify()
+        except ViewsUnavailable as exc:
+            return web.json({"error": str(exc)}, status=503)
         return web.json(report.as_dict())
 
     @app.page("/flowaudit/health/")

@@ -17,6 +17,7 @@ from tests.helpers import REPO
 BAD_VALUES: dict[str, str] = {
     "kafka_url": "::not a url::",
     "clickhouse_url": "mysql://host/db",
+    "clickhouse_reader_url": "http://",
     "data_dir": "",
     "policy_dir": "/no/such/policy/dir",
     "metrics_port": "65536",

@@ -111,9 +111,13 @@ def test_each_service_gets_only_the_clickhouse_password_it_needs(tmp_path: Path)
     # Grafana reads the audit store as the SELECT-only reader, never as the writer
     assert services["grafana"]["environment"]["FLOWAUDIT_READER_PASSWORD"] == reader
     assert writer not in values("grafana") and "WRITER" not in values("grafana")
-    # the worker writes as the writer and has no use for the reader's password
-    assert writer in services["worker"]["environment"]["FLOWAUDIT_CLICKHOUSE_URL"]
-    assert reader not in values("worker")
+    # the worker writes as the writer; its web API reads as the reader (sinks/reader.py), and the
+    # reader's password appears nowhere else in its environment
+    worker = services["worker"]["environment"]
+    assert writer in worker["FLOWAUDIT_CLICKHOUSE_URL"] and reader not in worker["FLOWAUDIT_CLICKHOUSE_URL"]
+    assert worker["FLOWAUDIT_CLICKHOUSE_READER_URL"].startswith(f"http://flowaudit_dpo:{reader}@")
+    assert writer not in worker["FLOWAUDIT_CLICKHOUSE_READER_URL"]
+    assert [k for k, v in worker.items() if reader in str(v)] == ["FLOWAUDIT_CLICKHOUSE_READER_URL"]
     # the ClickHouse init script creates both users
     clickhouse = services["clickhouse"]["environment"]
     assert clickhouse["FLOWAUDIT_WRITER_PASSWORD"] == writer

@@ -362,3 +362,38 @@ def test_the_faust_command_runs_the_same_worker(
     )
     assert worker.stop() == 0, worker.log()
     assert not (tmp_path / "data" / "worker.json").exists()
+
+
+@pytest.mark.parametrize("with_reader", [False, True])
+def test_the_web_api_reads_a_server_store_with_the_reader_role_only(
+    broker: EmbeddedBroker, workers: list[WorkerProcess], tmp_path: Path, policy: Policy, with_reader: bool
+) -> None:
+    """With a ClickHouse server the worker's connection is the writer's: its web API serves reports
+    and verify through FLOWAUDIT_CLICKHOUSE_READER_URL, and without one it serves none (503)."""
+    from tests.clickhouse_http import ClickHouseHTTPServer
+
+    with ClickHouseHTTPServer(tmp_path / "store", databases=["flowaudit"]) as server:
+        extra = {"FLOWAUDIT_CLICKHOUSE_URL": f"http://writer:w-secret@127.0.0.1:{server.port}/flowaudit"}
+        if with_reader:
+            extra["FLOWAUDIT_CLICKHOUSE_READER_URL"] = (
+                f"http://dpo:r-secret@127.0.0.1:{server.port}/flowaudit"
+            )
+        env = worker_env(broker.url, tmp_path / "data", FLOWAUDIT_CHAIN_KEY="k" * 32, **extra)
+        worker = _start(workers, env, tmp_path, "worker")
+        events = _send_generated(env, tmp_path, policy, 50, seed=12)
+        wait_for(lambda: worker.metric("flowaudit_audit_rows_total") >= len(events), 60, "rows")
+        token = json.loads((tmp_path / "data" / "worker.json").read_text())["web_token"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{env['FLOWAUDIT_WEB_PORT']}/flowaudit/verify/",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        if with_reader:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+            assert answer["ok"] and answer["rows"] == len(events), answer
+        else:
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 503
+            assert b"FLOWAUDIT_CLICKHOUSE_READER_URL" in refused.value.read()
+        assert worker.stop() == 0, worker.log()
