@@ -119,6 +119,11 @@ def _count(data_dir: Path, settings: Settings, produced: set[str]) -> dict[str, 
         _, rows = store.query(f"SELECT toString(event_id), count() FROM {store.table} GROUP BY event_id")
     finally:
         store.close()
+    return _counts(produced, rows, verified)
+
+
+def _counts(produced: set[str], rows: Any, verified: dict[str, Any]) -> dict[str, Any]:
+    """Lost and doubled, from the produced event ids and the store's (event id, rows) pairs."""
     stored = {event_id: int(count) for event_id, count in rows}
     return {
         "produced": len(produced),
@@ -191,14 +196,7 @@ def _count_http(store_url: str, env: dict[str, str], produced: set[str]) -> dict
         ).result_rows
     finally:
         client.close()
-    stored = {event_id: int(count) for event_id, count in rows}
-    return {
-        "produced": len(produced),
-        "audited": len(produced & stored.keys()),
-        "lost": len(produced - stored.keys()),
-        "doubled": sum(count - 1 for count in stored.values()),
-        "verify": "OK" if verified.get("ok") else f"BROKEN: {verified}",
-    }
+    return _counts(produced, rows, verified)
 
 
 def store_outage(work: Path, events: int, rate: float, seed: int, down_seconds: float) -> dict[str, Any]:

@@ -121,6 +121,34 @@ def qualify(sql: str, table: str) -> str:
     return _TABLE_NAME.sub(table, sql) if table != TABLE else sql
 
 
+def retry_store(
+    operation: Callable[[], None],
+    what: str,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_backoff: float = 30.0,
+    on_retry: Callable[[int, Exception], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Run `operation` until it succeeds, with bounded exponential back-off on StoreError; re-raise
+    only when `should_stop()` (shutdown). A store that is down is waited for, never given up on."""
+    delay = 0.1
+    attempt = 0
+    while True:
+        try:
+            operation()
+            return
+        except StoreError as exc:
+            attempt += 1
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            if should_stop():
+                raise
+            log.warning("%s failed (attempt %d), retrying in %.1f s: %s", what, attempt, delay, exc)
+            sleep(delay)
+            delay = min(delay * 2, max_backoff)
+
+
 class AuditStore:
     def __init__(self, url: str, policy: Policy, chain_key: bytes, *, database: str | None = None) -> None:
         self.url = url
@@ -353,21 +381,14 @@ class AuditStore:
         Raises StoreError only when `should_stop()` says the service is shutting down; the batch's
         offsets are then not committed and the records are read again after a restart.
         """
-        delay = 0.1
-        attempt = 0
-        while True:
-            try:
-                self.insert(batch)
-                return
-            except StoreError as exc:
-                attempt += 1
-                if on_retry is not None:
-                    on_retry(attempt, exc)
-                if should_stop():
-                    raise
-                log.warning("audit insert failed (attempt %d), retrying in %.1f s: %s", attempt, delay, exc)
-                sleep(delay)
-                delay = min(delay * 2, max_backoff)
+        retry_store(
+            lambda: self.insert(batch),
+            "audit insert",
+            should_stop=should_stop,
+            max_backoff=max_backoff,
+            on_retry=on_retry,
+            sleep=sleep,
+        )
 
     # --- reading --------------------------------------------------------------------------------------
 

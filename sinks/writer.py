@@ -17,7 +17,7 @@ from typing import Any
 
 from flowaudit.common import metrics
 from flowaudit.sinks.audit import AuditRecord
-from flowaudit.sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify
+from flowaudit.sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify, retry_store
 from flowaudit.sinks.verify import VerifyReport, verification
 
 log = logging.getLogger(__name__)
@@ -95,20 +95,14 @@ class ClickHouseSink:
     def _take_chains_blocking(self, chains: list[str]) -> None:
         """Read the heads, retrying with back-off while the store is down (a rebalance during an
         outage waits for the store, as inserts do, instead of crashing the worker)."""
-        delay = 0.1
-        while True:
-            try:
-                self.store.take_chains(chains)
-            except StoreError as exc:
-                if self._stopping:
-                    raise
-                metrics.BACKPRESSURE.set(1)
-                log.warning("chain heads not read, retrying in %.1f s: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-                continue
-            metrics.BACKPRESSURE.set(0)
-            return
+        retry_store(
+            lambda: self.store.take_chains(chains),
+            "reading the chain heads",
+            should_stop=lambda: self._stopping,
+            max_backoff=self.max_backoff,
+            on_retry=lambda attempt, exc: metrics.BACKPRESSURE.set(1),
+        )
+        metrics.BACKPRESSURE.set(0)
 
     async def release_chains(self, chains: Sequence[str]) -> None:
         """Their partitions were revoked: returns once every insert handed over before is done; the
