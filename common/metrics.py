@@ -1,8 +1,9 @@
 """Every metric flowaudit exports, declared once with its meaning.
 
-Label values come from closed sets: event kinds, decisions, rule ids, categories and legal bases of
-the loaded policy, ISO country codes, dead-letter reasons, topic roles, and topic/partition pairs of
-the input topics. No user id, event id or free text ever becomes a label.
+Label values come from closed sets: event kinds, decisions, rule ids, flag ids, categories and legal
+bases of the loaded policy, Chapter V transfer mechanisms (`TRANSFER_MECHANISMS`), ISO country codes,
+dead-letter reasons, topic roles, and topic/partition pairs of the input topics. No user id, event id
+or free text ever becomes a label.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# The values of a decision's `transfer_mechanism` outside the protected zone (contract v2 §5), in the
+# contract's order of precedence; the label set of `flowaudit_transfers_by_mechanism_total`.
+TRANSFER_MECHANISMS = ("adequacy", "scc", "bcr", "dpf", "consent_derogation", "none")
+DECISIONS = ("allowed", "blocked")
 
 EVENTS = Counter(
     "flowaudit_events_total",
@@ -21,6 +27,20 @@ BLOCKED_BY_RULE = Counter(
     "flowaudit_blocked_events_total",
     "Blocked events by rule that fired (an event blocked by two rules counts once per rule).",
     ["kind", "rule"],
+    registry=REGISTRY,
+)
+FLAGGED = Counter(
+    "flowaudit_flagged_events_total",
+    "Decided events by advisory flag raised, allowed or blocked (flags never block; an event with two flags "
+    "counts once per flag).",
+    ["kind", "flag"],
+    registry=REGISTRY,
+)
+TRANSFERS_BY_MECHANISM = Counter(
+    "flowaudit_transfers_by_mechanism_total",
+    "Decided events sent outside the protected zone, by kind, Chapter V transfer mechanism "
+    "('none' when no mechanism applies) and decision.",
+    ["kind", "mechanism", "decision"],
     registry=REGISTRY,
 )
 EVENTS_BY_CATEGORY = Counter(
@@ -127,14 +147,19 @@ POLICY = Info("flowaudit_policy", "Version (content hash) of the loaded policy."
 WORKER_PROCESS_METRICS = (CONSUMER_LAG, FORWARDED, POLICY)
 
 
-def zero_known_series(kinds: list[str], rules: list[str]) -> None:
-    """Create the series with value 0 so dashboards and alerts see them before the first event."""
+def zero_known_series(kinds: list[str], rules: list[str], flags: list[str]) -> None:
+    """Create the series with value 0 so dashboards and alerts see them before the first event
+    (`increase()` misses the first event of a series that did not exist before it)."""
     for kind in kinds:
         RECORDS_CONSUMED.labels(kind)
-        for decision in ("allowed", "blocked"):
+        for decision in DECISIONS:
             EVENTS.labels(kind, decision)
+            for mechanism in TRANSFER_MECHANISMS:
+                TRANSFERS_BY_MECHANISM.labels(kind, mechanism, decision)
         for rule in rules:
             BLOCKED_BY_RULE.labels(kind, rule)
+        for flag in flags:
+            FLAGGED.labels(kind, flag)
     for role in ("approved", "blocked"):
         FORWARDED.labels(role)
     BACKPRESSURE.set(0)

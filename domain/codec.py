@@ -4,9 +4,16 @@ Wire format (Avro specification, "Single-object encoding"): the two bytes C3 01,
 little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro
 binary body. The known writer schemas are, for each event kind of `kinds.KINDS`, the files
 `<Kind.avro_schema>.vN.avsc` in the schema directory; other files there are not writer schemas (the
-decision header's schema lives in `headers/`). The reader schema of a kind is its highest version, so
-records written with an older or newer known version are resolved to the current reader (schema
-evolution). fastavro does the hot-path reading and writing.
+decision header's schema lives in `headers/`). The reader schema of a kind is its highest version
+whose fields the kind all defines (`kinds.DEFINED_FIELDS`), so records written with an older or newer
+known version are resolved to the current reader (schema evolution). fastavro does the hot-path
+reading and writing.
+
+Keys a kind does not define (contract v2 §1: invalid) can reach the worker only through a writer
+schema that has them: a record carries no field names, and a writer schema that is not in the schema
+directory is `unknown_schema`. So the check is per writer schema, made once when the codec loads:
+a known writer schema with a field its kind does not define turns each of its records into
+`InvalidEvent` with the JSON path's message (a dead letter `invalid_event`), before the body is read.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
-from flowaudit.domain.kinds import KINDS
+from flowaudit.domain.fields import InvalidEvent
+from flowaudit.domain.kinds import DEFINED_FIELDS, KINDS, undefined_fields_error
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
@@ -72,6 +80,7 @@ class WriterSchema:
     parsed: Any  # with logical types: encoding accepts datetimes and UUIDs
     plain: Any  # logical types removed: decoding yields ints and strings, as the validator wants
     path: Path
+    undefined: str | None  # the InvalidEvent message when the kind does not define all of its fields
 
 
 def _without_logical_types(schema: Any) -> Any:
@@ -96,14 +105,17 @@ def _load(path: Path, kind: str, version: int) -> WriterSchema:
     canonical = to_parsing_canonical_form(raw)
     fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
     plain = fastavro.parse_schema(_without_logical_types(raw))
-    return WriterSchema(kind, version, fingerprint, parsed, plain, path)
+    unknown = {field["name"] for field in raw["fields"]} - DEFINED_FIELDS[kind]
+    undefined = str(undefined_fields_error(kind, unknown)) if unknown else None
+    return WriterSchema(kind, version, fingerprint, parsed, plain, path, undefined)
 
 
 class AvroCodec:
     """Encodes and decodes the event kinds' schemas found in one directory. Thread-safe after construction.
 
-    Raises ValueError when a kind has no schema file there, a file `<schema>.v*.avsc` is misnamed or not
-    a valid schema, or two files have the same canonical form.
+    Raises ValueError when a kind has no schema file there (or none whose fields it all defines: no
+    reader), a file `<schema>.v*.avsc` is misnamed or not a valid schema, or two files have the same
+    canonical form.
     """
 
     def __init__(self, schema_dir: str | Path) -> None:
@@ -124,7 +136,7 @@ class AvroCodec:
                     raise ValueError(f"{path}: same canonical form as {other}")
                 self._by_fingerprint[schema.fingerprint] = schema
                 self._versions.setdefault(kind.name, {})[schema.version] = schema
-        self._readers = {kind: versions[max(versions)] for kind, versions in self._versions.items()}
+        self._readers = {kind: _reader(found, self.schema_dir) for kind, found in self._versions.items()}
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -159,7 +171,12 @@ class AvroCodec:
         return buffer.getvalue()
 
     def decode(self, data: bytes, expected_kind: str | None = None) -> tuple[str, dict[str, Any]]:
-        """Return (kind, record) read with the kind's reader schema. Raises DecodeError."""
+        """Return (kind, record) read with the kind's reader schema.
+
+        Raises DecodeError when the bytes cannot be read as a record of a known writer schema (of
+        `expected_kind`, if given), InvalidEvent when the writer schema has a field that its kind does
+        not define (checked before the body is read; the message is the JSON path's).
+        """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise DecodeError("not_bytes", "record value is empty or not bytes")
         if len(data) < HEADER_SIZE or data[:2] != MAGIC:
@@ -175,6 +192,8 @@ class AvroCodec:
                 "wrong_kind",
                 f"record written with {writer.path.name}, but this topic carries {expected_kind}",
             )
+        if writer.undefined is not None:
+            raise InvalidEvent(writer.undefined)
         reader = self._readers[writer.kind]
         buffer = io.BytesIO(data[HEADER_SIZE:])
         try:
@@ -190,3 +209,12 @@ class AvroCodec:
         if not isinstance(record, dict):
             raise DecodeError("corrupt_body", "Avro body is not a record")
         return writer.kind, record
+
+
+def _reader(versions: dict[int, WriterSchema], schema_dir: Path) -> WriterSchema:
+    """The highest version whose fields the kind all defines (the validator reads nothing else)."""
+    usable = [version for version, schema in versions.items() if schema.undefined is None]
+    if not usable:
+        kind = next(iter(versions.values())).kind
+        raise ValueError(f"{schema_dir}: no schema of {kind} has only fields that {kind} defines")
+    return versions[max(usable)]

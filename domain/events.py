@@ -3,7 +3,8 @@
 `event_from_mapping` turns a decoded record (canonical JSON object, or an Avro record read by fastavro)
 into an `Event`, or raises `InvalidEvent` with a reason a person can act on. It is the single gate
 between bytes from outside and the decision core: everything past it may assume a well-formed event
-(upper-case country codes, a tuple of field names, typed extras).
+(upper-case country codes, a tuple of field names, typed extras, a folded purpose).
+`event_from_avro` is the same gate for a record that an Avro reader schema has already typed.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flowaudit.domain.fields import InvalidEvent as InvalidEvent
-from flowaudit.domain.fields import country_code, non_empty, required_str
-from flowaudit.domain.kinds import KIND_NAMES, KINDS
+from flowaudit.domain.fields import country_code, non_empty, optional_str, required_str
+from flowaudit.domain.kinds import DEFINED_FIELDS, KIND_NAMES, KINDS, undefined_fields_error
 from flowaudit.domain.kinds import RECIPIENT_TYPES as RECIPIENT_TYPES
 from flowaudit.domain.policy import Policy
 
 _COMMON_REQUIRED = ("event_id", "occurred_at", "fields", "destination_country", "purpose")
 # the presence check's list per kind, built once: common fields first, then the kind's
 _REQUIRED = {name: _COMMON_REQUIRED + kind.required for name, kind in KINDS.items()}
+FIELDS_ERROR = "fields must be a non-empty array of non-empty strings"  # both paths, any fault of `fields`
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +33,11 @@ class Event:
     """A validated event. Countries are upper-case; `occurred_at_ms` is UTC epoch milliseconds.
 
     `event_type` is one of `KIND_NAMES`; the attributes after `consent_id` are the union of the kinds'
-    own fields, None where the event's kind has no such field.
+    own fields, None where the event's kind has no such field. `purpose` is folded (stripped,
+    lower-case: matched case-insensitively, contract v2 §1). `consent_id` is kept as given, and an
+    empty or blank one counts as none (the decision core tests `not consent_id or not
+    consent_id.strip()`; see `has_consent`). `pseudonymized` is a bool for a sharing and a transfer
+    (false when absent), None for a device sync that does not say.
     """
 
     event_type: str
@@ -45,12 +51,19 @@ class Event:
     consent_id: str | None
     device_model: str | None = None
     device_id: str | None = None
+    firmware_version: str | None = None
     recipient_type: str | None = None
     recipient: str | None = None
     subcontractor: str | None = None
     record_count: int | None = None
     encrypted: bool | None = None
     pseudonymized: bool | None = None
+    subjects: tuple[str, ...] | None = None  # a bulk transfer's data subjects (contract v2 §1)
+
+    @property
+    def has_consent(self) -> bool:
+        """Whether the event names a consent: `consent_id` is set and not blank (contract v2 §1)."""
+        return bool(self.consent_id and self.consent_id.strip())
 
     @property
     def counterparty(self) -> str | None:
@@ -67,7 +80,7 @@ class Event:
         """The canonical JSON form (contract §1).
 
         The common fields, then the kind's own (`Kind.fields`): required ones always, optional ones
-        only when not null.
+        only when not null. Tuples (`subjects`) become lists, as JSON and the Avro writer want.
         """
         out: dict[str, Any] = {
             "event_id": self.event_id,
@@ -86,7 +99,7 @@ class Event:
         for name in kind.optional:
             value = getattr(self, name)
             if value is not None:
-                out[name] = value
+                out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
@@ -149,15 +162,6 @@ def _parse_time(value: Any) -> int:
     return (moment - _EPOCH) // _ONE_MS  # integer arithmetic: float timestamps can lose a millisecond
 
 
-def _optional_str(record: Mapping[str, Any], name: str) -> str | None:
-    value = record.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{name} must be a string or null, got {type(value).__name__}")
-    return value
-
-
 def _country(value: Any, name: str, policy: Policy) -> str:
     if not isinstance(value, str):
         raise InvalidEvent(f"{name} must be an ISO 3166-1 alpha-2 country code")
@@ -168,9 +172,11 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
     """Validate one decoded record and return the Event.
 
     `event_type` is given when the transport tells the kind (the Kafka topic); otherwise the record's
-    `event_type` field is used. Unknown extra fields are ignored (forward compatibility). The checks
-    run in a fixed order (presence, event_id, fields, user_country, the kind's fields, occurred_at,
-    user_id, destination_country, purpose, consent_id): a record with several faults gets the first.
+    `event_type` field is used. A top-level key the kind does not define is invalid (contract v2 §1;
+    `kinds.DEFINED_FIELDS`). The checks run in a fixed order (kind, undefined keys, presence,
+    event_id, fields, user_country, the kind's fields, occurred_at, user_id, destination_country,
+    purpose, consent_id): a record with several faults gets the first. The Avro path keeps the
+    order (the codec checks undefined keys before anything else, per writer schema).
     """
     if not isinstance(record, Mapping):
         raise InvalidEvent(f"an event must be a JSON object, got {type(record).__name__}")
@@ -184,6 +190,9 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
         )
     if event_type is not None and declared is not None and declared != event_type:
         raise InvalidEvent(f"event_type {declared!r} does not match the topic's kind {event_type!r}")
+    unknown = record.keys() - DEFINED_FIELDS[kind]
+    if unknown:
+        raise undefined_fields_error(kind, unknown)
     for name in _REQUIRED[kind]:
         if name not in record:
             raise InvalidEvent(f"missing field {name!r}")
@@ -200,8 +209,8 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
         raise InvalidEvent("event_id must be a UUID string")
 
     fields = record["fields"]
-    if not isinstance(fields, list | tuple) or not all(isinstance(f, str) and f for f in fields):
-        raise InvalidEvent("fields must be an array of non-empty strings")
+    if not (isinstance(fields, list | tuple) and fields and all(isinstance(f, str) and f for f in fields)):
+        raise InvalidEvent(FIELDS_ERROR)
 
     user_country_raw = record.get("user_country")
     user_country = None if user_country_raw is None else _country(user_country_raw, "user_country", policy)
@@ -212,12 +221,12 @@ def event_from_mapping(record: Mapping[str, Any], policy: Policy, event_type: st
         event_type=kind,
         event_id=event_id,
         occurred_at_ms=_parse_time(record["occurred_at"]),
-        user_id=_optional_str(record, "user_id"),
+        user_id=optional_str(record, "user_id"),
         user_country=user_country,
         fields=tuple(fields),
         destination_country=_country(record["destination_country"], "destination_country", policy),
-        purpose=required_str(record, "purpose"),
-        consent_id=_optional_str(record, "consent_id"),
+        purpose=required_str(record, "purpose").strip().lower(),
+        consent_id=optional_str(record, "consent_id"),
         **extras,
     )
 
@@ -231,7 +240,9 @@ def event_from_avro(record: Mapping[str, Any], kind: str, policy: Policy) -> Eve
     The schema guarantees the types (strings, longs, booleans, the recipient-type enum, arrays of
     strings); only the checks a schema cannot express remain. Gives exactly what
     `event_from_mapping` gives for the same record, or the same error. `kind` is one of the codec's
-    kinds, hence of `KIND_NAMES` (KeyError otherwise).
+    kinds, hence of `KIND_NAMES` (KeyError otherwise). Keys the kind does not define are not looked
+    for here: the codec refuses their writer schemas (`AvroCodec.decode`), and the reader schema
+    carries none.
     """
     raw_id: str = record["event_id"]
     event_id = raw_id if _UUID_TEXT.match(raw_id) else None
@@ -246,9 +257,9 @@ def event_from_avro(record: Mapping[str, Any], kind: str, policy: Policy) -> Eve
         user_country = country_code(user_country, "user_country", countries)
     destination = country_code(record["destination_country"], "destination_country", countries)
     fields = record["fields"]
-    if not all(fields):
-        raise InvalidEvent("fields must be an array of non-empty strings")
-    purpose = non_empty(record, "purpose")
+    if not fields or not all(fields):
+        raise InvalidEvent(FIELDS_ERROR)
+    purpose = non_empty(record, "purpose").strip().lower()
     return Event(
         kind,
         event_id,
@@ -261,3 +272,9 @@ def event_from_avro(record: Mapping[str, Any], kind: str, policy: Policy) -> Eve
         record["consent_id"],
         **KINDS[kind].from_avro(record, countries),
     )
+
+
+def parse_occurred_at(value: Any) -> int:
+    """An `occurred_at` as given (ISO-8601 string with an offset, or epoch milliseconds) -> epoch ms;
+    InvalidEvent otherwise. Shared with the consent events (`domain.consent`)."""
+    return _parse_time(value)

@@ -31,14 +31,44 @@ def non_empty(record: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def bool_field(record: Mapping[str, Any], name: str, *, required: bool) -> bool | None:
-    """`record[name]` if it is a boolean; None when absent or null and not `required`."""
+def optional_str(record: Mapping[str, Any], name: str) -> str | None:
+    """`record[name]` if it is a string (any, even empty); None when absent or null (JSON path)."""
+    value = record.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{name} must be a string or null, got {type(value).__name__}")
+    return value
+
+
+def bool_field(
+    record: Mapping[str, Any], name: str, *, required: bool, default: bool | None = None
+) -> bool | None:
+    """`record[name]` if it is a boolean; `default` when absent or null and not `required`."""
     value = record.get(name)
     if value is None and not required:
-        return None
+        return default
     if not isinstance(value, bool):
         raise InvalidEvent(f"{name} must be true or false")
     return value
+
+
+def user_ids(value: Any, name: str) -> tuple[str, ...]:
+    """`value` as a tuple if it is a non-empty array of distinct, non-blank strings (both paths).
+
+    The JSON path may pass anything; the Avro path passes the list of strings its schema made.
+    """
+    if not isinstance(value, list | tuple) or not value:
+        shown = "an empty array" if isinstance(value, list | tuple) else type(value).__name__
+        raise InvalidEvent(f"{name} must be a non-empty array of distinct user ids, or null; got {shown}")
+    seen: set[str] = set()
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise InvalidEvent(f"{name} must hold non-empty user id strings, got {item!r}")
+        if item in seen:
+            raise InvalidEvent(f"{name} must be distinct user ids: {item!r} appears more than once")
+        seen.add(item)
+    return tuple(value)
 
 
 def country_code(value: str, name: str, countries: frozenset[str]) -> str:

@@ -13,11 +13,18 @@ Validators that need the policy's facts get them as arguments (today only the co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flowaudit.domain.fields import InvalidEvent, bool_field, non_empty, required_str
+from flowaudit.domain.fields import (
+    InvalidEvent,
+    bool_field,
+    non_empty,
+    optional_str,
+    required_str,
+    user_ids,
+)
 
 
 class Parties(Protocol):
@@ -41,6 +48,20 @@ Validator = Callable[[Mapping[str, Any], frozenset[str]], dict[str, Any]]
 # event -> (counterparty_type, counterparty) of its audit row
 AuditCounterparty = Callable[[Parties], tuple[str, str | None]]
 
+# The top-level keys every kind defines (contract §1), in canonical JSON order; `event_type` is the
+# JSON form's own (on Kafka the topic tells the kind).
+COMMON_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "event_type",
+    "occurred_at",
+    "user_id",
+    "user_country",
+    "fields",
+    "destination_country",
+    "purpose",
+    "consent_id",
+)
+
 RECIPIENT_TYPES = frozenset(
     {"third_party_app", "other_user", "healthcare_professional", "research_program", "social_network"}
 )
@@ -52,7 +73,11 @@ class Kind:
 
     `required` fields must be present in a record (null allowed only where the validator allows it)
     and always appear in the canonical JSON; `optional` ones may be absent and appear only when not
-    null. The codec reads and writes `schemas/<avro_schema>.vN.avsc`.
+    null (an optional field with a default, like `pseudonymized` of a transfer, is never null after
+    validation, so it always appears). A record with a top-level key that is neither common
+    (`COMMON_FIELDS`) nor one of these is invalid (contract v2 §1). The codec reads and writes
+    `schemas/<avro_schema>.vN.avsc`. `leaves_platform` (contract §5): whether an event of the kind
+    leaves the platform; for a transfer the decision core still exempts the controller itself.
     """
 
     name: str
@@ -62,6 +87,7 @@ class Kind:
     from_avro: Validator
     avro_schema: str
     audit_counterparty: AuditCounterparty
+    leaves_platform: bool
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -86,6 +112,7 @@ def _device_sync_json(record: Mapping[str, Any], countries: frozenset[str]) -> d
     return {
         "device_model": required_str(record, "device_model"),
         "device_id": required_str(record, "device_id"),
+        "firmware_version": optional_str(record, "firmware_version"),
         "pseudonymized": bool_field(record, "pseudonymized", required=False),
     }
 
@@ -94,7 +121,8 @@ def _device_sync_avro(record: Mapping[str, Any], countries: frozenset[str]) -> d
     return {
         "device_model": non_empty(record, "device_model"),
         "device_id": non_empty(record, "device_id"),
-        "pseudonymized": record.get("pseudonymized"),
+        "firmware_version": record["firmware_version"],
+        "pseudonymized": None,  # no device_sync schema carries it: JSON only
     }
 
 
@@ -114,7 +142,7 @@ def _sharing_json(record: Mapping[str, Any], countries: frozenset[str]) -> dict[
     return {
         "recipient_type": recipient_type,
         "recipient": required_str(record, "recipient"),
-        "pseudonymized": bool_field(record, "pseudonymized", required=False),
+        "pseudonymized": bool_field(record, "pseudonymized", required=False, default=False),
     }
 
 
@@ -122,7 +150,7 @@ def _sharing_avro(record: Mapping[str, Any], countries: frozenset[str]) -> dict[
     return {  # recipient_type: the schema's enum is RECIPIENT_TYPES
         "recipient_type": record["recipient_type"],
         "recipient": non_empty(record, "recipient"),
-        "pseudonymized": record.get("pseudonymized"),
+        "pseudonymized": record["pseudonymized"],  # sharing.v2 (v1 records: the default, false)
     }
 
 
@@ -137,6 +165,10 @@ def _record_count_error(count: object) -> InvalidEvent:
     return InvalidEvent(f"record_count must be an integer >= 1, got {count!r}")
 
 
+def _subjects(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else user_ids(value, "subjects")
+
+
 def _subcontractor_transfer_json(record: Mapping[str, Any], countries: frozenset[str]) -> dict[str, Any]:
     subcontractor = required_str(record, "subcontractor")
     count = record["record_count"]
@@ -146,7 +178,8 @@ def _subcontractor_transfer_json(record: Mapping[str, Any], countries: frozenset
         "subcontractor": subcontractor,
         "record_count": count,
         "encrypted": bool_field(record, "encrypted", required=True),
-        "pseudonymized": bool_field(record, "pseudonymized", required=True),
+        "pseudonymized": bool_field(record, "pseudonymized", required=False, default=False),
+        "subjects": _subjects(record.get("subjects")),
     }
 
 
@@ -158,7 +191,8 @@ def _subcontractor_transfer_avro(record: Mapping[str, Any], countries: frozenset
         "subcontractor": non_empty(record, "subcontractor"),
         "record_count": count,
         "encrypted": record["encrypted"],
-        "pseudonymized": record["pseudonymized"],
+        "pseudonymized": record["pseudonymized"],  # subcontractor_transfer.v2: default false
+        "subjects": _subjects(record["subjects"]),  # v1 records: the default, null
     }
 
 
@@ -172,11 +206,12 @@ KINDS: Mapping[str, Kind] = {
         Kind(
             name="device_sync",
             required=("device_model", "device_id"),
-            optional=("pseudonymized",),
+            optional=("firmware_version", "pseudonymized"),
             from_json=_device_sync_json,
             from_avro=_device_sync_avro,
             avro_schema="device_sync",
             audit_counterparty=_platform,
+            leaves_platform=False,  # the company's own platform
         ),
         Kind(
             name="sharing",
@@ -186,18 +221,37 @@ KINDS: Mapping[str, Kind] = {
             from_avro=_sharing_avro,
             avro_schema="sharing",
             audit_counterparty=_recipient,
+            leaves_platform=True,
         ),
         Kind(
             name="subcontractor_transfer",
-            required=("subcontractor", "record_count", "encrypted", "pseudonymized"),
-            optional=(),
+            required=("subcontractor", "record_count", "encrypted"),
+            optional=("pseudonymized", "subjects"),
             from_json=_subcontractor_transfer_json,
             from_avro=_subcontractor_transfer_avro,
             avro_schema="subcontractor_transfer",
             audit_counterparty=_subcontractor,
+            leaves_platform=True,  # unless the subcontractor is the controller: the decision core's call
         ),
     )
 }
 
 # The kind names in table order (error messages, processors and metrics list them in this order).
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
+
+# Per kind, every top-level key a record of it may carry: the common ones and the kind's own.
+DEFINED_FIELDS: Mapping[str, frozenset[str]] = {
+    name: frozenset(COMMON_FIELDS + kind.fields) for name, kind in KINDS.items()
+}
+
+
+def undefined_fields_error(kind: str, unknown: Iterable[object]) -> InvalidEvent:
+    """The error for top-level keys (a record's, a writer schema's) that `kind` does not define.
+
+    `unknown` is not empty (callers subtract `DEFINED_FIELDS[kind]` first). The same message on the
+    JSON path (per record) and on the Avro path (per writer schema, once, in the codec): the names
+    sorted, quoted.
+    """
+    names = sorted(repr(name) for name in unknown)
+    plural = "s" if len(names) > 1 else ""
+    return InvalidEvent(f"unknown field{plural} {', '.join(names)}: not defined for {kind}")

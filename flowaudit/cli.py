@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowaudit.common.settings import Settings, SettingsError, load_settings
-from flowaudit.domain.policy import Policy, PolicyError, load_policy
+from flowaudit.domain.policy import Policy, PolicyError, Subcontractor, load_policy
+from flowaudit.domain.policy.model import Era
 
 if TYPE_CHECKING:
     from flowaudit.sinks.clickhouse import AuditStore
@@ -49,18 +50,50 @@ def _policy_summary(policy: Policy) -> dict[str, object]:
             "category": policy.unclassified_category,
             "treated_as": policy.unclassified_treated_as,
         },
-        "purposes": {pid: p.legal_basis for pid, p in policy.purposes.items()},
-        "subcontractors": [
-            {"name": s.name, "storage": s.storage_label, "service": s.service}
-            for s in policy.subcontractor_list
-        ],
+        "direct_identifiers": sorted(policy.direct_identifiers),
+        "purposes": {
+            pid: {
+                "legal_basis": p.legal_basis,
+                "special_category_condition": p.special_category_condition,
+                "declares": sorted(p.data_categories),
+                "source": p.source,
+            }
+            for pid, p in policy.purposes.items()
+        },
+        "subcontractors": [_subcontractor_summary(s) for s in policy.subcontractor_list],
         "protected_zone": {"id": policy.protected_zone, "countries": sorted(policy.protected_countries)},
-        "rules": [{"id": r.id, "check": r.check, "severity": r.severity} for r in policy.rules],
+        "adequacy_in_force_now": sorted(_era_now(policy).adequate) if policy.timeline.eras else [],
+        "rules": [
+            {"id": r.id, "check": r.check, "severity": r.severity, "source": r.source} for r in policy.rules
+        ],
+        "flags": [
+            {"id": r.id, "check": r.check, "severity": r.severity, "source": r.source} for r in policy.flags
+        ],
         "exceptions": {
             "enabled": [e.id for e in policy.exceptions],
             "disabled": list(policy.disabled_exceptions),
         },
     }
+
+
+def _subcontractor_summary(sub: Subcontractor) -> dict[str, object]:
+    return {
+        "name": sub.name,
+        "storage": sub.storage_label,
+        "service": sub.service,
+        "purposes": "any" if sub.serves_any else list(sub.purposes),
+        "service_area": None if sub.service_area is None else sorted(sub.service_area),
+        "encryption_required": sub.encryption_required,
+        "transfer_mechanism": sub.transfer_mechanism,
+        "source": sub.source,
+    }
+
+
+def _era_now(policy: Policy) -> Era:
+    import bisect
+    import time
+
+    return policy.timeline.eras[bisect.bisect_right(policy.timeline.boundaries, int(time.time() * 1000))]
 
 
 def _cmd_policy_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,15 +112,35 @@ def _cmd_policy_show(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  unknown fields -> {policy.unclassified_category}, treated as {policy.unclassified_treated_as}")
     print(f"purposes ({len(policy.purposes)}):")
     for pid, purpose in policy.purposes.items():
-        print(f"  {pid:<26} {purpose.legal_basis}")
+        condition = purpose.special_category_condition or "no health data"
+        print(f"  {pid:<26} {purpose.legal_basis:<21} Art. 9(2): {condition}")
     print(f"subcontractors ({len(policy.subcontractor_list)}):")
     for sub in policy.subcontractor_list:
-        print(f"  {sub.name:<20} {sub.storage_label:<6} {sub.service}")
+        area = (
+            "" if sub.service_area is None else f"  only residents of {_countries(sub.service_area, policy)}"
+        )
+        extra = (
+            ("  the controller, any purpose" if sub.controller else "")
+            + ("  encrypted" if sub.encryption_required else "")
+            + (f"  {sub.transfer_mechanism}" if sub.transfer_mechanism else "")
+        )
+        print(f"  {sub.name:<20} {sub.storage_label:<6} {sub.service}{extra}{area}")
     print(f"protected zone: {policy.protected_zone} ({len(policy.protected_countries)} countries)")
+    if policy.timeline.eras:
+        print("adequacy decisions in force today: " + ", ".join(sorted(_era_now(policy).adequate)))
     print(f"rules ({len(policy.rules)}): " + ", ".join(r.id for r in policy.rules))
+    print(f"flags ({len(policy.flags)}, advisory): " + ", ".join(r.id for r in policy.flags))
     enabled = ", ".join(e.id for e in policy.exceptions) or "none"
     print(f"exceptions enabled: {enabled}; disabled: {', '.join(policy.disabled_exceptions) or 'none'}")
     return 0
+
+
+def _countries(countries: frozenset[str], policy: Policy) -> str:
+    """A zone's id when the set is a zone, else the codes."""
+    for zone_id, members in policy.zones.items():
+        if members == countries:
+            return zone_id.upper()
+    return ",".join(sorted(countries))
 
 
 def _cmd_policy_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -157,6 +210,12 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
             columns, rows = answer["columns"], [tuple(row) for row in answer["rows"]]
         else:
             try:
+                if target.missing_columns:  # a store no worker of this version has opened yet
+                    raise StoreError(
+                        f"the audit table {target.table} predates row format 2 (it lacks "
+                        f"{', '.join(target.missing_columns)}): the reports need those columns, which "
+                        "a worker of this version adds at start-up; `flowaudit verify` reads it as it is"
+                    )
                 columns, rows = target.query(qualify(report.sql, target.table), parameters)
             finally:
                 target.close()

@@ -112,7 +112,33 @@ def _produce(runtime: Runtime, progress: Progress, count: int, seed: int) -> Non
         progress.producing_done = True
 
 
+# What the summary says of the rules and flags whose checks read the consent ledger (by check name).
+# The stream has no ledger yet (a Faust table over a consent topic is a later issue), so every consent
+# an event cites is "unverified", and `consent-not-valid` cannot fire there.
+LEDGER_NOTES = {
+    "consent_not_valid": "judged only by `flowaudit evaluate` until the consent topic lands: "
+    "the stream has no consent ledger yet",
+    "consent_unverified": "every cited consent: the stream has no consent ledger yet, "
+    "so none can be verified",
+}
+
+
+def _counts(store: AuditStore, sql: str, since: dict[str, Any]) -> dict[str, int]:
+    _, rows = store.query(sql, since)
+    return {str(key): int(count) for key, count in rows}
+
+
+def _every(ids: list[str], seen: dict[str, int]) -> dict[str, int]:
+    """A count for each id of the policy (zeros included, so a missing one shows), then any other id
+    seen in the store; by count, then in the policy's order."""
+    counts = {rule_id: seen.get(rule_id, 0) for rule_id in ids}
+    counts.update((rule_id, n) for rule_id, n in seen.items() if rule_id not in counts)
+    order = {rule_id: index for index, rule_id in enumerate(counts)}
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], order[item[0]])))
+
+
 def _summary(store: AuditStore, progress: Progress, started_ms: int) -> dict[str, Any]:
+    policy = store.policy
     since = {"since": started_ms / 1000}
     where = (
         f"FROM {store.table} WHERE ingested_at >= fromUnixTimestamp64Milli(toInt64({{since:Float64}} * 1000))"
@@ -120,12 +146,16 @@ def _summary(store: AuditStore, progress: Progress, started_ms: int) -> dict[str
     _, by_kind = store.query(
         f"SELECT event_type, decision, count() {where} GROUP BY 1, 2 ORDER BY 1, 2", since
     )
-    _, by_rule = store.query(
-        f"SELECT arrayJoin(rules) AS rule, count() {where} GROUP BY rule ORDER BY 2 DESC, 1", since
-    )
+    by_rule = _counts(store, f"SELECT arrayJoin(rules) AS rule, count() {where} GROUP BY rule", since)
+    by_flag = _counts(store, f"SELECT arrayJoin(flags) AS flag, count() {where} GROUP BY flag", since)
     _, health = store.query(
         f"SELECT destination_country, countIf(decision = 'blocked'), count() {where} AND special_category "
         "GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT 10",
+        since,
+    )
+    _, mechanisms = store.query(
+        f"SELECT transfer_mechanism, countIf(decision = 'blocked'), count() {where} "
+        "AND transfer_mechanism IS NOT NULL GROUP BY 1 ORDER BY 3 DESC, 1",
         since,
     )
     kinds: dict[str, dict[str, int]] = {}
@@ -141,11 +171,27 @@ def _summary(store: AuditStore, progress: Progress, started_ms: int) -> dict[str
         "audit_rows": allowed + blocked,
         "accounted_for": allowed + blocked + progress.dead_lettered == progress.produced,
         "by_kind": kinds,
-        "blocked_by_rule": {rule: int(count) for rule, count in by_rule},
+        "blocked_by_rule": _every([rule.id for rule in policy.rules], by_rule),
+        "flags": _every([flag.id for flag in policy.flags], by_flag),
+        "transfers_outside_eea": {
+            str(mechanism): {"events": int(n), "blocked": int(b)} for mechanism, b, n in mechanisms
+        },
+        "notes": {
+            rule.id: LEDGER_NOTES[rule.check]
+            for rule in (*policy.rules, *policy.flags)
+            if rule.check in LEDGER_NOTES
+        },
         "health_data_destinations": [
             {"country": c, "blocked": int(b), "events": int(n)} for c, b, n in health
         ],
     }
+
+
+def _print_counts(title: str, counts: dict[str, int], notes: dict[str, str]) -> None:
+    print(f"\n{title}")
+    for rule_id, count in counts.items():
+        note = f"   ({notes[rule_id]})" if rule_id in notes else ""
+        print(f"  {rule_id:<40} {count:>7,}{note}")
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -162,9 +208,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("\nevents by kind and decision:")
     for kind, counts in summary["by_kind"].items():
         print(f"  {kind:<24} allowed {counts['allowed']:>7,}   blocked {counts['blocked']:>6,}")
-    print("\nblocked by rule (an event may fire several):")
-    for rule, count in summary["blocked_by_rule"].items():
-        print(f"  {rule:<34} {count:>7,}")
+    notes = summary["notes"]
+    _print_counts(
+        "blocked by rule (an event may fire several; every rule, zeros included):",
+        summary["blocked_by_rule"],
+        notes,
+    )
+    _print_counts("advisory flags raised (they never block):", summary["flags"], notes)
+    print("\ntransfers outside the EEA by transfer mechanism:")
+    for mechanism, row in summary["transfers_outside_eea"].items():
+        print(f"  {mechanism:<20} {row['events']:>7,} events, {row['blocked']:>6,} blocked")
     print("\ntop destinations of health data:")
     for row in summary["health_data_destinations"]:
         print(f"  {row['country']}  {row['events']:>7,} events, {row['blocked']:>6,} blocked")

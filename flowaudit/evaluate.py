@@ -11,6 +11,7 @@ from typing import BinaryIO
 import orjson
 
 from flowaudit.common.tuning import tune_process
+from flowaudit.domain.consent import CONSENT_KIND, MemoryConsentLedger, consent_from_mapping
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import InvalidEvent, check_occurred_at, event_from_mapping
 from flowaudit.domain.policy import Policy
@@ -30,8 +31,10 @@ class EvaluationStats:
 def evaluate_lines(
     lines: Iterable[bytes], policy: Policy, out: BinaryIO, *, verbose: bool = False, flush_every: int = 4096
 ) -> EvaluationStats:
-    """Decide each line and write the result; never stops on a bad line. Memory stays flat."""
-    decider = Decider(policy)
+    """Decide each line and write the result; never stops on a bad line. Memory stays flat over flow
+    lines (the consent ledger grows with the consent lines read: one record per consent id)."""
+    ledger = MemoryConsentLedger()
+    decider = Decider(policy, ledger)
     stats = EvaluationStats()
     started = time.perf_counter()
     pending: list[bytes] = []
@@ -42,10 +45,7 @@ def evaluate_lines(
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise InvalidEvent(f"not valid JSON: {exc}") from None
-            event = event_from_mapping(record, policy)
-            check_occurred_at(event.occurred_at_ms, int(time.time() * 1000))
-            decision = decider.decide(event)
-            payload = decision.to_dict() if verbose else decision.to_contract_dict()
+            payload = _evaluate_record(record, policy, decider, ledger, verbose)
         except InvalidEvent as exc:
             stats.errors += 1
             payload = {"line": number, "error": str(exc)}
@@ -58,6 +58,23 @@ def evaluate_lines(
     out.flush()
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _evaluate_record(
+    record: object, policy: Policy, decider: Decider, ledger: MemoryConsentLedger, verbose: bool
+) -> dict[str, object]:
+    """The output object of one parsed line: a consent line updates the ledger (in input order: later
+    flow lines see it, earlier ones did not); a flow line is decided. InvalidEvent when invalid."""
+    now_ms = int(time.time() * 1000)
+    if isinstance(record, dict) and record.get("event_type") == CONSENT_KIND:
+        consent = consent_from_mapping(record, policy)
+        check_occurred_at(consent.occurred_at_ms, now_ms)
+        ledger.apply(consent)
+        return {"event_id": consent.event_id, "consent": consent.action, "consent_id": consent.consent_id}
+    event = event_from_mapping(record, policy)  # type: ignore[arg-type]  # it checks the type itself
+    check_occurred_at(event.occurred_at_ms, now_ms)
+    decision = decider.decide(event)
+    return decision.to_dict() if verbose else decision.to_contract_dict()
 
 
 def read_lines(source: BinaryIO) -> Iterable[bytes]:

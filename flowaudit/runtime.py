@@ -27,6 +27,7 @@ from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
 from flowaudit.sinks.reader import StoreReader
 from flowaudit.sinks.writer import ClickHouseSink
 from flowaudit.streams.app import BatchObserver, BatchRunner, FlowauditApp, crash_from_thread, create_app
+from flowaudit.streams.measure import zero_policy_series
 from flowaudit.streams.pipe import PipelineConfig, PipelineProcessError
 from flowaudit.streams.pipeline import LocalPipeline, batch_processors
 from flowaudit.streams.pipeline_process import PipelineMetrics, PipelineProcess, RemotePipeline
@@ -110,7 +111,7 @@ def build_runtime(
     """
     policy = policy or load_policy(settings.policy_dir)
     metrics.POLICY.info({"version": policy.version})
-    metrics.zero_known_series(list(settings.input_topics), [rule.id for rule in policy.rules])
+    zero_policy_series(settings.input_topics, policy)
     broker = None
     if settings.kafka_url:
         bootstrap = kafka_bootstrap(settings.kafka_url)

@@ -5,6 +5,14 @@ epoch milliseconds, which DateTime64(3) stores exactly). The row hash is SHA-256
 JSON of that tuple. The verifier rebuilds the tuple from what ClickHouse returns and must get the
 same bytes. Hashes are stored as 32 raw bytes (FixedString(32)); `hex(row_hash)` shows them.
 
+Row formats: the content a row hashes depends on the code that wrote it, and the `row_format`
+column says which. Format 1 (before contract v2) hashed `CONTENT_COLUMNS_V1`; format 2 hashes
+`CONTENT_COLUMNS_V2`, which appends `row_format` itself and the contract v2 columns. A store created
+before format 2 gets the new columns at start-up (`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, see
+schemas/sql/audit.sql) with `row_format DEFAULT 1`, so its old rows read as format 1 and verify
+against the tuple they were written with. A format's column list never changes once rows are
+written in it: a new content column means a new format.
+
 Rows of one batch from one source partition form a *link* of that partition's chain:
 
     link_hash = HMAC-SHA256(key, "chain_id|seq|row count|" previous link_hash, row hashes...)
@@ -32,7 +40,8 @@ from flowaudit.domain.policy import Policy
 
 GENESIS = bytes(32)
 
-CONTENT_COLUMNS: tuple[str, ...] = (
+# Format 1: what the code before contract v2 hashed (frozen: rows in the stores were written with it).
+CONTENT_COLUMNS_V1: tuple[str, ...] = (
     "event_id",
     "event_type",
     "occurred_at",
@@ -65,8 +74,24 @@ CONTENT_COLUMNS: tuple[str, ...] = (
     "source_offset",
     "ingested_at",
 )
+# Format 2 (contract v2): format 1, then the format itself and the v2 columns. `outside_protected_zone`
+# follows the decision (transfer_mechanism is not None: the zone as it stood at occurred_at).
+CONTENT_COLUMNS_V2: tuple[str, ...] = (
+    *CONTENT_COLUMNS_V1,
+    "row_format",
+    "special_category_condition",
+    "transfer_mechanism",
+    "flags",
+    "counterparty_name",
+    "subjects",
+)
+ROW_FORMAT = 2  # the format this code writes
+CONTENT_COLUMNS_BY_FORMAT: dict[int, tuple[str, ...]] = {1: CONTENT_COLUMNS_V1, 2: CONTENT_COLUMNS_V2}
+CONTENT_COLUMNS = CONTENT_COLUMNS_BY_FORMAT[ROW_FORMAT]
 LINK_COLUMNS: tuple[str, ...] = ("chain_id", "chain_seq", "link_rows", "link_index", "link_hash", "row_hash")
 ALL_COLUMNS = CONTENT_COLUMNS + LINK_COLUMNS
+# what a table must have to be read at all: a store of format 1 rows not migrated yet
+ALL_COLUMNS_V1 = CONTENT_COLUMNS_V1 + LINK_COLUMNS
 TIMESTAMP_COLUMNS = frozenset({"occurred_at", "decided_at", "ingested_at"})
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
@@ -104,7 +129,6 @@ class RowBuilder:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._special = policy.special_reported_categories
-        self._zone = policy.protected_countries
         self._zone_id = policy.protected_zone
         self._declared = {pid: p.data_categories for pid, p in policy.purposes.items()}
         self._facts_memo: dict[tuple[str, tuple[str, ...]], tuple[bool, tuple[str, ...]]] = {}
@@ -127,7 +151,7 @@ class RowBuilder:
 
     def contents(self, records: Iterable[AuditRecord], ingested_at_ms: int) -> list[tuple[Any, ...]]:
         """The content columns of each record (one loop: the writer's hot path)."""
-        memo, zone, zone_id, counterparty_of = self._facts_memo, self._zone, self._zone_id, self._counterparty
+        memo, zone_id, counterparty_of = self._facts_memo, self._zone_id, self._counterparty
         rows = []
         for record in records:
             event, decision = record.event, record.decision
@@ -136,7 +160,7 @@ class RowBuilder:
             facts = memo.get((purpose, categories)) or self._facts(purpose, categories)
             kind = event.event_type
             counterparty_type, counterparty = counterparty_of[kind](event)
-            destination = event.destination_country
+            mechanism = decision.transfer_mechanism
             rows.append(
                 (
                     decision.event_id,
@@ -144,8 +168,8 @@ class RowBuilder:
                     event.occurred_at_ms,
                     event.user_id,
                     event.user_country,
-                    destination,
-                    destination not in zone,
+                    event.destination_country,
+                    mechanism is not None,  # outside the zone as it stood at occurred_at
                     zone_id,
                     counterparty_type,
                     counterparty,
@@ -170,6 +194,12 @@ class RowBuilder:
                     record.partition,
                     record.offset,
                     ingested_at_ms,
+                    ROW_FORMAT,
+                    decision.special_category_condition,
+                    mechanism,
+                    decision.flags,
+                    decision.counterparty,
+                    event.subjects or (),
                 )
             )
         return rows
@@ -205,10 +235,20 @@ class ChainHead:
     last_offset: int = -1
 
 
+class UnknownRowFormat(ValueError):
+    """A stored row names a row format this code does not know (altered, or written by newer code)."""
+
+
 def content_from_stored(row: dict[str, Any]) -> tuple[Any, ...]:
-    """Rebuild the content tuple from a row as clickhouse-connect returns it (the verifier's side)."""
+    """Rebuild the content tuple from a row as clickhouse-connect returns it (the verifier's side),
+    in the columns of the row's own format (`row_format`; absent: a store of format 1 rows only).
+    Raises UnknownRowFormat."""
+    row_format = int(row.get("row_format", 1))
+    columns = CONTENT_COLUMNS_BY_FORMAT.get(row_format)
+    if columns is None:
+        raise UnknownRowFormat(f"unknown row format {row_format}")
     values = []
-    for name in CONTENT_COLUMNS:
+    for name in columns:
         value = row[name]
         if name in TIMESTAMP_COLUMNS:
             # the verifier reads timestamps as epoch milliseconds (any value, even beyond year 9999);

@@ -35,8 +35,10 @@ from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 from flowaudit.sinks.audit import (
     ALL_COLUMNS,
+    ALL_COLUMNS_V1,
     CONTENT_COLUMNS,
     GENESIS,
+    ROW_FORMAT,
     AuditRecord,
     ChainHead,
     RowBuilder,
@@ -160,6 +162,7 @@ class AuditStore:
         self.heads: dict[str, ChainHead] = {}
         self.released: set[str] = set()  # chains whose partitions another writer owns now
         self.recent = RecentEventIds()
+        self.columns: frozenset[str] = frozenset()  # the table's columns, read at connect
         self._client: Any = None
 
     # --- connection -----------------------------------------------------------------------------------
@@ -171,10 +174,13 @@ class AuditStore:
     def connect(self, *, writer: bool = True) -> None:
         """Open the client and check the table (`sinks.startup`). Raises StoreError.
 
-        A writer (the worker) creates the store if need be (the DDL is idempotent), loads the chain
-        heads and the window of recent event ids, and checks that the chain key is the one the
-        chains were written with. A reader (`flowaudit report|verify`) creates nothing: a store
-        that does not exist (a mistyped data directory, say) is an error, not an empty store.
+        A writer (the worker) creates the store if need be (the DDL is idempotent), adds the
+        columns of the current row format to a store created before it, loads the chain heads and
+        the window of recent event ids, and checks that the chain key is the one the chains were
+        written with. A reader (`flowaudit report|verify`) creates nothing: a store that does not
+        exist (a mistyped data directory, say) is an error, not an empty store; a store that no
+        writer of this version has opened yet is read as it is (`missing_columns` names what it
+        lacks: verify reads it, reports need those columns).
         """
         try:
             if self.embedded:
@@ -185,7 +191,7 @@ class AuditStore:
             self._client = clickhouse_connect.get_client(dsn=self.url)
             if writer:
                 self.apply_ddl()
-            check_table(self.client, self.table, ALL_COLUMNS)
+            self.columns = check_table(self.client, self.table, ALL_COLUMNS if writer else ALL_COLUMNS_V1)
             self.heads = self.load_heads()
             if writer:
                 check_chain_key(self.client, self.table, self.key, self.heads)
@@ -215,11 +221,42 @@ class AuditStore:
             except Exception:  # closing is best effort
                 log.debug("closing the ClickHouse client failed", exc_info=True)
 
+    @property
+    def missing_columns(self) -> tuple[str, ...]:
+        """The columns of the current row format that the table lacks (none once a writer of this
+        version has opened it)."""
+        return tuple(column for column in ALL_COLUMNS if column not in self.columns)
+
     def apply_ddl(self) -> None:
+        """Create the table if need be; add the current row format's columns if it lacks any.
+
+        The ALTER statements of the DDL run only when a column is missing, so a store that has them
+        needs no ALTER privilege (schemas/sql/roles.sql grants ALTER ADD COLUMN for the migration).
+        Raises StartupError when the columns cannot be added."""
         if self.database:
             self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-        for statement in split_statements(DDL_FILE.read_text()):
-            self.client.command(qualify(statement, self.table))
+        statements = [qualify(s, self.table) for s in split_statements(DDL_FILE.read_text())]
+        alters = [s for s in statements if s.lstrip().upper().startswith("ALTER")]
+        for statement in statements:
+            if statement not in alters:
+                self.client.command(statement)
+        missing = [c for c in ALL_COLUMNS if c not in check_table(self.client, self.table, ())]
+        if not missing or not alters:
+            return
+        log.warning(
+            "audit table %s predates row format %d: adding the columns %s (older rows keep their format)",
+            self.table,
+            ROW_FORMAT,
+            ", ".join(missing),
+        )
+        try:
+            for statement in alters:
+                self.client.command(statement)
+        except Exception as exc:
+            raise StartupError(
+                f"cannot add the columns {', '.join(missing)} to {self.table} ({exc}); the writer needs "
+                "ALTER ADD COLUMN on the table (schemas/sql/roles.sql)"
+            ) from exc
 
     def load_heads(self, chains: Sequence[str] | None = None) -> dict[str, ChainHead]:
         """The last durable link of every chain in the store (or of `chains` only)."""

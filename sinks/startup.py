@@ -2,7 +2,8 @@
 
 Each check raises `StartupError` (a `StoreError`) with one line that says what is wrong and what to do:
 - `check_table`: the table exists, keeps its rows (a MergeTree engine: an `ENGINE = Null` table
-  accepts every insert and stores nothing) and has every column the writer sends;
+  accepts every insert and stores nothing) and has every column the writer sends (a reader: every
+  column of the oldest row format it can read); it returns the columns the table has;
 - `check_chain_key`: the last link of every chain verifies with the configured key. A changed key
   would otherwise be accepted silently, and every later `flowaudit verify` would report tampering.
 
@@ -26,8 +27,9 @@ def _database_and_name(table: str) -> tuple[str | None, str]:
     return (database if dot else None), name
 
 
-def check_table(client: Any, table: str, columns: Sequence[str]) -> None:
-    """The table exists with a MergeTree-family engine and all `columns`. Raises StartupError."""
+def check_table(client: Any, table: str, columns: Sequence[str]) -> frozenset[str]:
+    """The table exists with a MergeTree-family engine and all `columns`; returns every column it
+    has. Raises StartupError."""
     database, name = _database_and_name(table)
     where = "database = {db:String}" if database else "database = currentDatabase()"
     parameters = {"db": database, "name": name} if database else {"name": name}
@@ -42,18 +44,19 @@ def check_table(client: Any, table: str, columns: Sequence[str]) -> None:
             f"table {table} has ENGINE = {engine}: it would not keep audit rows; "
             "recreate it from schemas/sql/audit.sql (a MergeTree table)"
         )
-    present = {
+    present = frozenset(
         str(row[0])
         for row in client.query(
             f"SELECT name FROM system.columns WHERE {where} AND table = {{name:String}}",
             parameters=parameters,
         ).result_rows
-    }
+    )
     missing = [column for column in columns if column not in present]
     if missing:
         raise StartupError(
             f"table {table} lacks the columns {', '.join(missing)} (see schemas/sql/audit.sql)"
         )
+    return present
 
 
 def check_chain_key(client: Any, table: str, key: bytes, heads: Mapping[str, ChainHead]) -> None:

@@ -8,6 +8,11 @@ Works in two passes, both streaming:
 
 The first problem found is reported, naming the chain, the link and, where one exists, the row
 (its event id and source offset). A deleted row is named by its position in its link.
+
+Each row is hashed in the columns of its own row format (`sinks.audit.content_from_stored`), so a
+store with rows written before and after a format change verifies as one chain; a row whose format
+was altered no longer matches its hash. A store that no writer of this version has migrated yet
+(no `row_format` column) is read with the columns it has: all its rows are format 1.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from flowaudit.sinks.audit import (
     CONTENT_COLUMNS,
     GENESIS,
     TIMESTAMP_COLUMNS,
+    UnknownRowFormat,
     content_bytes,
     content_from_stored,
     link_hash,
@@ -30,10 +36,17 @@ from flowaudit.sinks.clickhouse import AuditStore
 _WINDOW_ROWS = 200_000
 # Timestamps are read as epoch milliseconds, the form they were hashed in: a stored value outside
 # the range of Python's datetime (year 1 to 9999) must not stop the verification of a whole store.
-_COLUMNS = ", ".join(
-    f"toUnixTimestamp64Milli({name}) AS {name}" if name in TIMESTAMP_COLUMNS else name
-    for name in (*CONTENT_COLUMNS, "chain_seq", "link_rows", "link_index", "link_hash", "row_hash")
-)
+_LINK_READ = ("chain_seq", "link_rows", "link_index", "link_hash", "row_hash")
+
+
+def _select_list(columns: frozenset[str]) -> str:
+    """The columns verify reads: every content column of any format that the table has (all of
+    them when the table's columns are not known)."""
+    return ", ".join(
+        f"toUnixTimestamp64Milli({name}) AS {name}" if name in TIMESTAMP_COLUMNS else name
+        for name in (*CONTENT_COLUMNS, *_LINK_READ)
+        if not columns or name in columns
+    )
 
 
 @dataclass
@@ -72,7 +85,10 @@ def verify_link_rows(
     hashes: list[bytes] = []
     seen_index: dict[int, dict[str, Any]] = {}
     for row in rows:
-        content = content_bytes(content_from_stored(row))
+        try:
+            content = content_bytes(content_from_stored(row))
+        except (UnknownRowFormat, KeyError) as exc:
+            return f"{where}: row {_describe(row)} was altered ({exc})", b""
         digest = row_hash(content)
         if digest != bytes(row["row_hash"]):
             return f"{where}: row {_describe(row)} was altered (its content no longer matches its hash)", b""
@@ -162,6 +178,7 @@ def _index_problem(chain: str, links: list[tuple[int, int, int, int, int]]) -> s
 
 def _verify_chains(store: AuditStore, report: VerifyReport, window_rows: int) -> Iterator[None]:
     chains = _link_index(store)
+    select = _select_list(store.columns)
     report.chains = len(chains)
     report.links = sum(len(links) for links in chains.values())
     yield
@@ -175,7 +192,7 @@ def _verify_chains(store: AuditStore, report: VerifyReport, window_rows: int) ->
             first, last = window[0][0], window[-1][0]
             rows_by_seq: dict[int, list[dict[str, Any]]] = {}
             for row in store.stream(
-                f"SELECT {_COLUMNS} FROM {store.table} WHERE chain_id = {{chain:String}} "
+                f"SELECT {select} FROM {store.table} WHERE chain_id = {{chain:String}} "
                 f"AND chain_seq BETWEEN {{first:UInt64}} AND {{last:UInt64}} "
                 f"ORDER BY chain_seq, link_index, source_offset",
                 {"chain": chain, "first": first, "last": last},

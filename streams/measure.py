@@ -6,12 +6,14 @@ process: `streams.route`). Metrics are declared once, in `flowaudit.common.metri
 
 Labels and special series are keyed on the policy's data (a rule's `check`, the special categories),
 never on literal rule ids: renaming a rule in policy/rules.yaml must not silently zero a metric and
-the alert built on it.
+the alert built on it. The label sets are closed: the rule ids and flag ids of the loaded policy
+(`zero_policy_series` creates each series at 0), and the contract's transfer mechanisms.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 from flowaudit.common import metrics
 from flowaudit.domain.policy import Policy
@@ -20,6 +22,17 @@ from flowaudit.streams.messages import BatchResult
 
 # the rule check whose firing feeds `flowaudit_unknown_subcontractor_events_total`
 UNKNOWN_SUBCONTRACTOR_CHECK = "unknown_subcontractor"
+
+
+def zero_policy_series(kinds: Iterable[str], policy: Policy) -> None:
+    """Create every series whose labels come from the policy (rules, flags) at 0, for each kind.
+
+    The one place that reads the label sets off the loaded policy: the worker's process and the
+    pipeline process both call it at start-up, so an alert on `increase()` sees the first event.
+    """
+    metrics.zero_known_series(
+        list(kinds), [rule.id for rule in policy.rules], [flag.id for flag in policy.flags]
+    )
 
 
 class BatchMetrics:
@@ -43,6 +56,8 @@ class BatchMetrics:
         for reason, count in decided.reasons.items():
             metrics.DEAD_LETTERS.labels(kind, reason).inc(count)
         by_rule: Counter[str] = Counter()
+        by_flag: Counter[str] = Counter()
+        by_mechanism: Counter[tuple[str, str]] = Counter()
         by_category: Counter[tuple[str, str]] = Counter()
         health: Counter[tuple[str, str]] = Counter()
         unknown_subcontractor = 0
@@ -54,6 +69,11 @@ class BatchMetrics:
                 by_rule.update(rules)
                 if not unknown_rules.isdisjoint(rules):  # an event counts once, whichever rule fired
                     unknown_subcontractor += 1
+            if decision.flags:  # most events raise none
+                by_flag.update(decision.flags)
+            mechanism = decision.transfer_mechanism
+            if mechanism is not None:  # None inside the protected zone
+                by_mechanism[(mechanism, decision.decision)] += 1
             basis = decision.legal_basis or "none"
             for category in decision.data_categories:
                 by_category[(category, basis)] += 1
@@ -61,6 +81,10 @@ class BatchMetrics:
                 health[(record.event.destination_country, decision.decision)] += 1
         for rule, count in by_rule.items():
             metrics.BLOCKED_BY_RULE.labels(kind, rule).inc(count)
+        for flag, count in by_flag.items():
+            metrics.FLAGGED.labels(kind, flag).inc(count)
+        for (mechanism, verdict), count in by_mechanism.items():
+            metrics.TRANSFERS_BY_MECHANISM.labels(kind, mechanism, verdict).inc(count)
         for (category, basis), count in by_category.items():
             metrics.EVENTS_BY_CATEGORY.labels(category, basis).inc(count)
         for (country, verdict), count in health.items():

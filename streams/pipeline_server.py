@@ -29,6 +29,7 @@ from flowaudit.common import metrics
 from flowaudit.common.tuning import tune_process
 from flowaudit.sinks.clickhouse import AuditStore, StoreError
 from flowaudit.sinks.writer import ClickHouseSink
+from flowaudit.streams.measure import zero_policy_series
 from flowaudit.streams.pipe import (
     ChainsRequest,
     Close,
@@ -77,7 +78,7 @@ def serve(connection: Connection, config: PipelineConfig) -> None:
         level=config.loglevel, format="%(asctime)s %(levelname)s %(name)s [pipeline process]: %(message)s"
     )
     policy = config.policy
-    metrics.zero_known_series(list(config.kinds), [rule.id for rule in policy.rules])
+    zero_policy_series(config.kinds, policy)
     store = AuditStore(config.store_url, policy, config.chain_key)
     try:
         store.connect()

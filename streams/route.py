@@ -53,16 +53,20 @@ class Publisher(Protocol):
 
 
 class DecisionHeaders:
-    """Encodes the `flowaudit-decision` header: the decision as JSON (schemas/headers/decision.v1.avsc).
+    """Encodes the `flowaudit-decision` header: the decision as JSON (schemas/headers/decision.v2.avsc),
+    its keys in the order of the `flowaudit evaluate` object (contract v2 §7) after `event_id` and
+    `decided_at`.
 
-    Called once per decided event, in the decide loop. All but the event id and the time repeat across
-    events, so that tail is encoded once per distinct decision and kept (up to 4096 of them).
+    Called once per decided event, in the decide loop. All but the event id, the time and the
+    counterparty repeat across events, so the middle (decision to waivers) is encoded once per
+    distinct decision and kept (up to 4096 of them); the counterparty (a sharing's recipient is free
+    text, too many to cache against) is encoded per event, and the policy version closes the object.
     """
 
     MAX_CACHED = 4096
 
     def __init__(self) -> None:
-        self._tails: dict[tuple[object, ...], bytes] = {}
+        self._middles: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
 
     def encode(self, decision: Decision, decided_at_ms: int) -> bytes:
         key = (
@@ -70,24 +74,37 @@ class DecisionHeaders:
             decision.data_categories,
             decision.legal_basis,
             decision.rules,
+            decision.special_category_condition,
+            decision.transfer_mechanism,
+            decision.flags,
             decision.waived,
+            decision.policy_version,
         )
-        tail = self._tails.get(key)
-        if tail is None:
-            tail = orjson.dumps(
+        cached = self._middles.get(key)
+        if cached is None:
+            middle = orjson.dumps(
                 {
                     "decision": decision.decision,
                     "data_categories": decision.data_categories,
                     "legal_basis": decision.legal_basis,
                     "rules": decision.rules,
+                    "special_category_condition": decision.special_category_condition,
+                    "transfer_mechanism": decision.transfer_mechanism,
+                    "flags": decision.flags,
                     "waived": decision.waived,
-                    "policy_version": decision.policy_version,
                 }
-            )[1:]
-            if len(self._tails) >= self.MAX_CACHED:
-                self._tails.clear()
-            self._tails[key] = tail
-        return b'{"event_id":"%s","decided_at":%d,%b' % (decision.event_id.encode(), decided_at_ms, tail)
+            )[1:-1]
+            cached = (middle, orjson.dumps(decision.policy_version))
+            if len(self._middles) >= self.MAX_CACHED:
+                self._middles.clear()
+            self._middles[key] = cached
+        return b'{"event_id":"%s","decided_at":%d,%b,"counterparty":%b,"policy_version":%b}' % (
+            decision.event_id.encode(),
+            decided_at_ms,
+            cached[0],
+            orjson.dumps(decision.counterparty),
+            cached[1],
+        )
 
 
 def forward(

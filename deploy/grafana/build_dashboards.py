@@ -41,6 +41,12 @@ LIVE_PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         "ops",
     ),
     (
+        "Flagged events/s by flag",
+        "timeseries",
+        [("sum by (flag) (rate(flowaudit_flagged_events_total[5m]))", "{{flag}}")],
+        "ops",
+    ),
+    (
         "Events/s by data category",
         "timeseries",
         [("sum by (category) (rate(flowaudit_events_by_category_total[5m]))", "{{category}}")],
@@ -63,6 +69,17 @@ LIVE_PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
             )
         ],
         "short",
+    ),
+    (
+        "Transfers outside the EEA/s by mechanism",
+        "timeseries",
+        [
+            (
+                "sum by (mechanism, decision) (rate(flowaudit_transfers_by_mechanism_total[5m]))",
+                "{{mechanism}} {{decision}}",
+            )
+        ],
+        "ops",
     ),
     (
         "Dead letters/s by reason",
@@ -226,6 +243,14 @@ CRITICAL_ALERTS = [
         "0s",
         "Health data was about to leave the EEA and the gate blocked it.",
         "Run `flowaudit report blocked-health-transfers`, identify the producer, open a DPO incident.",
+    ),
+    (
+        "flowaudit-transfer-without-safeguard",
+        "Transfer outside the EEA without a safeguard blocked",
+        'sum(increase(flowaudit_blocked_events_total{rule="transfer-without-safeguard"}[5m]))',
+        "0s",
+        "An EEA resident's data was about to leave the EEA with no Chapter V mechanism; the gate blocked it.",
+        "Run `flowaudit report transfers-outside-eea`, stop the producer, document a mechanism (DPO).",
     ),
     (
         "flowaudit-audit-sink-failing",

@@ -10,6 +10,7 @@ YAML is read with YAML 1.2 booleans (only true/false) and without duplicate keys
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -28,11 +29,17 @@ class _Strict(BaseModel):
 
 
 class FileHeader(_Strict):
-    """The keys every policy file starts with."""
+    """The keys every policy file starts with. Each file's model narrows `schema_version` to the
+    versions its loader reads (the files contract v2 changed are at version 2)."""
 
     kind: str
-    schema_version: Literal[1]
+    schema_version: int
     version: str = Field(min_length=1)
+
+
+# Where an entry's facts come from: "<seed> §<section>" (e.g. '003 §"Accounts."', "000 §HOSTING") or
+# "contract" where the seeds are silent. Every entry of every file gives one (contract v2 preamble).
+Source = Annotated[str, Field(min_length=3)]
 
 
 # --- taxonomy -----------------------------------------------------------------------------------------
@@ -41,30 +48,52 @@ class FileHeader(_Strict):
 class CategoryDef(_Strict):
     description: str
     special_category: bool = False
+    source: Source
 
 
 class UnclassifiedDef(_Strict):
     category: str
     treated_as: str
+    source: Source
+
+
+class DirectIdentifiersDef(_Strict):
+    """The fields that identify a person directly: pseudonymized data must not carry them."""
+
+    fields: list[str] = Field(min_length=1)
+    source: Source
 
 
 class TaxonomyFile(FileHeader):
     kind: Literal["taxonomy"]
+    schema_version: Literal[2]
     categories: dict[str, CategoryDef] = Field(min_length=1)
     unclassified: UnclassifiedDef
+    direct_identifiers: DirectIdentifiersDef
     fields: dict[str, list[str]]
+    field_sources: dict[str, Source]
 
 
 # --- register -----------------------------------------------------------------------------------------
 
 
+# GDPR Art. 9(2) conditions under which a purpose may process special-category (health) data.
+SpecialCategoryCondition = Literal["explicit_consent", "health_care", "public_health", "scientific_research"]
+
+# `data_categories: [all]`: the purpose declares every category of the taxonomy.
+ALL_CATEGORIES = "all"
+
+
 class PurposeDef(_Strict):
     legal_basis: LegalBasis
+    special_category_condition: SpecialCategoryCondition | None
     description: str
     data_categories: list[str] = Field(min_length=1)
     retention: str
     retention_period: str | None = None
-    source: str
+    source: Source
+    sources: dict[str, Source] = {}
+    notes: str | None = None  # for the DPO: what the entry rests on, questions still open
 
     @field_validator("retention_period")
     @classmethod
@@ -76,6 +105,7 @@ class PurposeDef(_Strict):
 
 class RegisterFile(FileHeader):
     kind: Literal["register"]
+    schema_version: Literal[2]
     purposes: dict[str, PurposeDef] = Field(min_length=1)
 
 
@@ -87,17 +117,28 @@ class StorageDef(_Strict):
     zone: str | None = None
 
 
+# `purposes: [any]`: the entry serves every purpose (the controller, listed as its own host).
+ANY_PURPOSE = "any"
+
+
 class SubcontractorDef(_Strict):
     name: str = Field(min_length=1)
     aliases: list[str] = []
+    controller: bool = False
     storage: StorageDef
     service: str
     task: str
-    purposes: list[str] = []
+    purposes: list[str] = Field(min_length=1)
+    service_area: StorageDef | None
+    encryption_required: bool
+    transfer_mechanism: Literal["scc", "bcr", "dpf"] | None
+    source: Source
+    sources: dict[str, Source] = {}
 
 
 class SubcontractorsFile(FileHeader):
     kind: Literal["subcontractors"]
+    schema_version: Literal[2]
     subcontractors: list[SubcontractorDef]
 
 
@@ -111,12 +152,14 @@ class ZoneDef(_Strict):
 
 class ZonesFile(FileHeader):
     kind: Literal["zones"]
+    schema_version: Literal[1]
     protected_zone: str
     zones: dict[str, ZoneDef] = Field(min_length=1)
 
 
 class CountriesFile(FileHeader):
     kind: Literal["countries"]
+    schema_version: Literal[1]
     countries: list[str] = Field(min_length=1)
 
 
@@ -148,6 +191,8 @@ EventKind = Annotated[str, BeforeValidator(_known_kind)]
 class RuleParams(_Strict):
     categories: list[str] = []
     purposes: list[str] = []
+    unless_purposes: list[str] = []  # purposes the check never fires for
+    except_categories: list[str] = []  # categories that alone do not make the check fire
     legal_bases: list[LegalBasis] = []
     event_types: list[EventKind] = []
     zone: str | None = None
@@ -160,11 +205,16 @@ class RuleDef(_Strict):
     severity: Literal["critical", "high", "medium", "low"]
     enabled: bool = True
     params: RuleParams = RuleParams()
+    source: Source
 
 
 class RulesFile(FileHeader):
+    """Rules block an event when they fire; flags (same entries, same checks) are advisory only."""
+
     kind: Literal["rules"]
+    schema_version: Literal[2]
     rules: list[RuleDef] = Field(min_length=1)
+    flags: list[RuleDef] = []
 
 
 class ExceptionScope(_Strict):
@@ -174,6 +224,7 @@ class ExceptionScope(_Strict):
     recipients: list[str] = []
     user_countries: list[str] = []
     destination_countries: list[str] = []
+    requires_consent_id: bool = False  # the event must carry a (non-empty) consent reference
 
 
 class ExceptionDef(_Strict):
@@ -182,11 +233,44 @@ class ExceptionDef(_Strict):
     waives: str
     justification: str = Field(min_length=10)
     scope: ExceptionScope
+    source: Source
 
 
 class ExceptionsFile(FileHeader):
     kind: Literal["exceptions"]
+    schema_version: Literal[2]
     exceptions: list[ExceptionDef] = []
+
+
+# --- adequacy (Chapter V, in time) --------------------------------------------------------------------
+
+
+class DatedDef(_Strict):
+    """A period of days: from 00:00 UTC of `from` (absent: always before) through the end of `until`
+    (inclusive; absent: still in force)."""
+
+    from_: date | None = Field(default=None, alias="from")
+    until: date | None = None
+    source: Source
+
+
+class FrameworkDef(_Strict):
+    """A transfer mechanism that exists only from a date and for one destination country (the EU-US
+    Data Privacy Framework): a recipient registered with it is covered only while it is in force."""
+
+    country: str
+    from_: date = Field(alias="from")
+    until: date | None = None
+    scope: Literal["certified_recipients"]
+    source: Source
+
+
+class AdequacyFile(FileHeader):
+    kind: Literal["adequacy"]
+    schema_version: Literal[1]
+    decisions: dict[str, DatedDef]
+    frameworks: dict[Literal["scc", "bcr", "dpf"], FrameworkDef] = {}
+    zone_membership: dict[str, dict[str, DatedDef]] = {}
 
 
 # --- reading ------------------------------------------------------------------------------------------

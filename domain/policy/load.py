@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic
 
 from flowaudit.domain.policy.checks import CHECKS
 from flowaudit.domain.policy.files import (
+    ALL_CATEGORIES,
+    ANY_PURPOSE,
+    AdequacyFile,
     CountriesFile,
+    DatedDef,
     ExceptionScope,
     ExceptionsFile,
     M,
@@ -36,12 +41,14 @@ from flowaudit.domain.policy.files import (
 )
 from flowaudit.domain.policy.model import (
     Category,
+    Era,
     Policy,
     PolicyError,
     PolicyException,
     Purpose,
     Rule,
     Subcontractor,
+    Timeline,
 )
 
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -63,13 +70,16 @@ class _Draft:
     unclassified_category: str = ""
     unclassified_treated_as: str = ""
     special_categories: frozenset[str] = frozenset()
+    direct_identifiers: frozenset[str] = frozenset()
     zones: dict[str, frozenset[str]] = field(default_factory=dict)
+    timeline: Timeline = field(default_factory=lambda: Timeline((), ()))
     protected_zone: str = ""
     purposes: dict[str, Purpose] = field(default_factory=dict)
     subcontractors: dict[str, Subcontractor] = field(default_factory=dict)  # lower-cased names, aliases
     subcontractor_list: list[Subcontractor] = field(default_factory=list)
     rule_ids: set[str] = field(default_factory=set)  # disabled rules too: an exception may waive one
     rules: list[Rule] = field(default_factory=list)  # enabled ones
+    flags: list[Rule] = field(default_factory=list)  # enabled ones
     exceptions: list[PolicyException] = field(default_factory=list)  # enabled ones
     disabled_exceptions: list[str] = field(default_factory=list)
 
@@ -98,6 +108,11 @@ def _compile_taxonomy(doc: TaxonomyFile, draft: _Draft, fail: Fail) -> None:
     if unclassified.treated_as not in doc.categories:
         raise fail("unclassified.treated_as", f"unknown category {unclassified.treated_as!r}")
     draft.field_categories = _field_categories(doc, fail)
+    _check_field_sources(doc, draft.field_categories, fail)
+    for name in doc.direct_identifiers.fields:
+        if name not in draft.field_categories:
+            raise fail("direct_identifiers.fields", f"unknown field {name!r}")
+    draft.direct_identifiers = frozenset(doc.direct_identifiers.fields)
     draft.categories = {
         name: Category(description=cat.description, special_category=cat.special_category)
         for name, cat in doc.categories.items()
@@ -127,6 +142,18 @@ def _field_categories(doc: TaxonomyFile, fail: Fail) -> dict[str, str]:
     return field_categories
 
 
+def _check_field_sources(doc: TaxonomyFile, field_categories: Mapping[str, str], fail: Fail) -> None:
+    """Every field of the vocabulary names its source, and a source is given only for a field of it."""
+    for name in field_categories:
+        if name not in doc.field_sources:
+            raise fail(
+                f"field_sources.{name}", "every field names its source (seed and section, or contract)"
+            )
+    for name in doc.field_sources:
+        if name not in field_categories:
+            raise fail(f"field_sources.{name}", "a source for a field that no category lists")
+
+
 def _compile_zones(doc: ZonesFile, draft: _Draft, fail: Fail) -> None:
     for zone_id, zone in doc.zones.items():
         for code in zone.countries:
@@ -140,35 +167,73 @@ def _compile_zones(doc: ZonesFile, draft: _Draft, fail: Fail) -> None:
 
 def _compile_register(doc: RegisterFile, draft: _Draft, fail: Fail) -> None:
     for purpose_id, purpose in doc.purposes.items():
+        entry = f"purposes.{purpose_id}"
         if not _IDENTIFIER.match(purpose_id):
-            raise fail(f"purposes.{purpose_id}", "purpose ids are lower_snake_case")
-        for category in purpose.data_categories:
-            if category not in draft.categories:
-                raise fail(f"purposes.{purpose_id}.data_categories", f"unknown category {category!r}")
+            raise fail(entry, "purpose ids are lower_snake_case")
+        if purpose_id == ANY_PURPOSE:
+            raise fail(entry, f"{ANY_PURPOSE!r} is reserved: a subcontractor serving every purpose")
+        declared = _declared_categories(purpose.data_categories, f"{entry}.data_categories", draft, fail)
+        condition = purpose.special_category_condition
+        special = declared & draft.special_categories
+        # Contract v2 §3: health counts as declared exactly where the purpose has an Art. 9(2) condition.
+        if special and condition is None:
+            raise fail(
+                f"{entry}.special_category_condition",
+                f"declares {', '.join(sorted(special))} but names no Art. 9(2) condition",
+            )
+        if condition is not None and not special:
+            raise fail(
+                f"{entry}.data_categories",
+                f"names Art. 9(2) condition {condition!r} but declares no special category",
+            )
         draft.purposes[purpose_id] = Purpose(
             id=purpose_id,
             legal_basis=purpose.legal_basis.value,
+            special_category_condition=condition,
             description=purpose.description,
-            data_categories=frozenset(purpose.data_categories),
+            data_categories=declared,
             retention=purpose.retention,
             retention_period=purpose.retention_period,
+            source=purpose.source,
         )
 
 
+def _declared_categories(names: list[str], entry: str, draft: _Draft, fail: Fail) -> frozenset[str]:
+    """A purpose's declared categories: the names given, or every category for `all` (alone)."""
+    if ALL_CATEGORIES in names:
+        if len(names) > 1:
+            raise fail(entry, f"{ALL_CATEGORIES!r} stands alone")
+        return frozenset(draft.categories)
+    for category in names:
+        if category not in draft.categories:
+            raise fail(entry, f"unknown category {category!r}")
+    return frozenset(names)
+
+
 def _compile_subcontractors(doc: SubcontractorsFile, draft: _Draft, fail: Fail) -> None:
+    controllers = [sub.name for sub in doc.subcontractors if sub.controller]
+    if len(controllers) > 1:
+        raise fail("subcontractors", f"only one entry may be the controller: {', '.join(controllers)}")
     for index, sub in enumerate(doc.subcontractors):
         entry = f"subcontractors[{index}]({sub.name})"
         storage_countries, label = _storage(sub.storage, f"{entry}.storage", draft, fail)
-        for purpose_id in sub.purposes:
-            if purpose_id not in draft.purposes:
-                raise fail(f"{entry}.purposes", f"unknown purpose {purpose_id!r}")
+        serves_any = _served_purposes(sub.purposes, f"{entry}.purposes", draft, fail)
+        area = None
+        if sub.service_area is not None:
+            area, _ = _storage(sub.service_area, f"{entry}.service_area", draft, fail)
         compiled = Subcontractor(
             name=sub.name,
             storage_countries=storage_countries,
             storage_label=label,
             service=sub.service,
             task=sub.task,
-            purposes=tuple(sub.purposes),
+            purposes=tuple(p for p in sub.purposes if p != ANY_PURPOSE),
+            serves_any=serves_any,
+            controller=sub.controller,
+            service_area=area,
+            encryption_required=sub.encryption_required,
+            transfer_mechanism=sub.transfer_mechanism,
+            source=sub.source,
         )
         draft.subcontractor_list.append(compiled)
         # Events name processors loosely (case, aliases); all spellings must lead to one entry.
@@ -177,6 +242,18 @@ def _compile_subcontractors(doc: SubcontractorsFile, draft: _Draft, fail: Fail) 
             if folded in draft.subcontractors:
                 raise fail(entry, f"name or alias {key!r} is already registered")
             draft.subcontractors[folded] = compiled
+
+
+def _served_purposes(purposes: list[str], entry: str, draft: _Draft, fail: Fail) -> bool:
+    """Check a subcontractor's purposes; True when it serves every purpose (`any`, alone)."""
+    if ANY_PURPOSE in purposes:
+        if len(purposes) > 1:
+            raise fail(entry, f"{ANY_PURPOSE!r} stands alone")
+        return True
+    for purpose_id in purposes:
+        if purpose_id not in draft.purposes:
+            raise fail(entry, f"unknown purpose {purpose_id!r}")
+    return False
 
 
 def _storage(storage: StorageDef, entry: str, draft: _Draft, fail: Fail) -> tuple[frozenset[str], str]:
@@ -195,42 +272,54 @@ def _storage(storage: StorageDef, entry: str, draft: _Draft, fail: Fail) -> tupl
 
 
 def _compile_rules(doc: RulesFile, draft: _Draft, fail: Fail) -> None:
-    for index, rule in enumerate(doc.rules):
-        entry = f"rules[{index}]({rule.id})"
-        if not _RULE_ID.match(rule.id):
-            raise fail(entry, "rule ids are lower-kebab-case")
-        if rule.id in draft.rule_ids:
-            raise fail(entry, f"duplicate rule id {rule.id!r}")
-        draft.rule_ids.add(rule.id)
-        zone_countries = _check_rule_params(rule, f"{entry}.params", draft, fail)
-        if not rule.enabled:
-            continue
-        params = rule.params
-        draft.rules.append(
-            Rule(
-                id=rule.id,
-                check=rule.check,
-                description=rule.description,
-                severity=rule.severity,
-                categories=frozenset(params.categories),
-                purposes=frozenset(params.purposes),
-                legal_bases=frozenset(basis.value for basis in params.legal_bases),
-                event_types=frozenset(params.event_types),
-                zone_countries=zone_countries,
-            )
-        )
+    flag_ids: set[str] = set()
+    for section, entries, compiled in (("rules", doc.rules, draft.rules), ("flags", doc.flags, draft.flags)):
+        for index, rule in enumerate(entries):
+            entry = f"{section}[{index}]({rule.id})"
+            if not _RULE_ID.match(rule.id):
+                raise fail(entry, "rule and flag ids are lower-kebab-case")
+            if rule.id in draft.rule_ids or rule.id in flag_ids:
+                raise fail(entry, f"duplicate rule or flag id {rule.id!r}")
+            (draft.rule_ids if section == "rules" else flag_ids).add(rule.id)
+            zone_countries = _check_rule_params(rule, f"{entry}.params", draft, fail)
+            if rule.enabled:
+                compiled.append(_rule(rule, zone_countries, draft))
+
+
+def _rule(rule: RuleDef, zone_countries: frozenset[str], draft: _Draft) -> Rule:
+    params = rule.params
+    return Rule(
+        id=rule.id,
+        check=rule.check,
+        description=rule.description,
+        severity=rule.severity,
+        categories=frozenset(params.categories),
+        purposes=frozenset(params.purposes),
+        legal_bases=frozenset(basis.value for basis in params.legal_bases),
+        event_types=frozenset(params.event_types),
+        zone_countries=zone_countries,
+        zone=params.zone or draft.protected_zone,
+        source=rule.source,
+        unless_purposes=frozenset(params.unless_purposes),
+        except_categories=frozenset(params.except_categories),
+    )
 
 
 def _check_rule_params(rule: RuleDef, entry: str, draft: _Draft, fail: Fail) -> frozenset[str]:
     """Check a rule's params against the earlier files and against what its check needs; returns the
     countries of the rule's zone (default: the protected zone)."""
     params = rule.params
-    for category in params.categories:
-        if category not in draft.categories:
-            raise fail(f"{entry}.categories", f"unknown category {category!r}")
-    for purpose_id in params.purposes:
-        if purpose_id not in draft.purposes:
-            raise fail(f"{entry}.purposes", f"unknown purpose {purpose_id!r}")
+    for name, categories in (
+        ("categories", params.categories),
+        ("except_categories", params.except_categories),
+    ):
+        for category in categories:
+            if category not in draft.categories:
+                raise fail(f"{entry}.{name}", f"unknown category {category!r}")
+    for name, purposes in (("purposes", params.purposes), ("unless_purposes", params.unless_purposes)):
+        for purpose_id in purposes:
+            if purpose_id not in draft.purposes:
+                raise fail(f"{entry}.{name}", f"unknown purpose {purpose_id!r}")
     zone_id = params.zone or draft.protected_zone
     if zone_id not in draft.zones:
         raise fail(f"{entry}.zone", f"unknown zone {zone_id!r}")
@@ -270,10 +359,15 @@ def _compile_exceptions(doc: ExceptionsFile, draft: _Draft, fail: Fail) -> None:
                 justification=exc_def.justification,
                 event_types=frozenset(scope.event_types),
                 purposes=frozenset(scope.purposes),
-                subcontractors=frozenset(name.strip().lower() for name in scope.subcontractors),
+                # matched on the resolved entry, so every alias of a scoped subcontractor is in scope
+                subcontractors=frozenset(
+                    draft.subcontractors[name.strip().lower()].name for name in scope.subcontractors
+                ),
                 recipients=frozenset(name.strip().lower() for name in scope.recipients),
                 user_countries=frozenset(scope.user_countries),
                 destination_countries=frozenset(scope.destination_countries),
+                requires_consent_id=scope.requires_consent_id,
+                source=exc_def.source,
             )
         )
 
@@ -303,6 +397,82 @@ def _check_scope(scope: ExceptionScope, entry: str, draft: _Draft, fail: Fail) -
             raise fail(entry, f"unknown country code {code!r}")
 
 
+def _compile_adequacy(doc: AdequacyFile, draft: _Draft, fail: Fail) -> None:
+    """The Chapter V registry in time: cut the calendar at every date a decision, a framework or a
+    dated zone membership starts or ends, and record for each period what stood then."""
+    dated: list[tuple[str, str, DatedDef]] = []  # (what, key, period)
+    for code, period in doc.decisions.items():
+        _check_known_country(code, f"decisions.{code}", draft, fail)
+        dated.append(("adequacy", code, period))
+    for zone_id, members in doc.zone_membership.items():
+        if zone_id not in draft.zones:
+            raise fail(f"zone_membership.{zone_id}", f"unknown zone {zone_id!r}")
+        for code, period in members.items():
+            _check_known_country(code, f"zone_membership.{zone_id}.{code}", draft, fail)
+            dated.append((zone_id, code, period))
+    for mechanism, framework in doc.frameworks.items():
+        _check_known_country(framework.country, f"frameworks.{mechanism}.country", draft, fail)
+        period = DatedDef.model_validate(
+            {"from": framework.from_, "until": framework.until, "source": framework.source}
+        )
+        dated.append(("framework:" + mechanism, framework.country, period))
+    for what, key, period in dated:
+        if period.from_ and period.until and period.until < period.from_:
+            raise fail(f"{what}.{key}", "`until` is before `from`")
+    cuts = sorted(
+        {_start_ms(p.from_) for _, _, p in dated if p.from_}
+        | {_end_ms(p.until) for _, _, p in dated if p.until}
+    )
+    starts = [_EARLIEST_MS, *cuts]
+    eras = tuple(_era(start, dated, draft) for start in starts)
+    draft.timeline = Timeline(tuple(cuts), eras, frozenset(doc.frameworks))
+
+
+_EARLIEST_MS = -(2**62)
+
+
+def _start_ms(day: date) -> int:
+    """00:00 UTC of `day`, in epoch milliseconds."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
+
+
+def _end_ms(day: date) -> int:
+    """The first millisecond after `day` (an `until` date is inclusive)."""
+    return _start_ms(day + timedelta(days=1))
+
+
+def _in_force(period: DatedDef, at_ms: int) -> bool:
+    return (period.from_ is None or _start_ms(period.from_) <= at_ms) and (
+        period.until is None or at_ms < _end_ms(period.until)
+    )
+
+
+def _era(start_ms: int, dated: list[tuple[str, str, DatedDef]], draft: _Draft) -> Era:
+    zones = {zone_id: set(members) for zone_id, members in draft.zones.items()}
+    adequate: set[str] = set()
+    frameworks: dict[str, set[str]] = {}
+    for what, key, period in dated:
+        if not _in_force(period, start_ms):
+            continue
+        if what == "adequacy":
+            adequate.add(key)
+        elif what.startswith("framework:"):
+            frameworks.setdefault(what.removeprefix("framework:"), set()).add(key)
+        else:
+            zones[what].add(key)
+    return Era(
+        starts_ms=start_ms,
+        zones={zone_id: frozenset(members) for zone_id, members in zones.items()},
+        adequate=frozenset(adequate),
+        frameworks={name: frozenset(countries) for name, countries in frameworks.items()},
+    )
+
+
+def _check_known_country(code: str, entry: str, draft: _Draft, fail: Fail) -> None:
+    if code not in draft.countries:
+        raise fail(entry, f"unknown country code {code!r}")
+
+
 # --- the file table -----------------------------------------------------------------------------------
 
 
@@ -323,12 +493,13 @@ class PolicyFile(Generic[M]):
 # countries, purposes), rules (categories, purposes, zones), exceptions (rules and all of the above).
 POLICY_TABLE: tuple[PolicyFile[Any], ...] = (
     PolicyFile("taxonomy.yaml", TaxonomyFile, _compile_taxonomy, stage=2),
-    PolicyFile("register.yaml", RegisterFile, _compile_register, stage=4),
-    PolicyFile("subcontractors.yaml", SubcontractorsFile, _compile_subcontractors, stage=5),
+    PolicyFile("register.yaml", RegisterFile, _compile_register, stage=5),
+    PolicyFile("subcontractors.yaml", SubcontractorsFile, _compile_subcontractors, stage=6),
     PolicyFile("zones.yaml", ZonesFile, _compile_zones, stage=3),
     PolicyFile("countries.yaml", CountriesFile, _compile_countries, stage=1),
-    PolicyFile("rules.yaml", RulesFile, _compile_rules, stage=6),
-    PolicyFile("exceptions.yaml", ExceptionsFile, _compile_exceptions, stage=7),
+    PolicyFile("rules.yaml", RulesFile, _compile_rules, stage=7),
+    PolicyFile("exceptions.yaml", ExceptionsFile, _compile_exceptions, stage=8),
+    PolicyFile("adequacy.yaml", AdequacyFile, _compile_adequacy, stage=4),
 )
 POLICY_FILES = tuple(spec.name for spec in POLICY_TABLE)
 
@@ -363,6 +534,9 @@ def load_policy(directory: str | Path) -> Policy:
         rules=tuple(draft.rules),
         exceptions=tuple(draft.exceptions),
         disabled_exceptions=tuple(draft.disabled_exceptions),
+        direct_identifiers=draft.direct_identifiers,
+        flags=tuple(draft.flags),
+        timeline=draft.timeline,
     )
 
 

@@ -51,22 +51,37 @@ class Category:
 
 @dataclass(frozen=True, slots=True)
 class Subcontractor:
+    """A registered processor (or the controller itself, `controller`). `serves_any`: it serves every
+    purpose; `service_area`: the residences of the subjects whose data it may receive (None: any);
+    `transfer_mechanism`: its Chapter V mechanism when it stores outside the protected zone."""
+
     name: str
     storage_countries: frozenset[str]
     storage_label: str
     service: str
     task: str
-    purposes: tuple[str, ...]
+    purposes: tuple[str, ...]  # in registry order; empty when it serves any
+    serves_any: bool
+    controller: bool
+    service_area: frozenset[str] | None
+    encryption_required: bool
+    transfer_mechanism: str | None
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
 class Purpose:
+    """A purpose of the register. `data_categories` is what it declares (every category for `all`);
+    it holds the special categories exactly when `special_category_condition` is set."""
+
     id: str
     legal_basis: str
+    special_category_condition: str | None
     description: str
     data_categories: frozenset[str]
     retention: str
     retention_period: str | None
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +96,11 @@ class Rule:
     purposes: frozenset[str]
     legal_bases: frozenset[str]
     event_types: frozenset[str]
-    zone_countries: frozenset[str]
+    zone_countries: frozenset[str]  # the zone's members as zones.yaml lists them (undated)
+    zone: str  # the zone id the check judges against (default: the protected zone)
+    source: str
+    unless_purposes: frozenset[str] = frozenset()
+    except_categories: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +110,33 @@ class PolicyException:
     justification: str
     event_types: frozenset[str]
     purposes: frozenset[str]
-    subcontractors: frozenset[str]  # lower-case
+    subcontractors: frozenset[str]  # the registry's canonical names (matched on the resolved entry)
     recipients: frozenset[str]  # lower-case
     user_countries: frozenset[str]
     destination_countries: frozenset[str]
+    requires_consent_id: bool
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Era:
+    """The Chapter V facts as they stood during one period: every zone's members (the protected
+    zone's are dated), the countries with an adequacy decision in force, and the dated frameworks
+    in force (mechanism -> the destination countries it covers)."""
+
+    starts_ms: int  # epoch milliseconds; the first era starts at the earliest representable time
+    zones: Mapping[str, frozenset[str]]
+    adequate: frozenset[str]
+    frameworks: Mapping[str, frozenset[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """The eras of the adequacy registry, in order. `boundaries[i]` is when `eras[i + 1]` starts."""
+
+    boundaries: tuple[int, ...]
+    eras: tuple[Era, ...]
+    frameworks: frozenset[str] = frozenset()  # mechanisms that exist only while a framework is in force
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +161,9 @@ class Policy:
     rules: tuple[Rule, ...]
     exceptions: tuple[PolicyException, ...]  # enabled ones only
     disabled_exceptions: tuple[str, ...]
+    direct_identifiers: frozenset[str] = frozenset()
+    flags: tuple[Rule, ...] = ()  # enabled advisory flags (never block)
+    timeline: Timeline = Timeline((), ())
 
     def find_subcontractor(self, name: str) -> Subcontractor | None:
         return self.subcontractors.get(name.strip().lower())

@@ -1,5 +1,5 @@
 -- The audit store: one row per decision, append-only. Applied idempotently at start-up by the worker
--- and by `flowaudit report|verify` (every statement is IF NOT EXISTS).
+-- (every statement is IF NOT EXISTS; `flowaudit report|verify` create nothing).
 --
 -- Ordering by (user_id, occurred_at) makes a data subject's access request (user-disclosures) a
 -- primary-key range read; the other reports aggregate few columns over the whole table.
@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS audit_events
     source_partition       UInt32,
     source_offset          UInt64,
     ingested_at            DateTime64(3, 'UTC'),
+    row_format             UInt8 DEFAULT 1,
+    special_category_condition LowCardinality(Nullable(String)),
+    transfer_mechanism     LowCardinality(Nullable(String)),
+    flags                  Array(LowCardinality(String)),
+    counterparty_name      Nullable(String),
+    subjects               Array(String),
     chain_id               LowCardinality(String),
     chain_seq              UInt64,
     link_rows              UInt32,
@@ -61,3 +67,16 @@ ENGINE = MergeTree
 PARTITION BY toYYYYMM(ingested_at)
 ORDER BY (user_id, occurred_at, event_id)
 SETTINGS allow_nullable_key = 1, non_replicated_deduplication_window = 10000, merge_selector_base = 10;
+
+-- Row format 2 (contract v2), on a store created before it: the same columns, added in the same
+-- places. Rows written before read row_format 1 (the DEFAULT), NULL for the nullable columns and []
+-- for the arrays; `flowaudit verify` hashes each row in the columns of its own format
+-- (sinks/audit.py). Needs ALTER ADD COLUMN on the table (schemas/sql/roles.sql), nothing more: adding
+-- a column with a DEFAULT rewrites no part. Keep each definition identical to the CREATE above.
+ALTER TABLE audit_events
+    ADD COLUMN IF NOT EXISTS row_format UInt8 DEFAULT 1 AFTER ingested_at,
+    ADD COLUMN IF NOT EXISTS special_category_condition LowCardinality(Nullable(String)) AFTER row_format,
+    ADD COLUMN IF NOT EXISTS transfer_mechanism LowCardinality(Nullable(String)) AFTER special_category_condition,
+    ADD COLUMN IF NOT EXISTS flags Array(LowCardinality(String)) AFTER transfer_mechanism,
+    ADD COLUMN IF NOT EXISTS counterparty_name Nullable(String) AFTER flags,
+    ADD COLUMN IF NOT EXISTS subjects Array(String) AFTER counterparty_name;

@@ -1,12 +1,18 @@
 -- ClickHouse server deployment: least-privilege roles for the audit store. Apply as an admin once
 -- (docker-compose mounts this into the server's init directory). The worker connects as a user with
--- the writer role: it may create the table at start-up and INSERT, never ALTER/UPDATE/DELETE/DROP.
+-- the writer role: it may create the table at start-up and INSERT, and add the columns of row
+-- format 2 to a table created before it (ALTER ADD COLUMN of those columns only, run only while one
+-- is missing); never UPDATE/DELETE/DROP, MODIFY or DROP COLUMN, or any other ALTER.
 -- Compliance users get the reader role: SELECT only.
 CREATE DATABASE IF NOT EXISTS flowaudit;
 
 CREATE ROLE IF NOT EXISTS flowaudit_writer;
 GRANT CREATE TABLE ON flowaudit.* TO flowaudit_writer;
 GRANT INSERT, SELECT ON flowaudit.audit_events TO flowaudit_writer;
+-- ALTER ADD COLUMN is a column-level privilege: granted for the columns schemas/sql/audit.sql adds.
+-- A later row format that adds columns must list them here too.
+GRANT ALTER ADD COLUMN(row_format, special_category_condition, transfer_mechanism, flags, counterparty_name, subjects)
+    ON flowaudit.audit_events TO flowaudit_writer;
 
 CREATE ROLE IF NOT EXISTS flowaudit_reader;
 GRANT SELECT ON flowaudit.audit_events TO flowaudit_reader;

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import yaml
 
+from flowaudit.domain.policy import Policy
 from tests.deploy.conftest import check_promql, require_tool
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 EXPECTED = {
     "FlowauditHealthDataBlockedLeavingEEA",
     "FlowauditUnknownSubcontractor",
+    "FlowauditTransferWithoutSafeguard",
+    "FlowauditUnattributedBulkTransfersSurge",
     "FlowauditAuditSinkFailing",
     "FlowauditAuditSinkStalled",
     "FlowauditDeadLetterRateHigh",
@@ -62,8 +66,22 @@ def test_alerts_are_documented_and_use_exported_metrics() -> None:
         assert {"summary", "description", "report", "dashboard"} <= set(annotations), rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning"}  # type: ignore[index]
         check_promql(str(rule["expr"]), str(rule["alert"]))
-    health = next(r for r in rules if r["alert"] == "FlowauditHealthDataBlockedLeavingEEA")
-    assert health["labels"]["severity"] == "critical" and "for" not in health  # type: ignore[index]
+    for first_event in ("FlowauditHealthDataBlockedLeavingEEA", "FlowauditTransferWithoutSafeguard"):
+        alert = next(r for r in rules if r["alert"] == first_event)
+        assert alert["labels"]["severity"] == "critical" and "for" not in alert  # type: ignore[index]
+
+
+MATCHER = re.compile(r'\b(rule|flag)="([^"]+)"')
+
+
+def test_alerts_name_rule_and_flag_ids_of_the_policy(policy: Policy) -> None:
+    """A mistyped id would make an alert that never fires: every `rule=`/`flag=` matcher names a rule
+    or flag of the shipped policy."""
+    known = {"rule": {rule.id for rule in policy.rules}, "flag": {flag.id for flag in policy.flags}}
+    used = [(label, value) for rule in _rules() for label, value in MATCHER.findall(str(rule["expr"]))]
+    assert ("rule", "transfer-without-safeguard") in used and ("flag", "unattributed-bulk-transfer") in used
+    for label, value in used:
+        assert value in known[label], f"{label}={value!r} is not a {label} id"
 
 
 def test_prometheus_config_loads_the_rules() -> None:

@@ -1,15 +1,22 @@
-"""The codec reads the writer schemas of the kinds of the table, and nothing else."""
+"""The codec reads the writer schemas of the kinds of the table, and nothing else; a writer schema with
+a key its kind does not define makes invalid events."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flowaudit.domain.codec import AvroCodec
+from flowaudit.domain.codec import AvroCodec, DecodeError
+from flowaudit.domain.events import InvalidEvent, event_from_mapping
 from flowaudit.domain.kinds import KIND_NAMES, KINDS
+from flowaudit.domain.policy import Policy
+from flowaudit.produce import avro_record
 from flowaudit.schemas import HEADER_SCHEMA_DIR, SCHEMA_DIR
+from tests.conftest import DATA_DIR
 
 
 def _copy_kind_schemas(target: Path) -> None:
@@ -47,3 +54,71 @@ def test_a_misnamed_version_fails_at_construction(tmp_path: Path) -> None:
     shutil.copy(SCHEMA_DIR / "sharing.v1.avsc", tmp_path / "sharing.latest.avsc")
     with pytest.raises(ValueError, match=r"schema files are named KIND\.vN\.avsc"):
         AvroCodec(tmp_path)
+
+
+# --- keys a kind does not define (contract v2 §1), on the Avro path: per writer schema ----------------
+
+
+def _with_extra_version(target: Path, kind: str, version: int, *extra: str) -> None:
+    """The shipped schemas, plus `<kind>.v<version>.avsc`: the reader schema with `extra` string fields."""
+    _copy_kind_schemas(target)
+    schema = json.loads(AvroCodec(SCHEMA_DIR).reader(kind).path.read_text())
+    schema["fields"] += [{"name": name, "type": "string", "doc": "not a field of the kind"} for name in extra]
+    (target / f"{kind}.v{version}.avsc").write_text(json.dumps(schema))
+
+
+def _record(kind: str, policy: Policy) -> dict[str, Any]:
+    line = next(
+        line for line in (DATA_DIR / "events" / "valid.jsonl").read_text().splitlines() if kind in line
+    )
+    return avro_record(event_from_mapping(json.loads(line), policy))
+
+
+def test_a_writer_schema_with_a_key_the_kind_does_not_define_gives_invalid_events(
+    tmp_path: Path, policy: Policy
+) -> None:
+    _with_extra_version(tmp_path, "subcontractor_transfer", 3, "diagnosis", "ecg_samples")
+    codec = AvroCodec(tmp_path)
+    # the reader stays the highest version whose fields the kind all defines
+    assert codec.reader("subcontractor_transfer").version == 2
+    assert codec.schema("subcontractor_transfer", 3).undefined is not None
+    assert all(codec.schema(kind, None).undefined is None for kind in KIND_NAMES)
+    record = _record("subcontractor_transfer", policy) | {"diagnosis": "afib", "ecg_samples": "[1, 2]"}
+    data = codec.encode("subcontractor_transfer", record, version=3)
+    message = "unknown fields 'diagnosis', 'ecg_samples': not defined for subcontractor_transfer"
+    with pytest.raises(InvalidEvent, match=f"^{message}$"):
+        codec.decode(data, "subcontractor_transfer")
+    with pytest.raises(InvalidEvent, match=f"^{message}$"):  # the same message as the JSON path's
+        event_from_mapping(record | {"occurred_at": "2025-11-05T10:00:00Z"}, policy, "subcontractor_transfer")
+    # the same record's bytes, to a codec that does not know that writer schema: undecodable
+    with pytest.raises(DecodeError) as caught:
+        AvroCodec(SCHEMA_DIR).decode(data, "subcontractor_transfer")
+    assert caught.value.reason == "unknown_schema"
+
+
+def test_a_kind_whose_every_schema_has_an_undefined_key_fails_at_construction(tmp_path: Path) -> None:
+    _with_extra_version(tmp_path, "sharing", 7, "diagnosis")
+    for path in tmp_path.glob("sharing.v[12].avsc"):
+        path.unlink()
+    with pytest.raises(ValueError, match="no schema of sharing has only fields that sharing defines"):
+        AvroCodec(tmp_path)
+
+
+def test_a_dead_letter_for_an_undefined_key_is_an_invalid_event(tmp_path: Path, policy: Policy) -> None:
+    from flowaudit.streams.deadletter import InvalidRatioGuard
+    from flowaudit.streams.decide import BatchDecider
+    from flowaudit.streams.messages import InboundMessage
+
+    _with_extra_version(tmp_path, "device_sync", 5, "ecg_samples")
+    codec = AvroCodec(tmp_path)
+    record = _record("device_sync", policy)
+    values = [
+        codec.encode("device_sync", record | {"ecg_samples": "[512]"}, 5),
+        codec.encode("device_sync", record),
+    ]
+    batch = [InboundMessage("in", 0, offset, None, value, None) for offset, value in enumerate(values)]
+    decided = BatchDecider("device_sync", policy, codec, InvalidRatioGuard(0.9, 1000)).decide(batch)
+    assert decided.reasons == {"invalid_event": 1} and len(decided.records) == 1
+    [(index, headers)] = decided.routes.dead
+    assert index == 0
+    assert dict(headers)["flowaudit-error"] == b"unknown field 'ecg_samples': not defined for device_sync"

@@ -10,7 +10,8 @@ import sys
 from flowaudit.domain import policy as policy_module
 from flowaudit.domain.codec import AvroCodec
 from flowaudit.domain.events import Event, event_from_mapping
-from flowaudit.domain.kinds import KIND_NAMES, KINDS
+from flowaudit.domain.kinds import COMMON_FIELDS as COMMON_FIELDS_V2
+from flowaudit.domain.kinds import DEFINED_FIELDS, KIND_NAMES, KINDS
 from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 from tests.conftest import DATA_DIR
@@ -85,3 +86,29 @@ def test_audit_counterparty_per_kind() -> None:
         "sharing": ("other_user", "Ann"),
         "subcontractor_transfer": ("subcontractor", "BSO"),
     }
+
+
+def test_leaves_the_platform_per_kind() -> None:
+    """Contract §5: a sharing leaves, a transfer does (the core exempts the controller), a sync not."""
+    assert {name: kind.leaves_platform for name, kind in KINDS.items()} == {
+        "device_sync": False,
+        "sharing": True,
+        "subcontractor_transfer": True,
+    }
+
+
+def test_the_defined_keys_are_the_common_fields_and_the_kinds() -> None:
+    for name, kind in KINDS.items():
+        assert DEFINED_FIELDS[name] == set(COMMON_FIELDS_V2) | set(kind.fields), name
+    assert COMMON_FIELDS_V2[: len(COMMON_FIELDS)] == COMMON_FIELDS
+
+
+def test_the_reader_schema_carries_the_kinds_fields_and_nothing_else() -> None:
+    """Every field of a kind travels on Kafka, except device_sync's `pseudonymized` (JSON only: no
+    device_sync schema has it; see tests/data/events/avro_unrepresentable.yaml)."""
+    codec = AvroCodec(SCHEMA_DIR)
+    json_only = {"device_sync": {"pseudonymized"}}
+    for name, kind in KINDS.items():
+        reader = {field["name"] for field in json.loads(codec.reader(name).path.read_text())["fields"]}
+        assert reader <= DEFINED_FIELDS[name] - {"event_type"}, name
+        assert set(kind.fields) - reader == json_only.get(name, set()), name

@@ -8,9 +8,10 @@ from itertools import islice
 
 import orjson
 
-from flowaudit.domain.policy import Policy
+from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.evaluate import evaluate_lines, read_lines
 from flowaudit.generator import EventGenerator
+from flowaudit.policy import DEFAULT_POLICY_DIR
 from tests.conftest import DATA_DIR, read_data
 
 EVENTS = DATA_DIR / "events"
@@ -26,26 +27,46 @@ def _run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[
     )
 
 
+V2_KEYS = [
+    "event_id",
+    "decision",
+    "data_categories",
+    "legal_basis",
+    "rules",
+    "special_category_condition",
+    "transfer_mechanism",
+    "flags",
+    "waived",
+    "counterparty",
+    "policy_version",
+]
+
+
 def test_evaluate_valid_file_exit_0_one_line_each_in_order() -> None:
     result = _run("evaluate", str(EVENTS / "valid.jsonl"))
     assert result.returncode == 0, result.stderr
     outputs = [json.loads(line) for line in result.stdout.decode().splitlines()]
     inputs = [json.loads(line) for line in (EVENTS / "valid.jsonl").read_text().splitlines()]
     assert [o["event_id"] for o in outputs] == [i["event_id"] for i in inputs]
-    for output in outputs:
-        assert list(output) == ["event_id", "decision", "data_categories", "legal_basis", "rules"]
-    by_id = {o["event_id"]: o for o in outputs}
-    assert by_id["1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e02"]["rules"] == ["health-data-leaves-eea"]
-    assert by_id["3e4f5a6b-7c8d-4e9f-8a1b-2c3d4e5f6a04"]["rules"] == ["consent-missing"]
-    assert by_id["7c8d9e0f-1a2b-4c3d-8e5f-6a7b8c9d0e08"]["rules"] == ["unknown-subcontractor"]
-    assert by_id["5a6b7c8d-9e0f-4a1b-8c3d-4e5f6a7b8c06"] == {
-        "event_id": "5a6b7c8d-9e0f-4a1b-8c3d-4e5f6a7b8c06",
-        "decision": "allowed",
-        "data_categories": ["health", "identity"],
-        "legal_basis": "legitimate_interests",
-        "rules": [],
-    }
+    # contract v2 §7, key for key and in order; every line reviewed against the contract by hand
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    expected_file = DATA_DIR / "evaluate" / "valid.expected.jsonl"
+    expected_lines = expected_file.read_text().replace("POLICY_VERSION", policy.version)
+    expected = [json.loads(line) for line in expected_lines.splitlines()]
+    assert [list(o) for o in outputs] == [V2_KEYS] * len(outputs)
+    assert outputs == expected
     assert b"lines/s" in result.stderr
+
+
+def test_evaluate_v2_examples_give_exactly_the_contract_output(policy: Policy) -> None:
+    """Consents, the ledger as of occurred_at, the exception by alias, mechanisms, flags, errors."""
+    result = _run("evaluate", str(DATA_DIR / "evaluate" / "contract_v2.jsonl"))
+    assert result.returncode == 1  # two invalid lines, reported in place
+    expected = (DATA_DIR / "evaluate" / "contract_v2.expected.jsonl").read_text()
+    expected = expected.replace("POLICY_VERSION", policy.version)
+    outputs = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert outputs == [json.loads(line) for line in expected.splitlines()]
+    assert [list(o) for o in outputs if "decision" in o] == [V2_KEYS] * 9
 
 
 def test_evaluate_mixed_stdin_reports_errors_in_place_and_exits_1() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -19,7 +20,8 @@ from flowaudit.streams.route import DECISION_HEADER
 from tests.fakes import FakePublisher, MemorySink
 from tests.streams.batches import CODEC, TOPICS, examples, messages_of
 
-SCHEMA_PATH = HEADER_SCHEMA_DIR / "decision.v1.avsc"
+VERSIONS = sorted(HEADER_SCHEMA_DIR.glob("decision.v*.avsc"), key=lambda path: int(path.stem.split(".v")[1]))
+SCHEMA_PATH = VERSIONS[-1]  # the header the pipeline writes today
 RAW_SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 
@@ -35,6 +37,20 @@ def _headers(policy: Policy, kind: str) -> list[tuple[str, dict[str, Any]]]:
         for topic in (TOPICS.approved, TOPICS.blocked)
         for record in publisher.sent.get(topic, [])
     ]
+
+
+def test_the_newest_header_schema_is_version_2() -> None:
+    assert SCHEMA_PATH.name == "decision.v2.avsc"
+
+
+def test_each_version_keeps_the_fields_of_the_one_before_and_defaults_the_new_ones() -> None:
+    """A consumer that knows version N reads every older header: fields are only added, with defaults."""
+    for older, newer in itertools.pairwise(VERSIONS):
+        before = {field["name"]: field for field in json.loads(older.read_text())["fields"]}
+        after = {field["name"]: field for field in json.loads(newer.read_text())["fields"]}
+        for name, field in before.items():
+            assert after[name]["type"] == field["type"], (newer.name, name)
+        assert all("default" in after[name] for name in set(after) - set(before)), newer.name
 
 
 def test_the_header_schema_parses_and_documents_every_field() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 
@@ -13,7 +14,11 @@ from flowaudit.schemas import SCHEMA_DIR
 from flowaudit.sinks.audit import (
     ALL_COLUMNS,
     CONTENT_COLUMNS,
+    CONTENT_COLUMNS_BY_FORMAT,
+    CONTENT_COLUMNS_V1,
+    CONTENT_COLUMNS_V2,
     GENESIS,
+    ROW_FORMAT,
     AuditRecord,
     RowBuilder,
     content_bytes,
@@ -23,6 +28,7 @@ from flowaudit.sinks.audit import (
     row_hashes,
 )
 from flowaudit.sinks.clickhouse import split_statements
+from tests.conftest import DATA_DIR
 
 
 def _records(policy: Policy, count: int) -> list[AuditRecord]:
@@ -42,17 +48,38 @@ def test_timestamps_round_trip_exactly() -> None:
         assert millis_of(moment.replace(tzinfo=UTC)) == millis
 
 
-def test_ddl_declares_exactly_the_row_columns() -> None:
-    ddl = (SCHEMA_DIR / "sql" / "audit.sql").read_text()
-    statements = split_statements(ddl)
-    assert len(statements) == 1
-    body = statements[0].split("(", 1)[1]
-    declared = [
-        line.split()[0]
+def _declared(create: str) -> dict[str, str]:
+    """column -> its definition, from a CREATE TABLE statement."""
+    body = create.split("(", 1)[1]
+    return {
+        line.split()[0]: " ".join(line.split()[1:]).rstrip(",")
         for line in body.splitlines()
         if line.strip() and line.startswith("    ") and "INDEX" not in line
-    ]
+    }
+
+
+def test_ddl_declares_exactly_the_row_columns() -> None:
+    create, *alters = split_statements((SCHEMA_DIR / "sql" / "audit.sql").read_text())
+    declared = _declared(create)
     assert tuple(declared) == ALL_COLUMNS
+    # the migration adds exactly the columns format 1 lacks, defined as in the CREATE, in its places
+    [alter] = alters
+    added = [line.strip().rstrip(",") for line in alter.splitlines()[1:]]
+    new_columns = [name for name in CONTENT_COLUMNS_V2 if name not in CONTENT_COLUMNS_V1]
+    previous = ["ingested_at", *new_columns[:-1]]
+    assert added == [
+        f"ADD COLUMN IF NOT EXISTS {name} {declared[name]} AFTER {after}"
+        for name, after in zip(new_columns, previous, strict=True)
+    ]
+
+
+def test_format_1_columns_are_those_the_code_before_format_2_wrote() -> None:
+    """The frozen list of format 1 is the old DDL's content columns (a copy of it in tests/data)."""
+    [old_create] = split_statements((DATA_DIR / "legacy" / "audit.v1.sql").read_text())
+    old_columns = tuple(_declared(old_create))
+    assert old_columns[: len(CONTENT_COLUMNS_V1)] == CONTENT_COLUMNS_V1
+    assert CONTENT_COLUMNS_V2[: len(CONTENT_COLUMNS_V1)] == CONTENT_COLUMNS_V1  # format 2 appends
+    assert CONTENT_COLUMNS == CONTENT_COLUMNS_BY_FORMAT[ROW_FORMAT] == CONTENT_COLUMNS_V2
 
 
 def test_row_content_derives_zone_special_and_undeclared(policy: Policy) -> None:
@@ -60,7 +87,7 @@ def test_row_content_derives_zone_special_and_undeclared(policy: Policy) -> None
     for record in _records(policy, 300):
         row = dict(zip(CONTENT_COLUMNS, builder.content(record, 1), strict=True))
         event, decision = record.event, record.decision
-        assert row["outside_protected_zone"] == (event.destination_country not in policy.protected_countries)
+        assert row["outside_protected_zone"] == (decision.transfer_mechanism is not None)
         assert row["special_category"] == bool({"health", "unclassified"} & set(decision.data_categories))
         declared = (
             policy.purposes[event.purpose].data_categories if event.purpose in policy.purposes else set()
@@ -69,6 +96,34 @@ def test_row_content_derives_zone_special_and_undeclared(policy: Policy) -> None
             c for c in decision.data_categories if c not in declared
         ]
         assert row["counterparty"] == event.counterparty
+        assert row["row_format"] == 2
+
+
+def test_row_content_carries_the_contract_v2_decision_and_subjects(policy: Policy) -> None:
+    """The zone follows the decision (dated in v2), not today's zone: GB before 2021 was inside it."""
+    record = next(r for r in _records(policy, 300) if r.event.event_type == "subcontractor_transfer")
+    event = dataclasses.replace(record.event, destination_country="GB", subjects=("u-1", "u-2"), user_id=None)
+    builder = RowBuilder(policy)
+    for mechanism, outside in ((None, False), ("adequacy", True), ("none", True)):
+        decision = record.decision._replace(
+            special_category_condition="explicit_consent",
+            transfer_mechanism=mechanism,
+            flags=("consent-unverified", "undeclared-category"),
+            counterparty="HeartBeat Health",
+        )
+        row = dict(
+            zip(
+                CONTENT_COLUMNS,
+                builder.content(record._replace(event=event, decision=decision), 1),
+                strict=True,
+            )
+        )
+        assert row["outside_protected_zone"] is outside and row["transfer_mechanism"] == mechanism
+        assert row["special_category_condition"] == "explicit_consent"
+        assert list(row["flags"]) == ["consent-unverified", "undeclared-category"]
+        assert row["counterparty_name"] == "HeartBeat Health" and row["counterparty"] == event.subcontractor
+        assert list(row["subjects"]) == ["u-1", "u-2"]
+    assert dict(zip(CONTENT_COLUMNS, builder.content(record, 1), strict=True))["subjects"] == ()
 
 
 def test_link_hash_depends_on_key_order_and_previous() -> None:
@@ -87,7 +142,7 @@ def test_link_hash_depends_on_key_order_and_previous() -> None:
 def test_content_bytes_are_compact_json(policy: Policy) -> None:
     record = _records(policy, 1)[0]
     data = content_bytes(RowBuilder(policy).content(record, 1_700_000_000_123))
-    assert data.startswith(b'["') and data.endswith(b",1700000000123]")  # ingested_at: epoch millis
+    assert data.startswith(b'["') and b",1700000000123,2," in data  # ingested_at (epoch millis), format
     assert json.dumps(json.loads(data), separators=(",", ":"), ensure_ascii=False).encode() == data
 
 

@@ -114,6 +114,9 @@ test_a_table_without_the_writers_columns_is_refused = (
     chdb_suite.test_a_table_without_the_writers_columns_is_refused
 )
 test_a_changed_chain_key_is_refused_at_start_up = chdb_suite.test_a_changed_chain_key_is_refused_at_start_up
+test_a_store_of_row_format_1_is_migrated_and_verifies_across_formats = (
+    chdb_suite.test_a_store_of_row_format_1_is_migrated_and_verifies_across_formats
+)
 
 NOT_RERUN = {
     # opens chdb:// itself; test_an_engine_null_table_is_refused_over_http below

@@ -12,24 +12,36 @@ from flowaudit.domain.events import event_from_mapping
 from flowaudit.domain.policy import Policy
 from flowaudit.generator import EventGenerator
 from flowaudit.sinks.audit import AuditRecord, content_bytes, content_from_stored, row_hash
-from flowaudit.sinks.clickhouse import INSERT_FORMAT, AuditStore, PreparedBatch, StoreError, qualify
+from flowaudit.sinks.clickhouse import (
+    DDL_FILE,
+    INSERT_FORMAT,
+    AuditStore,
+    PreparedBatch,
+    StoreError,
+    qualify,
+    split_statements,
+)
 from flowaudit.sinks.reports import load_reports, report_parameters
 from flowaudit.sinks.verify import verify_store
 from tests.conftest import DATA_DIR
+from tests.sinks.legacy_store import create_legacy_table, legacy_write
 
 pytestmark = pytest.mark.integration
 
 
 def records_from(
-    policy: Policy, raws: list[dict[str, Any]], topic: str = "in", partitions: int = 2
+    policy: Policy,
+    raws: list[dict[str, Any]],
+    topic: str = "in",
+    partitions: int = 2,
 ) -> list[AuditRecord]:
+    """Records decided by the shipped decision core."""
     decider = Decider(policy)
     out = []
     for offset, raw in enumerate(raws):
         event = event_from_mapping(raw, policy)
-        out.append(
-            AuditRecord(event, decider.decide(event), topic, offset % partitions, offset, 1_762_300_000_000)
-        )
+        decision = decider.decide(event)
+        out.append(AuditRecord(event, decision, topic, offset % partitions, offset, 1_762_300_000_000))
     return out
 
 
@@ -250,18 +262,30 @@ def test_reports_on_a_known_input(store_factory: Any, policy: Policy) -> None:
         ("US", "Strava", "health-data-leaves-eea"): 1,
         ("FR", "Cardiology practice Lyon", "consent-missing"): 1,
         ("US", "HeartBeat Health", "health-data-leaves-eea"): 1,
+        # a bulk transfer names no residence: out of the US-only area and the exception (fail closed)
+        ("US", "HeartBeat Health", "subcontractor-outside-service-area"): 1,
         ("US", "(platform)", "health-data-leaves-eea"): 1,
+        ("US", "(platform)", "transfer-without-safeguard"): 1,
     }
 
     outside = _run_report(store, "transfers-outside-eea")
-    assert {(r["recipient"], r["category"], r["decision"]) for r in outside} == {
-        ("Strava", "activity", "blocked"),
-        ("Strava", "health", "blocked"),
-        ("Strava", "activity", "allowed"),
-        ("Twilio", "identity", "blocked"),
-        ("HeartBeat Health", "health", "blocked"),
-        ("HeartBeat Health", "identity", "blocked"),
-        ("(platform)", "health", "blocked"),
+    # one row per group of events (not per category): the events add up to the events outside
+    assert {
+        (
+            r["recipient"],
+            r["transfer_mechanism"],
+            r["decision"],
+            r["events"],
+            r["records"],
+            tuple(r["categories"]),
+        )
+        for r in outside
+    } == {
+        ("Strava", "consent_derogation", "blocked", 1, 1, ("activity", "health")),
+        ("Strava", "consent_derogation", "allowed", 1, 1, ("activity",)),
+        ("Twilio", "scc", "blocked", 1, 1, ("identity",)),
+        ("HeartBeat Health", "scc", "blocked", 1, 40, ("health", "identity")),
+        ("(platform)", "none", "blocked", 1, 1, ("health",)),
     }
     assert {r["legal_basis"] for r in outside if r["recipient"] == "Twilio"} == {"consent"}
 
@@ -345,8 +369,6 @@ def test_verify_of_an_unreadable_store_gives_no_verdict(store_factory: Any, poli
 def test_an_engine_null_table_is_refused(chdb_path: Any, policy: Policy) -> None:
     from pathlib import Path
 
-    from flowaudit.sinks.clickhouse import DDL_FILE, split_statements
-
     database = "null_engine"
     store = AuditStore(f"chdb://{chdb_path}", policy, b"k" * 32, database=database)
     store.connect()
@@ -380,3 +402,72 @@ def test_a_changed_chain_key_is_refused_at_start_up(store_factory: Any, policy: 
         store_factory(key=b"another-key-here" * 2)
     again = store_factory(key=b"the-original-key" * 2)  # the right key still opens it
     assert again.heads == store.heads
+
+
+def _tamper(store: AuditStore, assignment: str, where: str) -> None:
+    store.client.command(
+        f"ALTER TABLE {store.table} UPDATE {assignment} WHERE {where} SETTINGS mutations_sync = 1"
+    )
+
+
+def test_a_store_of_row_format_1_is_migrated_and_verifies_across_formats(
+    store_factory: Any, policy: Policy
+) -> None:
+    """A store written by the code before row format 2 (its DDL, its rows) is opened by this code: the
+    columns are added, old rows keep hashing as format 1, new rows are format 2 on the same chains,
+    and tampering with a row of either format, or with a row's format, is caught."""
+    key = b"test-key" * 4
+    first = store_factory(key=key)
+    create_legacy_table(first.client, first.table)
+    records = generated(policy, 600)
+    heads: dict[str, Any] = {}
+    legacy_write(first.client, first.table, policy, key, records[:150], heads)
+    legacy_write(first.client, first.table, policy, key, records[150:300], heads)
+
+    reader = AuditStore(first.url, policy, key, database=first.database)  # verify, before any migration
+    reader.connect(writer=False)
+    assert "row_format" in reader.missing_columns and "counterparty_name" in reader.missing_columns
+    report = verify_store(reader)
+    assert report.ok and (report.rows, report.links) == (300, 4), report.problems or report.error
+    reader.close()
+
+    store = store_factory(key=key)  # the worker of this version starts: it migrates the table
+    assert store.missing_columns == () and store.heads == heads
+    store.write(records[300:450])
+    store.write(records[450:])
+    report = verify_store(store)
+    assert report.ok and (report.rows, report.links, report.chains) == (600, 8, 2), report.problems
+    _, formats = store.query(
+        f"SELECT row_format, count(), countIf(transfer_mechanism IS NULL), countIf(empty(flags)), "
+        f"countIf(counterparty_name IS NULL), countIf(empty(subjects)) FROM {store.table} "
+        f"GROUP BY row_format ORDER BY row_format"
+    )
+    assert formats[0] == (1, 300, 300, 300, 300, 300)  # old rows: what README says they show
+    assert formats[1][:2] == (2, 300)
+
+    # the migrated table has exactly the columns of a table created by this code
+    store.client.command(qualify(split_statements(DDL_FILE.read_text())[0], f"{store.table}_fresh"))
+    columns = (
+        "SELECT name, type, default_kind, default_expression FROM system.columns "
+        "WHERE database = {db:String} AND table = {name:String} ORDER BY position"
+    )
+    migrated = store.query(columns, {"db": store.database, "name": "audit_events"})[1]
+    assert migrated == store.query(columns, {"db": store.database, "name": "audit_events_fresh"})[1]
+    store.client.command(f"DROP TABLE {store.table}_fresh")
+
+    old, new = records[20].offset, records[520].offset
+    for assignment, where, expected in (
+        ("purpose = 'marketing'", f"source_offset = {old}", f"source offset {old} was altered"),
+        ("purpose = 'marketing'", f"source_offset = {new}", f"source offset {new} was altered"),
+        ("row_format = 2", f"source_offset = {old}", f"source offset {old} was altered"),
+        ("row_format = 1", f"source_offset = {new}", f"source offset {new} was altered"),
+        ("row_format = 7", f"source_offset = {new}", "unknown row format 7"),
+    ):
+        _, [(original_purpose, original_format)] = store.query(
+            f"SELECT purpose, row_format FROM {store.table} WHERE {where}"
+        )
+        _tamper(store, assignment, where)
+        problems = verify_store(store).problems
+        assert problems and expected in problems[0], (assignment, where, problems)
+        _tamper(store, f"purpose = '{original_purpose}', row_format = {original_format}", where)
+        assert verify_store(store).ok  # put back as it was, the row verifies again

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import datetime
+from typing import Any
 
 import pytest
 
+from flowaudit.domain.decision import Decider
+from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.policy import Policy
+from flowaudit.sinks.audit import AuditRecord, ChainHead
+from flowaudit.sinks.clickhouse import AuditStore, qualify
 from flowaudit.sinks.reports import ReportError, load_reports, normalize_time, render, report_parameters
+from tests.conftest import read_data
+from tests.sinks.legacy_store import create_legacy_table, legacy_write
 
 EXPECTED = {
     "blocked-health-transfers",
@@ -54,3 +63,54 @@ def test_render_formats() -> None:
     ]
     with pytest.raises(ReportError):
         render(columns, rows, "xml")
+
+
+def _mixed_store(store_factory: Any, policy: Policy) -> tuple[AuditStore, dict[str, Any]]:
+    """The store of tests/data/reports/mixed_formats.yaml: format 1 rows, migrated, format 2 rows."""
+    data: dict[str, Any] = read_data("reports/mixed_formats.yaml")
+    decider = Decider(policy)
+    records: dict[int, list[AuditRecord]] = {1: [], 2: []}
+    for offset, row in enumerate(data["rows"]):
+        event = event_from_mapping(row["event"], policy)
+        decision = decider.decide(event)._replace(**row.get("decision", {}))
+        records[row["format"]].append(AuditRecord(event, decision, "in", 0, offset, 1_762_300_000_000))
+    first = store_factory()
+    create_legacy_table(first.client, first.table)
+    legacy_write(first.client, first.table, policy, first.key, records[1], {})
+    store = store_factory()  # migrates
+    store.write(records[2])
+    return store, data
+
+
+def _run(store: AuditStore, name: str, **kwargs: str) -> list[dict[str, Any]]:
+    report = load_reports()[name]
+    params = report_parameters(report, kwargs.get("since"), kwargs.get("until"), kwargs.get("user"))
+    columns, rows = store.query(qualify(report.sql, store.table), params)
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+@pytest.mark.integration
+def test_reports_over_rows_before_and_after_row_format_2(store_factory: Any, policy: Policy) -> None:
+    store, data = _mixed_store(store_factory, policy)
+    assert store.heads["in/0"] == ChainHead(2, store.heads["in/0"].link_hash, len(data["rows"]) - 1)
+
+    outside = _run(store, "transfers-outside-eea")
+    events: Counter[tuple[str, str]] = Counter()
+    categories: dict[tuple[str, str], set[str]] = {}
+    for row in outside:
+        group = (row["recipient"], row["transfer_mechanism"])
+        events[group] += row["events"]
+        categories.setdefault(group, set()).update(row["categories"])
+    expected = {(r[0], r[1]): (r[2], set(r[3])) for r in data["transfers_outside_eea"]}
+    assert {group: (events[group], categories[group]) for group in events} == expected
+    # each event once: the rows add up to the events outside the zone, whatever their categories
+    _, [(outside_events,)] = store.query(f"SELECT count() FROM {store.table} WHERE outside_protected_zone")
+    assert sum(row["events"] for row in outside) == outside_events
+
+    carol: Counter[str] = Counter()
+    for row in _run(store, "user-disclosures", user="carol"):
+        carol[row["recipient"]] += row["events"]
+    assert dict(carol) == data["user_disclosures_carol"]
+
+    for name in ("blocked-health-transfers", "consent-missing", "register-drift", "daily-volume"):
+        _run(store, name)  # every report runs over a store of both formats

@@ -1,18 +1,30 @@
-"""The metrics of a written batch are keyed on the policy's data, not on literal rule ids."""
+"""The metrics of a written batch are keyed on the policy's data, not on literal rule ids, and count
+what contract v2 adds: the new rules, the advisory flags by id, transfers by Chapter V mechanism."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from flowaudit.common import metrics
+from flowaudit.domain.decision import Decision
+from flowaudit.domain.events import event_from_mapping
 from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.domain.policy.checks import CHECKS
 from flowaudit.policy import DEFAULT_POLICY_DIR
+from flowaudit.sinks.audit import AuditRecord
 from flowaudit.streams.deadletter import InvalidRatioGuard
-from flowaudit.streams.measure import UNKNOWN_SUBCONTRACTOR_CHECK
+from flowaudit.streams.decide import DecidedBatch
+from flowaudit.streams.measure import UNKNOWN_SUBCONTRACTOR_CHECK, BatchMetrics, zero_policy_series
+from flowaudit.streams.messages import BatchResult
 from flowaudit.streams.pipeline import BatchProcessor
+from flowaudit.streams.route import Routes
+from tests.conftest import read_data
 from tests.fakes import MemorySink
 from tests.streams.batches import CODEC, examples, messages_of
 
@@ -52,3 +64,112 @@ def test_renaming_the_rule_keeps_the_unknown_subcontractor_metric(policy: Policy
     assert "unknown-subcontractor" not in ids and ids[RENAMED] == UNKNOWN_SUBCONTRACTOR_CHECK
     expected = _unknown_subcontractor_events(policy)
     assert _unknown_subcontractor_events(renamed) == expected >= 1
+
+
+# Contract v2: advisory flags, the rules v2 adds, transfer mechanisms (tests/data/metrics/v2_decisions.yaml).
+V2: dict[str, Any] = read_data("metrics/v2_decisions.yaml")
+PER_KIND = (
+    ("blocked_by_rule", metrics.BLOCKED_BY_RULE, ("rule",)),
+    ("flagged", metrics.FLAGGED, ("flag",)),
+    ("transfers", metrics.TRANSFERS_BY_MECHANISM, ("mechanism", "decision")),
+)
+
+
+@pytest.fixture(scope="module")
+def v2_policy(policy: Policy) -> Policy:
+    """The shipped policy, which holds every rule and flag the data file names."""
+    assert set(V2["rules"]) <= {rule.id for rule in policy.rules}
+    assert set(V2["flags"]) == {flag.id for flag in policy.flags}
+    return policy
+
+
+def _batch(kind: str, policy: Policy) -> tuple[DecidedBatch, BatchResult]:
+    records = []
+    for offset, case in enumerate(V2["batches"][kind]):
+        event = event_from_mapping(case["event"], policy)
+        d = case["decision"]
+        decision = Decision(
+            event.event_id,
+            d["decision"],
+            tuple(d["data_categories"]),
+            d["legal_basis"],
+            tuple(d["rules"]),
+            policy.version,
+            transfer_mechanism=d["transfer_mechanism"],
+            flags=tuple(d["flags"]),
+        )
+        records.append(AuditRecord(event, decision, f"in.{kind}", 0, offset, 1_762_300_000_000))
+    blocked = sum(1 for record in records if record.decision.blocked)
+    decided = DecidedBatch(len(records), records, Routes([], [], []), Counter(), [])
+    return decided, BatchResult(consumed=len(records), allowed=len(records) - blocked, blocked=blocked)
+
+
+def _values(kind: str) -> dict[str, dict[str, float]]:
+    """The v2-relevant counters of one kind: {counter: {label values joined by '/': value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for name, counter, labels in PER_KIND:
+        values = out.setdefault(name, {})
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels["kind"] == kind:
+                    values["/".join(sample.labels[label] for label in labels)] = sample.value
+    return out
+
+
+def _count(kind: str, policy: Policy) -> dict[str, dict[str, float]]:
+    """What writing the kind's v2 batch adds to the counters (non-zero increments only)."""
+    before = _values(kind)
+    BatchMetrics(kind, policy).count(*_batch(kind, policy))
+    after = _values(kind)
+    return {
+        name: {key: value - before[name].get(key, 0) for key, value in series.items()}
+        for name, series in after.items()
+    }
+
+
+def _nonzero(counts: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {name: {k: v for k, v in series.items() if v} for name, series in counts.items()}
+
+
+@pytest.mark.parametrize("kind", sorted(V2["batches"]))
+def test_a_v2_batch_adds_its_rules_flags_and_mechanisms(v2_policy: Policy, kind: str) -> None:
+    assert _nonzero(_count(kind, v2_policy)) == V2["expected"][kind]
+
+
+def test_every_flag_and_every_v2_rule_is_counted(v2_policy: Policy) -> None:
+    rules: Counter[str] = Counter()
+    flags: Counter[str] = Counter()
+    for kind in V2["batches"]:
+        counts = _count(kind, v2_policy)
+        rules.update(counts["blocked_by_rule"])
+        flags.update(counts["flagged"])
+    assert {flag.id for flag in v2_policy.flags} == set(V2["flags"])
+    for flag in v2_policy.flags:
+        assert flags[flag.id] >= 1, f"flag {flag.id} was not counted"
+    for rule_id in V2["rules"]:
+        assert rules[rule_id] >= 1, f"rule {rule_id} was not counted"
+    assert rules["transfer-without-safeguard"] == 3  # the alert FlowauditTransferWithoutSafeguard reads it
+
+
+def test_transfers_are_counted_outside_the_zone_only_by_mechanism(v2_policy: Policy) -> None:
+    assert tuple(V2["mechanisms"]) == metrics.TRANSFER_MECHANISMS
+    for kind, cases in V2["batches"].items():
+        outside = sum(1 for case in cases if case["decision"]["transfer_mechanism"] is not None)
+        assert 0 < outside < len(cases)  # each batch has decisions inside and outside the zone
+        transfers = _nonzero(_count(kind, v2_policy))["transfers"]
+        assert sum(transfers.values()) == outside
+        assert {key.split("/")[0] for key in transfers} <= set(metrics.TRANSFER_MECHANISMS)
+
+
+def test_series_labelled_by_the_policy_start_at_zero(v2_policy: Policy) -> None:
+    kind = "zero-series-test"  # a kind no other test counts
+    zero_policy_series([kind], v2_policy)
+    values = _values(kind)
+    assert values["blocked_by_rule"] == {rule.id: 0.0 for rule in v2_policy.rules}
+    assert values["flagged"] == {flag.id: 0.0 for flag in v2_policy.flags}
+    assert values["transfers"] == {
+        f"{mechanism}/{decision}": 0.0
+        for mechanism in metrics.TRANSFER_MECHANISMS
+        for decision in ("allowed", "blocked")
+    }
+    assert set(V2["rules"]) <= set(values["blocked_by_rule"])

@@ -35,9 +35,34 @@ def test_decision_header_is_the_decision_as_json(policy: Policy) -> None:
             "data_categories": list(decision.data_categories),
             "legal_basis": decision.legal_basis,
             "rules": list(decision.rules),
+            "special_category_condition": decision.special_category_condition,
+            "transfer_mechanism": decision.transfer_mechanism,
+            "flags": list(decision.flags),
             "waived": list(decision.waived),
+            "counterparty": decision.counterparty,
             "policy_version": policy.version,
         }
+
+
+def test_decision_header_carries_the_contract_v2_keys_in_the_evaluate_order(policy: Policy) -> None:
+    """The header is the `flowaudit evaluate` object (contract v2 §7) with `decided_at` after the id;
+    decisions that differ only in their counterparty share the cached middle, not the counterparty."""
+    headers = DecisionHeaders()
+    decider = Decider(policy)
+    base = decider.decide(event_from_mapping(examples(policy, "sharing")[0], policy))
+    full = base._replace(
+        special_category_condition="explicit_consent",
+        transfer_mechanism="consent_derogation",
+        flags=("consent-unverified", "undeclared-category"),
+        counterparty="RunTracker",
+    )
+    for decision in (full, full._replace(counterparty='Dr "Who" Ärzte'), full._replace(counterparty=None)):
+        raw = headers.encode(decision, 99)
+        header = json.loads(raw)
+        contract = decision.to_contract_dict()
+        expected = {"event_id": contract.pop("event_id"), "decided_at": 99, **contract}
+        assert list(header) == list(expected) and header == expected
+    assert len(headers._middles) == 1
 
 
 MESSAGES = [

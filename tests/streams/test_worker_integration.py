@@ -135,7 +135,7 @@ def test_events_flow_through_the_gate_with_correct_decisions(
         assert header["decision"] == decision.decision and header["rules"] == list(decision.rules)
         assert header["data_categories"] == list(decision.data_categories)
         assert header["legal_basis"] == decision.legal_basis
-    assert expected[old["event_id"]].rules == ("health-data-leaves-eea",)
+    assert "health-data-leaves-eea" in expected[old["event_id"]].rules  # a device sync moved to the US
 
     reasons = sorted(dict(r.headers)["flowaudit-error-reason"].decode() for r in dead)
     assert reasons == ["corrupt_body", "unknown_schema"]

@@ -10,7 +10,15 @@ import pytest
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import event_from_mapping
 from flowaudit.domain.policy import Policy, PolicyError, Rule, checks, load_policy
-from flowaudit.domain.policy.checks import CHECKS, CheckedEvent, Predicate, Relevance, compile_rule
+from flowaudit.domain.policy.checks import (
+    CHECKS,
+    Answer,
+    Classified,
+    Route,
+    Specializer,
+    Traits,
+    compile_rule,
+)
 from flowaudit.domain.policy.files import RuleParams
 from tests.conftest import DATA_DIR
 
@@ -25,9 +33,8 @@ def test_every_needed_param_is_a_rule_param() -> None:
 
 
 def test_the_shipped_rules_compile_through_the_registry(policy: Policy) -> None:
-    for rule in policy.rules:
-        relevant, fires = compile_rule(rule, policy)
-        assert callable(relevant) and callable(fires), rule.id
+    for rule in (*policy.rules, *policy.flags):
+        assert callable(compile_rule(rule, policy)), rule.id
 
 
 def test_a_hand_built_rule_with_an_unregistered_check_is_refused(policy: Policy) -> None:
@@ -41,6 +48,8 @@ def test_a_hand_built_rule_with_an_unregistered_check_is_refused(policy: Policy)
         legal_bases=frozenset(),
         event_types=frozenset(),
         zone_countries=frozenset(),
+        zone="eea",
+        source="test",
     )
     with pytest.raises(ValueError, match="no predicate for rule check 'no_such_check'"):
         compile_rule(rule, policy)
@@ -48,7 +57,7 @@ def test_a_hand_built_rule_with_an_unregistered_check_is_refused(policy: Policy)
 
 def test_registering_a_check_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="registered twice"):
-        checks.rule_check("unknown_purpose")(lambda rule, policy: (checks._always, checks._fires))
+        checks.rule_check("unknown_purpose")(lambda rule, policy: lambda route: None)
 
 
 def test_an_unknown_check_is_refused_listing_the_registered_ones(tmp_path: Path) -> None:
@@ -63,13 +72,16 @@ def test_an_unknown_check_is_refused_listing_the_registered_ones(tmp_path: Path)
     assert caught.value.message == f"Input should be {', '.join(names[:-1])} or {names[-1]}"
 
 
-def _large_batches(rule: Rule, policy: Policy) -> tuple[Relevance, Predicate]:
+def _large_batches(rule: Rule, policy: Policy) -> Specializer:
     purposes = rule.purposes
 
-    def large(event: CheckedEvent, effective: frozenset[str]) -> bool:
-        return True
+    def large(event: Traits, classified: Classified, consent: int) -> bool:
+        return event.bulk
 
-    return (lambda kind, purpose, basis: kind == "subcontractor_transfer" and purpose in purposes), large
+    def specialize(route: Route) -> Answer:
+        return large if route.subcontractor is not None and route.purpose in purposes else None
+
+    return specialize
 
 
 def test_adding_a_check_is_one_registry_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,14 +94,14 @@ def test_adding_a_check_is_one_registry_entry(tmp_path: Path, monkeypatch: pytes
     rules = copy / "rules.yaml"
     rules.write_text(
         rules.read_text()
-        + "  - {id: test-only, check: test_only, description: x, severity: low, params: {}}\n"
+        + "  - {id: test-only, check: test_only, description: x, severity: low, params: {}, source: test}\n"
     )
     with pytest.raises(PolicyError) as caught:
         load_policy(copy)
     assert caught.value.entry == "rules[3](test-only).params.purposes"
     assert caught.value.message == "check 'test_only' needs purposes"
 
-    rules.write_text(rules.read_text().replace("params: {}}", "params: {purposes: [care]}}"))
+    rules.write_text(rules.read_text().replace("params: {}, source", "params: {purposes: [care]}, source"))
     loaded = load_policy(copy)
     assert [rule.id for rule in loaded.rules][-1] == "test-only"
     event = {
@@ -103,12 +115,13 @@ def test_adding_a_check_is_one_registry_entry(tmp_path: Path, monkeypatch: pytes
         "purpose": "care",
         "consent_id": None,
         "subcontractor": "Lab One",
-        "record_count": 1,
+        "record_count": 2,
         "encrypted": True,
         "pseudonymized": False,
     }
     decider = Decider(loaded)
     assert decider.decide(event_from_mapping(event, loaded)).rules == ("test-only",)
+    assert decider.decide(event_from_mapping(event | {"record_count": 1}, loaded)).rules == ()
     assert (
         decider.decide(event_from_mapping(event | {"purpose": "newsletter", "consent_id": "c"}, loaded)).rules
         == ()

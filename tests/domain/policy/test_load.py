@@ -22,11 +22,65 @@ def test_shipped_policy_covers_the_contract_taxonomy(policy: Policy, contract: d
     assert policy.unclassified_category == "unclassified"
     assert policy.unclassified_treated_as == "health"
     assert policy.special_categories == frozenset({"health"})
+    assert policy.direct_identifiers == frozenset(contract["direct_identifiers"])
 
 
-def test_shipped_register_has_the_contract_bases(policy: Policy, contract: dict[str, Any]) -> None:
-    for purpose, basis in contract["register"].items():
-        assert policy.purposes[purpose].legal_basis == basis, purpose
+def test_shipped_register_is_the_contract_table(policy: Policy, contract: dict[str, Any]) -> None:
+    """Contract v2 §3, entry by entry: legal basis, Art. 9(2) condition, declared categories."""
+    for purpose_id, (basis, condition, declares) in contract["register"].items():
+        purpose = policy.purposes[purpose_id]
+        assert purpose.legal_basis == basis, purpose_id
+        assert purpose.special_category_condition == condition, purpose_id
+        expected = set(policy.categories) if declares == "all" else set(declares)
+        assert purpose.data_categories == expected, purpose_id
+        assert purpose.source, purpose_id
+
+
+def test_shipped_registry_is_the_contract_table(policy: Policy, contract: dict[str, Any]) -> None:
+    """Contract v2 §4, entry by entry: storage, purposes, service area, encryption, mechanism, aliases."""
+    eea = frozenset(contract["eea"])
+    assert [s.name for s in policy.subcontractor_list] == list(contract["registry"])
+    for name, entry in contract["registry"].items():
+        sub = policy.find_subcontractor(name)
+        assert sub is not None and sub.name == name
+        assert sub.storage_countries == (
+            eea if entry["storage"] == "Europe" else frozenset(entry["storage"])
+        ), name
+        if entry["purposes"] == "any":
+            assert sub.serves_any and sub.controller, name
+        else:
+            assert sub.purposes == tuple(entry["purposes"]) and not sub.serves_any, name
+        area = entry["area"]
+        assert sub.service_area == (None if area is None else eea if area == "EEA" else frozenset(area)), name
+        assert sub.encryption_required is entry["encrypted"], name
+        assert sub.transfer_mechanism == entry["mechanism"], name
+        for alias in entry.get("aliases", []):
+            assert policy.find_subcontractor(alias.upper()) is sub, alias
+        assert sub.source, name
+
+
+def test_shipped_adequacy_registry_is_the_contract_list(policy: Policy, contract: dict[str, Any]) -> None:
+    """Contract v2 §4: a decision applies from 00:00 UTC of its date; GB is in the zone to 2020-12-31."""
+    from datetime import UTC, datetime, timedelta
+
+    from flowaudit.domain.decision import Decider
+
+    decider = Decider(policy)
+    eras = policy.timeline.eras
+
+    def era_at(moment: datetime) -> Any:
+        return eras[decider.era_index(int(moment.timestamp() * 1000))]
+
+    adequate_now = era_at(datetime(2026, 1, 1, tzinfo=UTC)).adequate
+    assert adequate_now == frozenset(contract["adequacy"])
+    for code, day in contract["adequacy"].items():
+        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        assert code in era_at(start).adequate, code
+        assert code not in era_at(start - timedelta(milliseconds=1)).adequate, code
+    for code, day in contract["zone_until"].items():
+        end = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+        assert code in era_at(end - timedelta(milliseconds=1)).zones[policy.protected_zone], code
+        assert code not in era_at(end).zones[policy.protected_zone], code
 
 
 def test_register_entries_state_retention_and_source(policy: Policy) -> None:
@@ -36,7 +90,9 @@ def test_register_entries_state_retention_and_source(policy: Policy) -> None:
     assert policy.purposes["billing_retention"].retention_period == "P10Y"
 
 
-def test_shipped_subcontractors_match_the_contract(policy: Policy, contract: dict[str, Any]) -> None:
+def test_shipped_subcontractors_store_where_the_contract_says(
+    policy: Policy, contract: dict[str, Any]
+) -> None:
     assert {s.name for s in policy.subcontractor_list} == set(contract["subcontractors"])
     for name, (inside, outside) in contract["subcontractors"].items():
         registered = policy.find_subcontractor(name.upper())
@@ -49,10 +105,14 @@ def test_protected_zone_is_the_eea_with_norway_as_a_string(policy: Policy, contr
     assert "NO" in policy.protected_countries and len(policy.protected_countries) == 30
 
 
-def test_all_contract_rules_are_enabled_and_no_exception_is(policy: Policy, contract: dict[str, Any]) -> None:
+def test_all_contract_rules_flags_and_the_exception_are_enabled(
+    policy: Policy, contract: dict[str, Any]
+) -> None:
     assert sorted(rule.id for rule in policy.rules) == sorted(contract["rules"])
-    assert policy.exceptions == ()
-    assert policy.disabled_exceptions  # shipped, documented, disabled
+    assert sorted(flag.id for flag in policy.flags) == sorted(contract["flags"])
+    assert [exc.id for exc in policy.exceptions] == contract["exceptions_enabled"]
+    assert policy.disabled_exceptions == ()
+    assert all(rule.source for rule in (*policy.rules, *policy.flags))
 
 
 def test_version_is_a_content_hash(tmp_path: Path, policy: Policy) -> None:
@@ -107,7 +167,16 @@ def test_policy_files_constant_lists_every_shipped_file() -> None:
 
 def test_version_hashes_the_files_in_their_historical_order(policy: Policy) -> None:
     # Written out here on purpose: reordering the loader's file table would change every version.
-    order = ("taxonomy", "register", "subcontractors", "zones", "countries", "rules", "exceptions")
+    order = (
+        "taxonomy",
+        "register",
+        "subcontractors",
+        "zones",
+        "countries",
+        "rules",
+        "exceptions",
+        "adequacy",
+    )
     digest = hashlib.sha256()
     for name in (f"{stem}.yaml" for stem in order):
         digest.update(
@@ -124,6 +193,7 @@ def test_the_file_table_compiles_each_file_once_in_dependency_order() -> None:
         "countries.yaml",
         "taxonomy.yaml",
         "zones.yaml",
+        "adequacy.yaml",
         "register.yaml",
         "subcontractors.yaml",
         "rules.yaml",
@@ -137,7 +207,7 @@ def test_every_file_is_schema_checked_before_any_is_compiled(tmp_path: Path) -> 
     countries = copy / "countries.yaml"  # compiled first: a reference-free error
     countries.write_text(countries.read_text().replace("countries: [AD,", "countries: [ad,", 1))
     rules = copy / "rules.yaml"  # compiled late, but its schema error is found when it is read
-    rules.write_text(rules.read_text().replace("schema_version: 1", "schema_version: 2", 1))
+    rules.write_text(rules.read_text().replace("schema_version: 2", "schema_version: 1", 1))
     with pytest.raises(PolicyError) as caught:
         load_policy(copy)
     assert caught.value.file.endswith("rules.yaml") and caught.value.entry == "schema_version"
