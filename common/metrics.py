@@ -84,6 +84,24 @@ DECISION_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
+# the contract's consent actions (v2 §1): the closed label set of CONSENTS
+CONSENT_ACTIONS = ("granted", "withdrawn")
+CONSENTS = Counter(
+    "flowaudit_consents_total",
+    "Consent events recorded in the consent ledger (durable in the store and the ledger's table), by action.",
+    ["action"],
+    registry=REGISTRY,
+)
+CONSENT_LEDGER_SIZE = Gauge(
+    "flowaudit_consent_ledger_consents",
+    "Consent ids the worker's consent ledger holds (the partitions of the consent topic it owns).",
+    registry=REGISTRY,
+)
+CONSENT_PERIODS_DROPPED = Counter(
+    "flowaudit_consent_periods_dropped_total",
+    "Grant/withdrawal periods dropped from a consent id that exceeded the ledger's bound per consent.",
+    registry=REGISTRY,
+)
 FORWARDED = Counter(
     "flowaudit_forwarded_total",
     "Events forwarded to the gate's output topics, by role (approved or blocked).",
@@ -162,4 +180,6 @@ def zero_known_series(kinds: list[str], rules: list[str], flags: list[str]) -> N
             FLAGGED.labels(kind, flag)
     for role in ("approved", "blocked"):
         FORWARDED.labels(role)
+    for action in CONSENT_ACTIONS:
+        CONSENTS.labels(action)
     BACKPRESSURE.set(0)

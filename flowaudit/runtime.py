@@ -22,11 +22,23 @@ from flowaudit.broker import EmbeddedBroker
 from flowaudit.common import metrics
 from flowaudit.common.settings import Settings, kafka_bootstrap
 from flowaudit.common.tuning import tune_process
+from flowaudit.domain.kinds import INPUT_KINDS
+from flowaudit.domain.ledger import StreamLedger
 from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
 from flowaudit.sinks.reader import StoreReader
 from flowaudit.sinks.writer import ClickHouseSink
-from flowaudit.streams.app import BatchObserver, BatchRunner, FlowauditApp, crash_from_thread, create_app
+from flowaudit.streams.app import (
+    BatchObserver,
+    BatchRunner,
+    FlowauditApp,
+    LedgerLoader,
+    LocalLedger,
+    crash_from_thread,
+    create_app,
+    input_topic,
+    ledger_changelog_topic,
+)
 from flowaudit.streams.measure import zero_policy_series
 from flowaudit.streams.pipe import PipelineConfig, PipelineProcessError
 from flowaudit.streams.pipeline import LocalPipeline, batch_processors
@@ -70,9 +82,15 @@ class Runtime:
             self.broker.stop()
 
 
+def input_kinds() -> list[str]:
+    """Every input kind the worker consumes: the flow kinds and the consent kind (`INPUT_KINDS`)."""
+    return list(INPUT_KINDS)
+
+
 def all_topics(settings: Settings) -> list[str]:
     return [
-        *settings.input_topics.values(),
+        *(input_topic(settings, kind) for kind in input_kinds()),
+        ledger_changelog_topic(settings.consumer_group),
         settings.topic_approved,
         settings.topic_blocked,
         settings.topic_dead_letter,
@@ -115,16 +133,17 @@ def build_runtime(
     broker = None
     if settings.kafka_url:
         bootstrap = kafka_bootstrap(settings.kafka_url)
-        check_topics(bootstrap, all_topics(settings))
+        partitions = check_co_partitioned(settings, check_topics(bootstrap, all_topics(settings)))
     else:
         broker = start_embedded_broker(settings)
         bootstrap = broker.bootstrap
+        partitions = settings.topic_partitions
     publisher = KafkaPublisher(bootstrap)
     chain_key = load_chain_key(settings.chain_key_value, settings.data_dir)
     start = _start_two_processes if settings.pipeline_process else _start_one_process
     guard = _web_guard(settings) if web_enabled else None
     try:
-        store_owner, runners, registry = start(settings, policy, chain_key, publisher)
+        store_owner, runners, registry, ledger = start(settings, policy, chain_key, publisher)
         try:  # after the writer: it creates the table the reader opens
             reader, views = _web_views(settings, policy, chain_key) if guard is not None else (None, None)
         except Exception:
@@ -143,6 +162,8 @@ def build_runtime(
         observer=observer,
         web_guard=guard,
         web_views=views,
+        ledger=ledger,
+        ledger_partitions=partitions,
     )
     if isinstance(store_owner, PipelineProcess):
         store_owner.on_death = functools.partial(crash_from_thread, app)
@@ -177,12 +198,30 @@ def output_topics(settings: Settings) -> Topics:
     return Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
 
 
+def check_co_partitioned(settings: Settings, counts: dict[str, int]) -> int:
+    """The partition count shared by the input topics and the consent ledger's changelog; TopicError
+    when they differ: the ledger's table is keyed by user_id like the flows, and a flow finds its
+    subject's consents on this worker only if every topic splits the users the same way."""
+    topics = [
+        *(input_topic(settings, kind) for kind in input_kinds()),
+        ledger_changelog_topic(settings.consumer_group),
+    ]
+    found = {topic: counts[topic] for topic in topics}
+    if len(set(found.values())) > 1:
+        listing = ", ".join(f"{topic} {count}" for topic, count in found.items())
+        raise TopicError(
+            f"the input topics and the consent ledger's changelog must have the same number of "
+            f"partitions (co-partitioned by user_id), found: {listing}"
+        )
+    return found[topics[0]]
+
+
 def _start_two_processes(
     settings: Settings, policy: Policy, chain_key: bytes, publisher: KafkaPublisher
-) -> tuple[PipelineProcess, list[BatchRunner], CollectorRegistry]:
+) -> tuple[PipelineProcess, list[BatchRunner], CollectorRegistry, LedgerLoader]:
     """The store, deciding and writing in a second process; forwarding here. Metrics: both processes'."""
     config = PipelineConfig(
-        kinds=tuple(settings.input_topics),
+        kinds=tuple(input_kinds()),
         policy=policy,
         store_url=settings.resolved_clickhouse_url,
         chain_key=chain_key,
@@ -196,26 +235,28 @@ def _start_two_processes(
     runners: list[BatchRunner] = [RemotePipeline(kind, pipeline, publisher, topics) for kind in config.kinds]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineMetrics(pipeline))
-    return pipeline, runners, registry
+    return pipeline, runners, registry, pipeline
 
 
 def _start_one_process(
     settings: Settings, policy: Policy, chain_key: bytes, publisher: KafkaPublisher
-) -> tuple[ClickHouseSink, list[BatchRunner], CollectorRegistry]:
+) -> tuple[ClickHouseSink, list[BatchRunner], CollectorRegistry, LedgerLoader]:
     """Everything in this process (FLOWAUDIT_PIPELINE_PROCESS=false)."""
     store = AuditStore(settings.resolved_clickhouse_url, policy, chain_key)
     store.connect()
     sink = ClickHouseSink(store, settings.insert_retry_max_seconds)
+    ledger = StreamLedger()
     processors = batch_processors(
-        list(settings.input_topics),
+        input_kinds(),
         policy,
         sink,
         settings.invalid_ratio_limit,
         settings.invalid_ratio_window,
+        ledger,
     )
     topics = output_topics(settings)
     runners: list[BatchRunner] = [LocalPipeline(processor, publisher, topics) for processor in processors]
-    return sink, runners, metrics.REGISTRY
+    return sink, runners, metrics.REGISTRY, LocalLedger(ledger)
 
 
 def make_worker(app: FlowauditApp, loglevel: str = "WARNING") -> Any:

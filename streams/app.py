@@ -8,6 +8,12 @@ one is decided while the previous one is written. Faust commits acknowledged off
 whose processing failed is not acknowledged. The worker stops (the invalid-ratio guard, or a
 store that cannot be written at shutdown), and the batch is read again after a restart.
 
+The consent topic's agent runs the same loop over the consent kind's processor
+(`streams.consents`); once a consent batch is durable in the store, and before it is acknowledged,
+the records it changed go into the consent ledger's Faust table (keyed by user_id, changelogged in
+Kafka). When Faust has recovered the table (start-up, rebalance), the whole table is loaded into the
+ledger the flows are decided with (`LedgerLoader`), before any input partition is resumed.
+
 On SIGTERM/SIGINT Faust cancels the agents. The batch in flight is shielded from the cancellation
 and finished (and then acknowledged) before the agent lets go.
 """
@@ -25,6 +31,8 @@ from faust.types import TP
 
 from flowaudit.common import metrics
 from flowaudit.common.settings import Settings
+from flowaudit.domain.kinds import CONSENT_ROLE, INPUT_KINDS
+from flowaudit.domain.ledger import Entry, StreamLedger, records_of, table_value
 from flowaudit.sinks.audit import chain_id_for
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.deadletter import InvalidRatioExceeded
@@ -67,6 +75,40 @@ class AuditStoreOwner(Protocol):
     ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
     async def verify(self) -> VerifyReport: ...
+
+
+class LedgerLoader(Protocol):
+    """Where the consent ledger the flows are decided with lives: `LocalLedger` (one process), or
+    `PipelineProcess` (the second process). Loaded from the Faust table once it is recovered."""
+
+    async def load_ledger(self, records: Sequence[Entry]) -> int: ...
+
+
+class LocalLedger:
+    """The one-process `LedgerLoader`: the ledger object the processors share."""
+
+    def __init__(self, ledger: StreamLedger) -> None:
+        self.ledger = ledger
+
+    async def load_ledger(self, records: Sequence[Entry]) -> int:
+        self.ledger.load(records)
+        metrics.CONSENT_LEDGER_SIZE.set(len(self.ledger))
+        return len(self.ledger)
+
+
+# The Faust table of the consent ledger; its changelog topic is `<consumer group>-<name>-changelog`.
+LEDGER_TABLE = "consent-ledger"
+
+
+def ledger_changelog_topic(consumer_group: str) -> str:
+    """The changelog topic of the consent ledger's table (created with the input topics)."""
+    return f"{consumer_group}-{LEDGER_TABLE}-changelog"
+
+
+def input_topic(settings: Settings, kind: str) -> str:
+    """The topic an input kind is consumed from (setting `topic_<kind>`, flows and consents alike)."""
+    topic: str = getattr(settings, f"topic_{kind}")
+    return topic
 
 
 class FlowauditApp(faust.App):
@@ -113,9 +155,12 @@ def create_app(
     observer: BatchObserver | None = None,
     web_guard: WebGuard | None = None,
     web_views: StoreViews | None = None,
+    ledger: LedgerLoader | None = None,
+    ledger_partitions: int | None = None,
 ) -> FlowauditApp:
-    """The Faust app: an agent per processor (its kind's input topic); with a `web_guard`, the web
-    API over the store (`streams.web`)."""
+    """The Faust app: an agent per processor (its kind's input topic); with a `ledger`, the consent
+    ledger's Faust table (`ledger_partitions`: the consent topic's); with a `web_guard`, the web API
+    over the store (`streams.web`)."""
     app = FlowauditApp(
         settings.consumer_group,
         broker=f"kafka://{bootstrap}",
@@ -141,15 +186,66 @@ def create_app(
     )
     app.publisher = publisher
     app.store_owner = store_owner
+    table = _consent_table(app, ledger, ledger_partitions) if ledger is not None else None
     for processor in processors:
-        topic_name = settings.input_topics[processor.kind]
+        topic_name = input_topic(settings, processor.kind)
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", partitions=None)
-        app.agent(topic, name=f"flowaudit.{processor.kind}")(_make_agent(app, processor, settings, observer))
+        on_durable = _table_writer(table) if INPUT_KINDS[processor.kind].role == CONSENT_ROLE else None
+        agent = _make_agent(app, processor, settings, observer, on_durable)
+        app.agent(topic, name=f"flowaudit.{processor.kind}")(agent)
 
-    _chains_follow_partitions(app, store_owner, frozenset(settings.input_topics.values()))
+    inputs = frozenset(input_topic(settings, processor.kind) for processor in processors)
+    _chains_follow_partitions(app, store_owner, inputs)
     if web_guard is not None and settings.web_port > 0:
         add_web_views(app, web_views or store_owner, web_guard)
     return app
+
+
+def _consent_table(app: FlowauditApp, ledger: LedgerLoader, partitions: int | None) -> Any:
+    """The consent ledger's durable copy: a Faust table keyed by user_id, changelogged in Kafka.
+
+    Its value per user is `domain.ledger.table_value` (JSON). Faust recovers it from the changelog
+    when partitions are assigned (start-up, rebalance) and resumes the input partitions only after
+    the recovery callbacks: the ledger the flows are decided with is loaded from it before any
+    flow of the new assignment is read.
+    """
+    table = app.Table(
+        LEDGER_TABLE,
+        default=None,
+        partitions=partitions,
+        key_serializer="json",
+        value_serializer="json",
+        help="consent ledger: per user_id, consent_id -> [purpose, periods]",
+    )
+
+    async def recovered() -> None:
+        records: list[Entry] = []
+        for user_id, value in table.data.items():
+            try:
+                records.extend(records_of(user_id, value))
+            except ValueError as exc:  # not written by this code: keep the rest of the ledger
+                log.error("consent ledger: %s (entry skipped)", exc)
+        size = await ledger.load_ledger(records)
+        log.info("consent ledger recovered from its changelog: %d consents", size)
+
+    table.on_recover(recovered)
+    return table
+
+
+def _table_writer(table: Any) -> Callable[[BatchResult], None]:
+    """Put a durable consent batch's ledger records in the table, each on its event's partition (the
+    user's: producers key by user_id), before the batch is acknowledged. Faust flushes the changelog
+    before it commits offsets, so a committed consent is in the changelog."""
+
+    def write(result: BatchResult) -> None:
+        for update in result.ledger_updates:
+            record = update.record
+            value = dict(table.data.get(record.user_id) or {})
+            value.update(table_value([(record, update.offset)]))
+            table.data[record.user_id] = value
+            table.send_changelog(update.partition, record.user_id, value)
+
+    return write
 
 
 def crash_from_thread(app: FlowauditApp, error: BaseException) -> None:
@@ -191,7 +287,11 @@ MAX_BATCHES_IN_FLIGHT = 2
 
 
 def _make_agent(
-    app: FlowauditApp, processor: BatchRunner, settings: Settings, observer: BatchObserver | None
+    app: FlowauditApp,
+    processor: BatchRunner,
+    settings: Settings,
+    observer: BatchObserver | None,
+    on_durable: Callable[[BatchResult], None] | None = None,
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
         inflight: set[asyncio.Future[None]] = set()
@@ -199,7 +299,7 @@ def _make_agent(
             async for events in stream.noack_take(settings.batch_max_rows, within=settings.batch_max_seconds):
                 if not events:
                     continue
-                task = asyncio.ensure_future(_process_batch(app, processor, events, observer))
+                task = asyncio.ensure_future(_process_batch(app, processor, events, observer, on_durable))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
                 if len(inflight) >= MAX_BATCHES_IN_FLIGHT:
@@ -213,7 +313,11 @@ def _make_agent(
 
 
 async def _process_batch(
-    app: FlowauditApp, processor: BatchRunner, events: Sequence[Any], observer: BatchObserver | None
+    app: FlowauditApp,
+    processor: BatchRunner,
+    events: Sequence[Any],
+    observer: BatchObserver | None,
+    on_durable: Callable[[BatchResult], None] | None = None,
 ) -> None:
     messages = [_inbound(event) for event in events]
     task = asyncio.ensure_future(processor.process(messages))
@@ -231,6 +335,8 @@ async def _process_batch(
                 exc,
             )
             raise asyncio.CancelledError() from exc
+        if on_durable is not None:
+            on_durable(result)
         _ack(app, events)
         raise
     except InvalidRatioExceeded as exc:
@@ -253,6 +359,8 @@ async def _process_batch(
         app.fatal_error = exc
         await app.crash(exc)
         return
+    if on_durable is not None:
+        on_durable(result)
     _ack(app, events)
     _measure_lag(app, messages)
     if observer is not None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flowaudit.domain.codec import AvroCodec, DecodeError
+from flowaudit.domain.consent import ConsentLedger
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import InvalidEvent, check_occurred_at, event_from_avro
 from flowaudit.domain.policy import Policy
@@ -59,11 +60,18 @@ class DecidedBatch:
 class BatchDecider:
     """Decides the batches of one event kind against the loaded policy (see the module's contract)."""
 
-    def __init__(self, kind: str, policy: Policy, codec: AvroCodec, guard: InvalidRatioGuard) -> None:
+    def __init__(
+        self,
+        kind: str,
+        policy: Policy,
+        codec: AvroCodec,
+        guard: InvalidRatioGuard,
+        consents: ConsentLedger | None = None,
+    ) -> None:
         self.kind = kind
         self.policy = policy
         self.codec = codec
-        self.decider = Decider(policy)
+        self.decider = Decider(policy, consents)
         self.guard = guard
         self.headers = DecisionHeaders()
 

@@ -16,12 +16,18 @@ from collections import Counter
 from collections.abc import Iterable
 
 from flowaudit.common import metrics
+from flowaudit.domain.kinds import CONSENT_ROLE, INPUT_KINDS
 from flowaudit.domain.policy import Policy
 from flowaudit.streams.decide import DecidedBatch
 from flowaudit.streams.messages import BatchResult
 
 # the rule check whose firing feeds `flowaudit_unknown_subcontractor_events_total`
 UNKNOWN_SUBCONTRACTOR_CHECK = "unknown_subcontractor"
+
+
+def flow_kinds(kinds: Iterable[str]) -> list[str]:
+    """The flow kinds among input kinds: those decided against the policy (not the consent kind)."""
+    return [kind for kind in kinds if INPUT_KINDS[kind].role != CONSENT_ROLE]
 
 
 def zero_policy_series(kinds: Iterable[str], policy: Policy) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from flowaudit.domain.ledger import LedgerUpdate
+
 # Kafka record headers, in order (a name may repeat)
 Headers = list[tuple[str, bytes]]
 
@@ -44,3 +46,5 @@ class BatchResult:
     written: int = 0
     replayed: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    # a consent batch: the ledger's records it changed, for the worker's Faust table (changelog)
+    ledger_updates: tuple[LedgerUpdate, ...] = ()

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeGuard
 
+from flowaudit.domain.ledger import DEFAULT_MAX_PERIODS, Entry
 from flowaudit.domain.policy import Policy
 from flowaudit.streams.messages import BatchResult, InboundMessage
 from flowaudit.streams.route import Routes
@@ -45,6 +46,7 @@ class PipelineConfig:
     invalid_ratio_limit: float
     invalid_ratio_window: int
     loglevel: int
+    consent_max_periods: int = DEFAULT_MAX_PERIODS
 
 
 def portable(error: BaseException) -> BaseException:
@@ -118,6 +120,17 @@ class ChainsRequest:
 
 
 @dataclass(frozen=True)
+class LoadLedger:
+    """Load consent records into the pipeline's consent ledger (the Faust table, recovered at start-up
+    or after a rebalance): `replace` empties it first (the first chunk of a snapshot); answered with
+    the ledger's size once loaded. Ordered with the batches: those submitted after it read it."""
+
+    ident: int
+    records: tuple[Entry, ...]
+    replace: bool
+
+
+@dataclass(frozen=True)
 class StopWrites:
     """Stop retrying failed inserts (shutdown): batches waiting on a store that is down then fail."""
 
@@ -127,7 +140,7 @@ class Close:
     """Finish the batches in flight, close the store and exit. Nothing is read after it."""
 
 
-Request: TypeAlias = MetricsRequest | ReportRequest | VerifyRequest | ChainsRequest
+Request: TypeAlias = MetricsRequest | ReportRequest | VerifyRequest | ChainsRequest | LoadLedger
 ToPipeline: TypeAlias = SubmitBatch | Request | StopWrites | Close
 
 

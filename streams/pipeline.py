@@ -21,17 +21,21 @@ recognises rows it already holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from flowaudit.domain.codec import AvroCodec
+from flowaudit.domain.consent import ConsentLedger
+from flowaudit.domain.kinds import CONSENT_ROLE, INPUT_KINDS
+from flowaudit.domain.ledger import StreamLedger
 from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 from flowaudit.sinks.audit import AuditRecord
+from flowaudit.streams.consents import ConsentProcessor, ConsentSink
 from flowaudit.streams.deadletter import InvalidRatioGuard
 from flowaudit.streams.decide import BatchDecider, DecidedBatch
 from flowaudit.streams.measure import BatchMetrics
 from flowaudit.streams.messages import BatchResult, InboundMessage
-from flowaudit.streams.route import Publisher, Topics, forward_while_writing
+from flowaudit.streams.route import Publisher, Routes, Topics, forward_while_writing
 
 
 class AuditSink(Protocol):
@@ -50,11 +54,17 @@ class BatchProcessor:
     """
 
     def __init__(
-        self, kind: str, policy: Policy, codec: AvroCodec, sink: AuditSink, guard: InvalidRatioGuard
+        self,
+        kind: str,
+        policy: Policy,
+        codec: AvroCodec,
+        sink: AuditSink,
+        guard: InvalidRatioGuard,
+        consents: ConsentLedger | None = None,
     ) -> None:
         self.kind = kind
         self.sink = sink
-        self.decider = BatchDecider(kind, policy, codec, guard)
+        self.decider = BatchDecider(kind, policy, codec, guard, consents)
         self.metrics = BatchMetrics(kind, policy)
 
     def decide(self, messages: Sequence[InboundMessage]) -> DecidedBatch:
@@ -66,10 +76,27 @@ class BatchProcessor:
         return result
 
 
+class KindProcessor(Protocol):
+    """What a runner drives for one input kind: `BatchProcessor` (flows) or `ConsentProcessor`."""
+
+    kind: str
+
+    def decide(self, messages: Sequence[InboundMessage]) -> Decided: ...
+
+    async def write(self, decided: Any) -> BatchResult: ...
+
+
+class Decided(Protocol):
+    """A decided batch, as the runners read it: where each record goes."""
+
+    @property
+    def routes(self) -> Routes: ...
+
+
 class LocalPipeline:
     """The one-process runner of one kind: decide, then forward while the audit rows are written."""
 
-    def __init__(self, processor: BatchProcessor, publisher: Publisher, topics: Topics) -> None:
+    def __init__(self, processor: KindProcessor, publisher: Publisher, topics: Topics) -> None:
         self.kind = processor.kind
         self.processor = processor
         self.publisher = publisher
@@ -82,18 +109,28 @@ class LocalPipeline:
         )
 
 
+class PipelineSink(AuditSink, ConsentSink, Protocol):
+    """The store as the processors of every input kind write to it (`sinks.writer.ClickHouseSink`)."""
+
+
 def batch_processors(
     kinds: Sequence[str],
     policy: Policy,
-    sink: AuditSink,
+    sink: PipelineSink,
     invalid_ratio_limit: float,
     invalid_ratio_window: int,
-) -> list[BatchProcessor]:
-    """One processor per input kind, each with its own invalid-ratio guard, sharing codec and sink."""
+    ledger: StreamLedger | None = None,
+) -> list[KindProcessor]:
+    """One processor per input kind (each with its own invalid-ratio guard), sharing codec, sink and
+    the consent ledger: the consent kind's processor writes to the ledger, the flow kinds' decide with
+    it. Which processor a kind gets is its role in the input-kind table (`domain.kinds.INPUT_KINDS`)."""
     codec = AvroCodec(SCHEMA_DIR)
-    return [
-        BatchProcessor(
-            kind, policy, codec, sink, InvalidRatioGuard(invalid_ratio_limit, invalid_ratio_window)
-        )
-        for kind in kinds
-    ]
+    ledger = ledger if ledger is not None else StreamLedger()
+
+    def processor(kind: str) -> KindProcessor:
+        guard = InvalidRatioGuard(invalid_ratio_limit, invalid_ratio_window)
+        if INPUT_KINDS[kind].role == CONSENT_ROLE:
+            return ConsentProcessor(policy, codec, sink, guard, ledger)
+        return BatchProcessor(kind, policy, codec, sink, guard, ledger)
+
+    return [processor(kind) for kind in kinds]

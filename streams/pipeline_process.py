@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from flowaudit.common import metrics
 from flowaudit.common.redact import mask_url
+from flowaudit.domain.ledger import Entry
 from flowaudit.sinks.clickhouse import StoreError
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.messages import BatchResult, InboundMessage
@@ -45,6 +46,7 @@ from flowaudit.streams.pipe import (
     ChainsRequest,
     Close,
     Failed,
+    LoadLedger,
     MetricsRequest,
     PipelineConfig,
     PipelineProcessError,
@@ -65,6 +67,9 @@ from flowaudit.streams.pipe import (
 )
 from flowaudit.streams.pipeline_server import serve
 from flowaudit.streams.route import Publisher, Routes, Topics, forward_while_writing
+
+# consent records per LoadLedger message (~100 bytes each pickled: ~10 MB a message)
+LEDGER_CHUNK = 100_000
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +213,17 @@ class PipelineProcess:
 
     async def release_chains(self, chains: Sequence[str]) -> None:
         await asyncio.wrap_future(self.request(lambda ident: ChainsRequest(ident, tuple(chains), False)))
+
+    async def load_ledger(self, records: Sequence[Entry]) -> int:
+        """Replace the second process's consent ledger with `records`, in chunks (a table of millions
+        of consents is not pickled in one message); returns the ledger's size once loaded."""
+        size = 0
+        for start in range(0, max(1, len(records)), LEDGER_CHUNK):
+            chunk, replace = tuple(records[start : start + LEDGER_CHUNK]), start == 0
+            size = await asyncio.wrap_future(
+                self.request(lambda ident, c=chunk, r=replace: LoadLedger(ident, c, r))
+            )
+        return size
 
     def stop(self) -> None:
         """Stop retrying failed inserts (shutdown): batches waiting on a down store then fail."""

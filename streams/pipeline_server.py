@@ -21,19 +21,21 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, assert_never
 
 from flowaudit.common import metrics
 from flowaudit.common.tuning import tune_process
+from flowaudit.domain.ledger import Entry, StreamLedger
 from flowaudit.sinks.clickhouse import AuditStore, StoreError
 from flowaudit.sinks.writer import ClickHouseSink
-from flowaudit.streams.measure import zero_policy_series
+from flowaudit.streams.measure import flow_kinds, zero_policy_series
 from flowaudit.streams.pipe import (
     ChainsRequest,
     Close,
     Failed,
+    LoadLedger,
     MetricsRequest,
     PipelineConfig,
     Ready,
@@ -50,7 +52,7 @@ from flowaudit.streams.pipe import (
     is_to_pipeline,
     portable,
 )
-from flowaudit.streams.pipeline import BatchProcessor, batch_processors
+from flowaudit.streams.pipeline import KindProcessor, batch_processors
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def serve(connection: Connection, config: PipelineConfig) -> None:
         level=config.loglevel, format="%(asctime)s %(levelname)s %(name)s [pipeline process]: %(message)s"
     )
     policy = config.policy
-    zero_policy_series(config.kinds, policy)
+    zero_policy_series(flow_kinds(config.kinds), policy)
     store = AuditStore(config.store_url, policy, config.chain_key)
     try:
         store.connect()
@@ -87,11 +89,12 @@ def serve(connection: Connection, config: PipelineConfig) -> None:
         connection.close()
         return
     sink = ClickHouseSink(store, config.insert_retry_max_seconds)
+    ledger = StreamLedger(config.consent_max_periods)
     processors = batch_processors(
-        config.kinds, policy, sink, config.invalid_ratio_limit, config.invalid_ratio_window
+        config.kinds, policy, sink, config.invalid_ratio_limit, config.invalid_ratio_window, ledger
     )
     try:
-        _Server(connection, sink, processors).run()
+        _Server(connection, sink, processors, ledger).run()
     finally:
         sink.close()
         connection.close()
@@ -101,10 +104,15 @@ class _Server:
     """Reads the pipe on a thread of its own; batches run as tasks on this process's event loop."""
 
     def __init__(
-        self, connection: Connection, sink: ClickHouseSink, processors: list[BatchProcessor]
+        self,
+        connection: Connection,
+        sink: ClickHouseSink,
+        processors: list[KindProcessor],
+        ledger: StreamLedger,
     ) -> None:
         self.connection = connection
         self.sink = sink
+        self.ledger = ledger
         self._send_lock = threading.Lock()
         self.processors = {processor.kind: processor for processor in processors}
         self.loop = asyncio.new_event_loop()
@@ -164,6 +172,9 @@ class _Server:
             case VerifyRequest(ident=ident):
                 # in windows on the store's thread (ClickHouseSink.verify): inserts keep going
                 self._on_loop(ident, self.sink.verify)
+            case LoadLedger(ident=ident, records=records, replace=replace):
+                # on the loop, as the batches are decided there: those submitted later read it
+                self._on_loop(ident, lambda: self._load_ledger(records, replace))
             case StopWrites():
                 self.sink.stop()
             case Close():
@@ -172,6 +183,11 @@ class _Server:
             case _:
                 assert_never(message)
         return True
+
+    async def _load_ledger(self, records: Sequence[Entry], replace: bool) -> int:
+        self.ledger.load(records, replace=replace)
+        metrics.CONSENT_LEDGER_SIZE.set(len(self.ledger))
+        return len(self.ledger)
 
     def _on_store_thread(self, ident: int, function: Callable[..., Any], *args: Any) -> None:
         def reply(future: concurrent.futures.Future[Any]) -> None:
