@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     topic_device_sync: str = _input_topic("flowaudit.device-sync")
     topic_sharing: str = _input_topic("flowaudit.sharing")
     topic_subcontractor_transfer: str = _input_topic("flowaudit.subcontractor-transfer")
+    # the consent kind's (contract v2 §1, §6): an input topic, but not a flow kind's, so not marked
+    # `_input_topic()` (`input_topics` lists the flow kinds); `consent_topic` names it
+    topic_consent: str = Field(
+        default="flowaudit.consents",
+        description="topic of the consent events (grants and withdrawals) the consent ledger is built from",
+    )
     topic_approved: str = "flowaudit.approved"
     topic_blocked: str = "flowaudit.blocked"
     topic_dead_letter: str = "flowaudit.dead-letter"
@@ -186,6 +192,7 @@ class Settings(BaseSettings):
         "topic_device_sync",
         "topic_sharing",
         "topic_subcontractor_transfer",
+        "topic_consent",
         "topic_approved",
         "topic_blocked",
         "topic_dead_letter",
@@ -240,6 +247,16 @@ class Settings(BaseSettings):
         are `KIND_NAMES`, in order, and `Kind.topic_setting` names each field.
         """
         return {name.removeprefix("topic_"): getattr(self, name) for name in _INPUT_TOPIC_FIELDS}
+
+    @property
+    def consent_topic(self) -> str:
+        """The topic the consent events are consumed from (FLOWAUDIT_TOPIC_CONSENT).
+
+        Apart from `input_topics`, which holds the flow kinds only (a processor per kind decides
+        them). Producers key its records by `user_id`, like the flow topics' (contract v2 §1), and the
+        topic has their partition count, so a subject's consents and flows share a partition number.
+        """
+        return self.topic_consent
 
     @property
     def chain_key_value(self) -> str | None:

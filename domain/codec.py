@@ -2,12 +2,12 @@
 
 Wire format (Avro specification, "Single-object encoding"): the two bytes C3 01, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro
-binary body. The known writer schemas are, for each event kind of `kinds.KINDS`, the files
-`<Kind.avro_schema>.vN.avsc` in the schema directory; other files there are not writer schemas (the
-decision header's schema lives in `headers/`). The reader schema of a kind is its highest version
-whose fields the kind all defines (`kinds.DEFINED_FIELDS`), so records written with an older or newer
-known version are resolved to the current reader (schema evolution). fastavro does the hot-path
-reading and writing.
+binary body. The known writer schemas are, for each input kind of `kinds.INPUT_KINDS` (the flow
+kinds and `consent`), the files `<InputKind.avro_schema>.vN.avsc` in the schema directory; other files
+there are not writer schemas (the decision header's schema lives in `headers/`). The reader schema of
+a kind is its highest version whose fields the kind all defines (`InputKind.defined`), so records
+written with an older or newer known version are resolved to the current reader (schema evolution).
+fastavro does the hot-path reading and writing.
 
 Keys a kind does not define (contract v2 §1: invalid) can reach the worker only through a writer
 schema that has them: a record carries no field names, and a writer schema that is not in the schema
@@ -30,7 +30,7 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 from flowaudit.domain.fields import InvalidEvent
-from flowaudit.domain.kinds import DEFINED_FIELDS, KINDS, undefined_fields_error
+from flowaudit.domain.kinds import INPUT_KINDS, undefined_fields_error
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
@@ -96,7 +96,7 @@ def _without_logical_types(schema: Any) -> Any:
     return schema
 
 
-def _load(path: Path, kind: str, version: int) -> WriterSchema:
+def _load(path: Path, kind: str, version: int, defined: frozenset[str]) -> WriterSchema:
     try:
         raw = json.loads(path.read_text())
         parsed = fastavro.parse_schema(raw)
@@ -105,13 +105,13 @@ def _load(path: Path, kind: str, version: int) -> WriterSchema:
     canonical = to_parsing_canonical_form(raw)
     fingerprint = crc64_avro(canonical.encode()).to_bytes(8, "little")
     plain = fastavro.parse_schema(_without_logical_types(raw))
-    unknown = {field["name"] for field in raw["fields"]} - DEFINED_FIELDS[kind]
+    unknown = {field["name"] for field in raw["fields"]} - defined
     undefined = str(undefined_fields_error(kind, unknown)) if unknown else None
     return WriterSchema(kind, version, fingerprint, parsed, plain, path, undefined)
 
 
 class AvroCodec:
-    """Encodes and decodes the event kinds' schemas found in one directory. Thread-safe after construction.
+    """Encodes and decodes the input kinds' schemas found in one directory. Thread-safe after construction.
 
     Raises ValueError when a kind has no schema file there (or none whose fields it all defines: no
     reader), a file `<schema>.v*.avsc` is misnamed or not a valid schema, or two files have the same
@@ -122,7 +122,7 @@ class AvroCodec:
         self.schema_dir = Path(schema_dir)
         self._by_fingerprint: dict[bytes, WriterSchema] = {}
         self._versions: dict[str, dict[int, WriterSchema]] = {}
-        for kind in KINDS.values():
+        for kind in INPUT_KINDS.values():
             paths = sorted(self.schema_dir.glob(f"{kind.avro_schema}.*.avsc"))
             if not paths:
                 raise ValueError(f"{self.schema_dir}: no schema {kind.avro_schema}.vN.avsc for {kind.name}")
@@ -130,7 +130,7 @@ class AvroCodec:
                 match = _VERSION.match(path.name[len(kind.avro_schema) + 1 : -len(".avsc")])
                 if not match:
                     raise ValueError(f"{path}: schema files are named KIND.vN.avsc")
-                schema = _load(path, kind.name, int(match["version"]))
+                schema = _load(path, kind.name, int(match["version"]), kind.defined)
                 if schema.fingerprint in self._by_fingerprint:
                     other = self._by_fingerprint[schema.fingerprint].path.name
                     raise ValueError(f"{path}: same canonical form as {other}")
@@ -140,6 +140,7 @@ class AvroCodec:
 
     @property
     def kinds(self) -> tuple[str, ...]:
+        """Every input kind with a schema here (the flow kinds and `consent`), sorted by name."""
         return tuple(sorted(self._readers))
 
     def reader(self, kind: str) -> WriterSchema:

@@ -11,6 +11,12 @@ decision core asks one question of it, through `ConsentLedger.find`, and judges 
              `occurred_at`, or withdrawn at or before it (rule `consent-not-valid`);
 - UNKNOWN    the ledger holds no record of it (flag `consent-unverified`).
 
+Two gates make a `ConsentEvent` of outside input, with the same checks and messages:
+`consent_from_mapping` for the canonical JSON form (`flowaudit evaluate`, `flowaudit produce`) and
+`consent_from_avro` for a record the codec read with the consent kind's reader schema (the consent
+topic). Neither judges `occurred_at` against the clock: callers apply `events.check_occurred_at`, as
+they do for flows.
+
 `MemoryConsentLedger` is the ledger of `flowaudit evaluate`: built from the consent lines read so far,
 in input order. The stream's ledger (a table over the consent topic) implements the same protocol.
 """
@@ -24,13 +30,14 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from flowaudit.domain.events import parse_occurred_at
-from flowaudit.domain.fields import InvalidEvent, required_str
+from flowaudit.domain.fields import InvalidEvent, non_empty, required_str
+from flowaudit.domain.kinds import CONSENT_KIND as CONSENT_KIND
+from flowaudit.domain.kinds import CONSENT_REQUIRED, INPUT_KINDS, undefined_fields_error
 from flowaudit.domain.policy import Policy
 
-CONSENT_KIND = "consent"
-ACTIONS = ("granted", "withdrawn")
-_REQUIRED = ("event_id", "occurred_at", "user_id", "consent_id", "purpose", "action")
-_DEFINED = frozenset({"event_type", *_REQUIRED, "notice_version"})
+ACTIONS = ("granted", "withdrawn")  # the order of the Avro enum `ConsentAction`
+_REQUIRED = CONSENT_REQUIRED
+_DEFINED = INPUT_KINDS[CONSENT_KIND].defined  # the JSON form's keys, `event_type` included
 
 
 class ConsentStatus(IntEnum):
@@ -129,30 +136,25 @@ def consent_status(
 
 
 def consent_from_mapping(record: Mapping[str, Any], policy: Policy) -> ConsentEvent:
-    """Validate a consent event in its canonical JSON form (contract v2 §1), or raise InvalidEvent."""
+    """Validate a consent event in its canonical JSON form (contract v2 §1), or raise InvalidEvent.
+
+    The checks run in a fixed order (undefined keys, presence, event_id, purpose, action,
+    notice_version, occurred_at, user_id, consent_id): a record with several faults gets the first.
+    `occurred_at` is parsed, not judged against the clock: like a flow's, the caller checks it
+    (`events.check_occurred_at`) against the moment it decides.
+    """
     if not isinstance(record, Mapping):
         raise InvalidEvent(f"an event must be a JSON object, got {type(record).__name__}")
-    unknown = sorted(str(key) for key in record if key not in _DEFINED)
+    unknown = record.keys() - _DEFINED
     if unknown:
-        raise InvalidEvent(
-            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"(a {CONSENT_KIND} event does not define it)"
-        )
+        raise undefined_fields_error(CONSENT_KIND, unknown)
     for name in _REQUIRED:
         if record.get(name) is None:
             raise InvalidEvent(f"missing field {name!r}")
-    raw_id = record["event_id"]
-    try:
-        event_id = str(uuid.UUID(raw_id)) if isinstance(raw_id, str) else None
-    except ValueError:
-        event_id = None
-    if event_id is None:
-        raise InvalidEvent(f"event_id is not a UUID: {raw_id!r}")
-    purpose = required_str(record, "purpose").strip().lower()
-    if purpose not in policy.purposes:
-        raise InvalidEvent(f"purpose {record['purpose']!r} is not in the processing register")
+    event_id = _event_id(record["event_id"])
+    purpose = _purpose(required_str(record, "purpose"), policy)
     action = record["action"]
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:  # a list: not comparable as a string
         raise InvalidEvent(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
     notice = record.get("notice_version")
     if notice is not None and not isinstance(notice, str):
@@ -166,3 +168,46 @@ def consent_from_mapping(record: Mapping[str, Any], policy: Policy) -> ConsentEv
         action=action,
         notice_version=notice,
     )
+
+
+def consent_from_avro(record: Mapping[str, Any], policy: Policy) -> ConsentEvent:
+    """Validate a consent record already typed by its Avro reader schema (`schemas/consent.vN.avsc`).
+
+    Gives exactly what `consent_from_mapping` gives for the same record, or the same error, with the
+    same order of checks. The schema guarantees the types (strings, the `occurred_at` long, the
+    `action` enum, `notice_version` a string or null), so only what a schema cannot express remains:
+    event_id a UUID, the purpose in the register, non-blank strings. Keys the kind does not define are
+    not looked for: the codec refuses their writer schemas (`AvroCodec.decode`). `occurred_at` is left
+    to the caller's `events.check_occurred_at`, as for flows (`event_from_avro`).
+    """
+    event_id = _event_id(record["event_id"])
+    purpose = _purpose(non_empty(record, "purpose"), policy)
+    return ConsentEvent(
+        event_id=event_id,
+        occurred_at_ms=record["occurred_at"],
+        user_id=non_empty(record, "user_id"),
+        consent_id=non_empty(record, "consent_id"),
+        purpose=purpose,
+        action=record["action"],
+        notice_version=record["notice_version"],
+    )
+
+
+def _event_id(raw: object) -> str:
+    """The UUID in its canonical spelling, or InvalidEvent (both paths: the same message)."""
+    if isinstance(raw, str):
+        try:
+            return str(uuid.UUID(raw))
+        except ValueError:
+            pass
+    raise InvalidEvent(f"event_id is not a UUID: {raw!r}")
+
+
+def _purpose(given: str, policy: Policy) -> str:
+    """The purpose folded as flows fold it (stripped, lower case), if the register holds it: unlike a
+    flow's, a consent's purpose must be known (contract v2 §1), or the ledger would hold a record no
+    flow can rely on."""
+    purpose = given.strip().lower()
+    if purpose not in policy.purposes:
+        raise InvalidEvent(f"purpose {given!r} is not in the processing register")
+    return purpose

@@ -9,13 +9,21 @@ for fields no kind had before, and the rules of the policy that concern it.
 
 Nothing here imports the policy model: the policy loader reads `KIND_NAMES` from this module.
 Validators that need the policy's facts get them as arguments (today only the country list).
+
+`KINDS` holds the flow kinds only: an `Event` is one of them, and the policy and the decision core
+treat `KIND_NAMES` as the kinds a flow may have. What enters the system is wider (contract v2 §1: four
+kinds, each on its own topic): `INPUT_KINDS` lists every input kind, one `InputKind` per entry, with
+its Avro schema and its role: "flow" for each entry of `KINDS` (in table order), "consent" for the
+`consent` kind (contract v2 §1, §6), which builds the consent ledger and is validated by
+`domain.consent`. Consumers that need every input kind (the codec's schemas, topic creation) iterate
+`INPUT_KINDS`; consumers of flows keep reading `KINDS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from flowaudit.domain.fields import (
     InvalidEvent,
@@ -255,3 +263,55 @@ def undefined_fields_error(kind: str, unknown: Iterable[object]) -> InvalidEvent
     names = sorted(repr(name) for name in unknown)
     plural = "s" if len(names) > 1 else ""
     return InvalidEvent(f"unknown field{plural} {', '.join(names)}: not defined for {kind}")
+
+
+# --- input kinds: the flow kinds and the consent kind (contract v2 §1) ---------------------------------
+
+CONSENT_KIND = "consent"
+# The consent kind's top-level keys (contract v2 §1), required then optional, in canonical JSON order;
+# `domain.consent` validates them, the codec checks writer schemas against them.
+CONSENT_REQUIRED: tuple[str, ...] = ("event_id", "occurred_at", "user_id", "consent_id", "purpose", "action")
+CONSENT_OPTIONAL: tuple[str, ...] = ("notice_version",)
+
+InputRole = Literal["flow", "consent"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputKind:
+    """One kind of record that enters the system on its own topic (contract v2 §1).
+
+    `role` says what it becomes: "flow", an `Event` of the entry of `KINDS` with the same name;
+    "consent", a `ConsentEvent` for the consent ledger. `defined` holds every top-level key a record of
+    the kind may carry (the JSON form's `event_type` included); a writer schema with a field outside it
+    makes invalid events. The codec reads and writes `schemas/<avro_schema>.vN.avsc`.
+    """
+
+    name: str
+    avro_schema: str
+    role: InputRole
+    defined: frozenset[str]
+
+    @property
+    def topic_setting(self) -> str:
+        """The `Settings` field naming the kind's input topic."""
+        return f"topic_{self.name}"
+
+
+INPUT_KINDS: Mapping[str, InputKind] = {
+    entry.name: entry
+    for entry in (
+        *(
+            InputKind(kind.name, kind.avro_schema, "flow", DEFINED_FIELDS[kind.name])
+            for kind in KINDS.values()
+        ),
+        InputKind(
+            CONSENT_KIND,
+            "consent",
+            "consent",
+            frozenset(("event_type", *CONSENT_REQUIRED, *CONSENT_OPTIONAL)),
+        ),
+    )
+}
+
+# The input kind names in table order: the flow kinds (`KIND_NAMES`), then `consent`.
+INPUT_KIND_NAMES: tuple[str, ...] = tuple(INPUT_KINDS)

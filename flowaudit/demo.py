@@ -4,6 +4,11 @@ Starts the embedded broker, the worker (Faust) and the embedded audit store in t
 producer thread sends the generated events (and a few corrupt records, which must end up as dead
 letters); progress is shown until every record is decided and written; then a summary is read back
 from the audit store itself.
+
+The generator's stream holds consent events too (about a tenth): they go to the consent topic, keyed
+by `user_id` like every record, in stream order. `--events N` counts the flow records, which the
+worker decides and reports on; the consents come on top, and the progress and summary count only
+what the worker reports (it does not consume the consent topic yet).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from flowaudit.common.settings import Settings
 from flowaudit.common.tuning import tune_process
 from flowaudit.domain.codec import MAGIC
+from flowaudit.domain.consent import CONSENT_KIND
 from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.generator import EventGenerator
 from flowaudit.produce import EventProducer
@@ -65,9 +71,8 @@ class Progress:
         return self.producing_done and self.consumed >= self.produced
 
 
-def _bad_record(number: int, producer: EventProducer, generator: EventGenerator) -> None:
-    """Send one deliberately broken record of a rotating sort."""
-    raw = generator.next_event()
+def _bad_record(number: int, producer: EventProducer, raw: dict[str, Any]) -> None:
+    """Send the flow `raw` as one deliberately broken record of a rotating sort."""
     kind = raw["event_type"]
     sort = number % 3
     if sort == 0:  # a truncated body
@@ -87,24 +92,36 @@ def _bad_record(number: int, producer: EventProducer, generator: EventGenerator)
         producer.send_bytes(kind, producer.codec.encode(kind, record))
 
 
+def _flows_sent(producer: EventProducer) -> int:
+    """The records sent that the worker decides and reports on: all but the consents."""
+    return producer.sent - producer.sent_by_kind[CONSENT_KIND]
+
+
 def _produce(runtime: Runtime, progress: Progress, count: int, seed: int) -> None:
+    """Send the generator's stream until `count` flow records are sent (the consents among them too)."""
     try:
         producer = EventProducer(runtime.bootstrap, runtime.settings, runtime.policy)
         generator = EventGenerator(runtime.policy, seed=seed)
-        for number in range(1, count + 1):
+        number = 0
+        while number < count:
+            raw = generator.next_record()
+            if raw["event_type"] == CONSENT_KIND:
+                producer.send(raw)  # to the consent topic, in stream order
+                continue
+            number += 1
             if number % BAD_RECORD_EVERY == 0:
-                _bad_record(number // BAD_RECORD_EVERY, producer, generator)
+                _bad_record(number // BAD_RECORD_EVERY, producer, raw)
             else:
-                producer.send(generator.next_event())
+                producer.send(raw)
             if number % 1000 == 0:
                 with progress.lock:
-                    progress.produced = producer.sent
-                while producer.sent - progress.consumed > MAX_AHEAD and not progress.stopping:
+                    progress.produced = _flows_sent(producer)
+                while _flows_sent(producer) - progress.consumed > MAX_AHEAD and not progress.stopping:
                     producer.flush()
                     time.sleep(0.05)
         producer.close()
         with progress.lock:
-            progress.produced = producer.sent
+            progress.produced = _flows_sent(producer)
     except Exception as exc:  # shown in the summary; the demo then stops
         log.exception("the demo producer failed")
         progress.producer_error = str(exc)

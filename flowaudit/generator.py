@@ -18,12 +18,29 @@ A share of the events (`FAULT_RATE`) is deliberately wrong, one mistake per even
 a shuffled cycle of `FAULTS` (one per rule that can fire on the stream, and per advisory flag), so
 every rule fires and every flag is raised within the first few hundred events, and in any run of a
 few thousand. Bulk transfers (`user_id` null) mostly name their `subjects`; one fault leaves them out.
+
+Consent events (contract v2 §1, §6) make about `CONSENT_SHARE` of the records. A flow that needs a
+consent cites its user's grant for its purpose; when the user has none in force, a grant is emitted
+just before the flow, at an earlier `occurred_at` (the flow takes the next moment). Once consents
+reach their share, such flows come mostly from users who already hold a grant for the purpose, so
+grants are reused. Some grants are withdrawn (`WITHDRAWAL_RATE`); four faults concern consents: a flow
+after its consent was withdrawn, a flow citing another user's consent, one citing a consent given for
+another purpose (each `consent-not-valid` by the ledger), and one citing a consent id never granted
+(flag `consent-unverified`). A bulk transfer (no `user_id`) that needs one cites an id never granted.
+
+One ordered stream, in an order in which `occurred_at` makes sense: `next_record()` / `records(count)`
+give every record (flows and consents, canonical JSON objects, a consent's `event_type` being
+`consent`); `next_event()` / `events(count)` give the flows of that same stream and leave the consents
+out (the consumers that decide flows only: benchmarks, store tests; no ledger, so every cited
+consent is unverified there). Records built by calling a builder (`sharing()`, a fault) directly
+leave the consents they need queued, to come out of `next_record()` first.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +56,11 @@ FAULT_RATE = 0.05
 # Share of the subcontractor transfers (to a processor without a service area, for a purpose not
 # based on consent) that are bulk transfers: `user_id` null, many records.
 BULK_RATE = 0.3
+# Share of the records that are consent events (grants and withdrawals), about.
+CONSENT_SHARE = 0.1
+# Chance, per record, that a grant in force is withdrawn (a record of its own).
+WITHDRAWAL_RATE = 0.008
+CONSENT = "consent"  # the event_type of a consent record (kinds.CONSENT_KIND; no domain import needed)
 
 Event = dict[str, Any]
 Pair = tuple[Subcontractor, str]  # a subcontractor and a purpose it serves
@@ -66,6 +88,18 @@ class EventGenerator:
         self._registry(policy)
         self._sharing_mix(self.catalog)
         self._faults: list[Callable[[], Event | None]] = []
+        self._consent_state(self.catalog)
+
+    def _consent_state(self, catalog: dict[str, Any]) -> None:
+        """The grants in force, as the consent ledger will hold them, and the records still to emit."""
+        self.notices: list[str] = list(catalog["consent_notices"])
+        self.grants: dict[tuple[str, str], str] = {}  # (user, purpose) -> consent id, in force
+        self.holders: dict[str, list[str]] = {}  # purpose -> users holding a grant in force for it
+        self.consent_purposes = sorted(
+            p for p, purpose in self.policy.purposes.items() if purpose.legal_basis in self.consent_bases
+        )
+        self.made = {"flows": 0, "consents": 0}
+        self._pending: deque[Event] = deque()
 
     # --- set-up: what the policy and the catalogue give -------------------------------------------------
 
@@ -142,7 +176,8 @@ class EventGenerator:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{self.rng.randint(0, 999):03d}Z"
 
     def _consent_id(self) -> str:
-        return f"consent-{self.rng.getrandbits(32):08x}"
+        # 64 bits: an id "never granted" must not collide with one granted (the ledger would hold it)
+        return f"consent-{self.rng.getrandbits(64):016x}"
 
     def _pool(self, categories: frozenset[str], pseudonymous: bool) -> list[str]:
         key = (categories, pseudonymous)
@@ -182,8 +217,62 @@ class EventGenerator:
 
     def _settle_consent(self, event: Event) -> Event:
         needed = self._needs_consent(event["event_type"], event["purpose"], event["fields"])
-        event["consent_id"] = self._consent_id() if needed else None
+        event["consent_id"] = self._cite(event) if needed else None
         return event
+
+    # --- consents: grants, withdrawals, and what flows cite ---------------------------------------------
+
+    def _consent(self, user: str, consent_id: str, purpose: str, action: str, before: Event | None) -> None:
+        """Queue a consent record. `before`: the flow it must precede; the record takes the flow's
+        moment and the flow the next one, so `occurred_at` grows along the stream."""
+        record: Event = {
+            "event_id": self._uuid(),
+            "event_type": CONSENT,
+            "occurred_at": before["occurred_at"] if before is not None else self._time(),
+            "user_id": user,
+            "consent_id": consent_id,
+            "purpose": purpose,
+            "action": action,
+        }
+        if action == "granted":
+            record["notice_version"] = self.rng.choice(self.notices)  # the notice the user was shown
+        if before is not None:
+            before["occurred_at"] = self._time()
+        self._pending.append(record)
+        self.made["consents"] += 1
+
+    def _grant(self, user: str, purpose: str, before: Event) -> str:
+        consent_id = self._consent_id()
+        self._consent(user, consent_id, purpose, "granted", before)
+        self.grants[(user, purpose)] = consent_id
+        self.holders.setdefault(purpose, []).append(user)
+        return consent_id
+
+    def _withdraw(self, user: str, purpose: str, before: Event | None = None) -> str:
+        consent_id = self.grants.pop((user, purpose))
+        self.holders[purpose].remove(user)
+        self._consent(user, consent_id, purpose, "withdrawn", before)
+        return consent_id
+
+    def _cite(self, event: Event) -> str:
+        """The consent the flow relies on: its user's grant in force for its purpose, granted just
+        before the flow if there is none; an id never granted when there is no user (a bulk transfer)
+        or no register purpose to grant it for."""
+        user, purpose = event["user_id"], event["purpose"]
+        if user is None or purpose not in self.policy.purposes:
+            return self._consent_id()
+        return self.grants.get((user, purpose)) or self._grant(user, purpose, event)
+
+    def _returning(self, purpose_id: str, among: Sequence[str] | None = None) -> str | None:
+        """Once consents have their share, a user who holds a grant for the purpose (of `among`, if
+        given), so the grant is reused rather than a new one made; else None (any user)."""
+        if self.made["consents"] < CONSENT_SHARE * (self.made["consents"] + self.made["flows"]):
+            return None
+        holders = self.holders.get(purpose_id, [])
+        if among is not None:
+            allowed = set(among)
+            holders = [user for user in holders if user in allowed]
+        return self.rng.choice(holders) if holders else None
 
     def _base(self, kind: str, user: str | None = None) -> Event:
         user = user or self.rng.choice(self.users)
@@ -221,10 +310,10 @@ class EventGenerator:
 
     def sharing(self, purpose_id: str | None = None, recipient_type: str | None = None) -> Event:
         rng = self.rng
-        event = self._base("sharing")
         recipient_type = recipient_type or rng.choice(self.recipient_types)
         recipient = rng.choice(self.catalog["recipients"][recipient_type])
         purpose_id = purpose_id or rng.choice(self.sharing_purposes[recipient_type])
+        event = self._base("sharing", self._returning(purpose_id))  # a sharing always needs a consent
         pseudonymous = purpose_id in self.pseudonymize_purposes
         allowed = self._allowed_categories(purpose_id, leaves_platform=True)
         categories = rng.choice(self.sharing_categories) & allowed or allowed
@@ -245,6 +334,8 @@ class EventGenerator:
         rng = self.rng
         purpose = self.policy.purposes[purpose_id]
         area = self.area_users.get(sub.name)
+        if user is None and purpose.legal_basis in self.consent_bases:
+            user = self._returning(purpose_id, area)
         if user is None and area:
             user = rng.choice(area)
         event = self._base("subcontractor_transfer", user)
@@ -278,7 +369,7 @@ class EventGenerator:
         sub, purpose_id = self.rng.choice(self.pairs)
         return self._transfer(sub, purpose_id)
 
-    def next_event(self) -> Event:
+    def _next_flow(self) -> Event:
         roll = self.rng.random()
         if roll < FAULT_RATE:
             return self.fault()
@@ -288,7 +379,31 @@ class EventGenerator:
             return self.sharing()
         return self.subcontractor_transfer()
 
+    def next_record(self) -> Event:
+        """The next record of the stream: a flow, or a consent event (`event_type` "consent")."""
+        if not self._pending:
+            if self.grants and self.rng.random() < WITHDRAWAL_RATE:
+                self._withdraw(*self.rng.choice(list(self.grants)))
+            else:
+                flow = self._next_flow()  # queues the grants it needs first
+                self._pending.append(flow)
+                self.made["flows"] += 1
+        return self._pending.popleft()
+
+    def records(self, count: int) -> Iterator[Event]:
+        """`count` records of the stream, flows and consents, in order."""
+        for _ in range(count):
+            yield self.next_record()
+
+    def next_event(self) -> Event:
+        """The next flow of the stream (the consent records before it are dropped)."""
+        while True:
+            record = self.next_record()
+            if record["event_type"] != CONSENT:
+                return record
+
     def events(self, count: int) -> Iterator[Event]:
+        """`count` flows of the stream, without its consent records."""
         for _ in range(count):
             yield self.next_event()
 
@@ -501,6 +616,36 @@ class EventGenerator:
         event["fields"].append(self._field_of(personal & self._allowed_categories(pair[1], True) or personal))
         return self._settle_consent(event)
 
+    def withdrawn_consent(self) -> Event | None:
+        """A sharing after its user withdrew the consent it cites (consent-not-valid by the ledger)."""
+        event = self.sharing()
+        self._withdraw(event["user_id"], event["purpose"], before=event)
+        return event
+
+    def another_users_consent(self) -> Event | None:
+        """A sharing citing a consent another user gave for its purpose (consent-not-valid)."""
+        event = self.sharing()
+        user, purpose = event["user_id"], event["purpose"]
+        others = [other for other in self.holders.get(purpose, []) if other != user]
+        other = self.rng.choice(others) if others else self.rng.choice([u for u in self.users if u != user])
+        event["consent_id"] = self.grants.get((other, purpose)) or self._grant(other, purpose, event)
+        return event
+
+    def consent_for_another_purpose(self) -> Event | None:
+        """A sharing citing a consent its user gave for another purpose (consent-not-valid)."""
+        event = self.sharing()
+        user, purpose = event["user_id"], event["purpose"]
+        given = [p for (holder, p) in self.grants if holder == user and p != purpose]
+        other = given[0] if given else self.rng.choice([p for p in self.consent_purposes if p != purpose])
+        event["consent_id"] = self.grants.get((user, other)) or self._grant(user, other, event)
+        return event
+
+    def unrecorded_consent(self) -> Event | None:
+        """A sharing citing a consent id that was never granted (flag consent-unverified)."""
+        event = self.sharing()
+        event["consent_id"] = self._consent_id()
+        return event
+
     def _flag_exempt(self, flag_id: str) -> frozenset[str]:
         """The categories a flag's check exempts (`except_categories`)."""
         for flag in self.policy.flags:
@@ -509,9 +654,10 @@ class EventGenerator:
         return frozenset()
 
 
-# The deliberate mistakes, by method name: one per rule that can fire on the stream and per flag.
-# (`consent-not-valid` needs the consent ledger; `consent-unverified` is raised by every cited consent
-# while the stream has none.)
+# The deliberate mistakes, by method name: one per rule that can fire on the stream and per flag, and
+# one per way a cited consent is wrong. The three that make `consent-not-valid` fire need the consent
+# ledger to show (`flowaudit evaluate` over `records()`; the stream has none yet); without one, every
+# cited consent is `consent-unverified`, and with one, only `unrecorded_consent`'s.
 FAULTS = (
     "misrouted_sync",
     "unknown_processor",
@@ -530,4 +676,8 @@ FAULTS = (
     "credentials_leave",
     "undeclared_category",
     "unattributed_bulk",
+    "withdrawn_consent",
+    "another_users_consent",
+    "consent_for_another_purpose",
+    "unrecorded_consent",
 )

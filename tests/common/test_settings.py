@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from flowaudit import cli
 from flowaudit.common.settings import Settings, SettingsError, env_name, load_settings
-from flowaudit.domain.kinds import KIND_NAMES, KINDS
+from flowaudit.domain.kinds import INPUT_KINDS, KIND_NAMES, KINDS
 from tests.helpers import REPO
 
 # One value per setting that the program cannot run with. Every setting must have one (checked).
@@ -24,6 +25,7 @@ BAD_VALUES: dict[str, str] = {
     "topic_device_sync": "has spaces",
     "topic_sharing": "",
     "topic_subcontractor_transfer": "x" * 250,
+    "topic_consent": "consents?",
     "topic_approved": "a/b",
     "topic_blocked": "ünïcode",
     "topic_dead_letter": "a,b",
@@ -141,7 +143,24 @@ def test_each_kinds_topic_is_set_by_its_environment_variable(monkeypatch: pytest
     assert KINDS["device_sync"].topic_env == "FLOWAUDIT_TOPIC_DEVICE_SYNC"
 
 
+def test_the_consent_topic_is_its_own_setting_not_a_flow_input_topic(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FLOWAUDIT_TOPIC_CONSENT", raising=False)
+    settings = Settings()
+    assert settings.consent_topic == settings.topic_consent == "flowaudit.consents"
+    assert INPUT_KINDS["consent"].topic_setting == "topic_consent"
+    assert "consent" not in settings.input_topics
+    assert settings.consent_topic not in settings.input_topics.values()
+    monkeypatch.setenv(env_name("topic_consent"), "custom.consents")
+    assert env_name("topic_consent") == "FLOWAUDIT_TOPIC_CONSENT"
+    assert Settings().consent_topic == "custom.consents"
+    assert cli.main(["config"]) == 0
+    assert json.loads(capsys.readouterr().out)["topic_consent"] == "custom.consents"
+
+
 def test_output_topics_are_not_input_topics() -> None:
     settings = Settings()
     outputs = {settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter}
     assert outputs.isdisjoint(settings.input_topics.values())
+    assert settings.consent_topic not in outputs

@@ -1,5 +1,6 @@
 """A canonical JSON line sent the Kafka way: written as an Avro record, decoded, validated by the worker's
-path (`AvroCodec.decode`, `event_from_avro`, `check_occurred_at`), for the parity test of the two paths.
+path (`AvroCodec.decode`, `event_from_avro` or, for a consent, `consent_from_avro`, then
+`check_occurred_at`), for the parity test of the two paths.
 
 The record is what a producer of the kind's current schema would write for the line, without our
 validation in between (`flowaudit produce` validates first, so it would never send an invalid line).
@@ -19,8 +20,9 @@ from typing import Any
 from fastavro.validation import validate
 
 from flowaudit.domain.codec import AvroCodec, EncodeError
-from flowaudit.domain.events import InvalidEvent, check_occurred_at, event_from_avro
-from flowaudit.domain.kinds import DEFINED_FIELDS, KIND_NAMES
+from flowaudit.domain.consent import ConsentEvent, consent_from_avro
+from flowaudit.domain.events import Event, InvalidEvent, check_occurred_at, event_from_avro
+from flowaudit.domain.kinds import INPUT_KIND_NAMES, INPUT_KINDS
 from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 
@@ -82,7 +84,7 @@ def _record(line: str) -> tuple[str, dict[str, Any]] | Unrepresentable:
     if not isinstance(raw, dict):
         return Unrepresentable("not a JSON object: no record")
     kind = raw.get("event_type")
-    if kind not in KIND_NAMES:
+    if kind not in INPUT_KIND_NAMES:
         return Unrepresentable("event_type is not a kind: no topic, no schema")
     millis = _millis(raw.get("occurred_at"))
     if millis is None:
@@ -91,14 +93,15 @@ def _record(line: str) -> tuple[str, dict[str, Any]] | Unrepresentable:
 
 
 def avro_outcome(line: str, policy: Policy, tmp_path: Path, now_ms: int) -> object:
-    """The Event the worker makes of the line, ("invalid", message), or Unrepresentable."""
+    """The Event (a ConsentEvent for a consent) the worker makes of the line, ("invalid", message), or
+    Unrepresentable."""
     made = _record(line)
     if isinstance(made, Unrepresentable):
         return made
     kind, record = made
     reader_fields = {field["name"] for field in CODEC.reader(kind).parsed["fields"]}
     absent = frozenset(record) - reader_fields
-    json_only = sorted(absent & DEFINED_FIELDS[kind])
+    json_only = sorted(absent & INPUT_KINDS[kind].defined)
     if json_only:
         return Unrepresentable(f"{', '.join(json_only)}: a {kind} field that no {kind} schema has")
     codec, version = CODEC, None
@@ -113,7 +116,11 @@ def avro_outcome(line: str, policy: Policy, tmp_path: Path, now_ms: int) -> obje
         return Unrepresentable(_misfit(kind, record))
     try:
         _, decoded = codec.decode(data, kind)
-        event = event_from_avro(decoded, kind, policy)
+        event: Event | ConsentEvent
+        if INPUT_KINDS[kind].role == "consent":
+            event = consent_from_avro(decoded, policy)
+        else:
+            event = event_from_avro(decoded, kind, policy)
         check_occurred_at(event.occurred_at_ms, now_ms)
     except InvalidEvent as exc:
         return ("invalid", str(exc))

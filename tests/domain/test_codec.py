@@ -1,5 +1,5 @@
-"""The codec reads the writer schemas of the kinds of the table, and nothing else; a writer schema with
-a key its kind does not define makes invalid events."""
+"""The codec reads the writer schemas of the input kinds of the table (the flow kinds and `consent`), and
+nothing else; a writer schema with a key its kind does not define makes invalid events."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from flowaudit.domain.codec import AvroCodec, DecodeError
+from flowaudit.domain.consent import consent_from_avro, consent_from_mapping
 from flowaudit.domain.events import InvalidEvent, event_from_mapping
-from flowaudit.domain.kinds import KIND_NAMES, KINDS
+from flowaudit.domain.kinds import INPUT_KIND_NAMES, INPUT_KINDS, KIND_NAMES
 from flowaudit.domain.policy import Policy
 from flowaudit.produce import avro_record
 from flowaudit.schemas import HEADER_SCHEMA_DIR, SCHEMA_DIR
@@ -26,9 +27,9 @@ def _copy_kind_schemas(target: Path) -> None:
 
 def test_the_codec_knows_exactly_the_kinds() -> None:
     codec = AvroCodec(SCHEMA_DIR)
-    assert codec.kinds == tuple(sorted(KIND_NAMES))
-    assert {codec.reader(name).path.name.split(".")[0] for name in KIND_NAMES} == {
-        kind.avro_schema for kind in KINDS.values()
+    assert codec.kinds == tuple(sorted(INPUT_KIND_NAMES))
+    assert {codec.reader(name).path.name.split(".")[0] for name in INPUT_KIND_NAMES} == {
+        kind.avro_schema for kind in INPUT_KINDS.values()
     }
 
 
@@ -36,7 +37,7 @@ def test_a_schema_file_of_no_kind_is_not_a_writer_schema(tmp_path: Path) -> None
     _copy_kind_schemas(tmp_path)
     shutil.copy(HEADER_SCHEMA_DIR / "decision.v1.avsc", tmp_path / "decision.v1.avsc")
     codec = AvroCodec(tmp_path)
-    assert codec.kinds == tuple(sorted(KIND_NAMES))
+    assert codec.kinds == tuple(sorted(INPUT_KIND_NAMES))
     with pytest.raises(KeyError):
         codec.schema("decision", 1)
 
@@ -46,6 +47,13 @@ def test_a_kind_without_a_schema_file_fails_at_construction(tmp_path: Path) -> N
     for path in tmp_path.glob("sharing.*.avsc"):
         path.unlink()
     with pytest.raises(ValueError, match=r"no schema sharing\.vN\.avsc for sharing"):
+        AvroCodec(tmp_path)
+
+
+def test_the_consent_kind_without_a_schema_file_fails_at_construction(tmp_path: Path) -> None:
+    _copy_kind_schemas(tmp_path)
+    (tmp_path / "consent.v1.avsc").unlink()
+    with pytest.raises(ValueError, match=r"no schema consent\.vN\.avsc for consent"):
         AvroCodec(tmp_path)
 
 
@@ -122,3 +130,42 @@ def test_a_dead_letter_for_an_undefined_key_is_an_invalid_event(tmp_path: Path, 
     [(index, headers)] = decided.routes.dead
     assert index == 0
     assert dict(headers)["flowaudit-error"] == b"unknown field 'ecg_samples': not defined for device_sync"
+
+
+# --- the consent kind: the same codec, the same resolution, the same undefined-key check ------------------
+
+GRANT = {
+    "event_id": "5b0c7d0e-8f3a-4c1e-9a2b-1d4e6f8a9b0c",
+    "occurred_at": 1_762_336_800_000,  # 2025-11-05T10:00:00Z
+    "user_id": "u-2",
+    "consent_id": "c-1",
+    "purpose": "third_party_sharing",
+    "action": "granted",
+    "notice_version": "privacy-policy/20251105",
+}
+
+
+def test_a_consent_record_round_trips_and_validates_like_its_json_form(policy: Policy) -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    data = codec.encode("consent", GRANT)
+    assert data[2:10] == codec.reader("consent").fingerprint
+    kind, decoded = codec.decode(data, expected_kind="consent")
+    assert kind == "consent" and decoded == GRANT
+    as_json = GRANT | {"event_type": "consent", "occurred_at": "2025-11-05T10:00:00Z"}
+    assert consent_from_avro(decoded, policy) == consent_from_mapping(as_json, policy)
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(data, expected_kind="sharing")
+    assert caught.value.reason == "wrong_kind"
+    withdrawal = {k: v for k, v in GRANT.items() if k != "notice_version"} | {"action": "withdrawn"}
+    _, decoded = codec.decode(codec.encode("consent", withdrawal), "consent")
+    assert decoded["notice_version"] is None and decoded["action"] == "withdrawn"
+
+
+def test_a_consent_writer_schema_with_an_undefined_key_gives_invalid_events(tmp_path: Path) -> None:
+    _with_extra_version(tmp_path, "consent", 4, "diagnosis")
+    codec = AvroCodec(tmp_path)
+    assert codec.reader("consent").version == 1
+    data = codec.encode("consent", GRANT | {"diagnosis": "afib"}, version=4)
+    message = "unknown field 'diagnosis': not defined for consent"
+    with pytest.raises(InvalidEvent, match=f"^{message}$"):
+        codec.decode(data, "consent")

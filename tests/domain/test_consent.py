@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flowaudit.domain.consent import (
+    ConsentEvent,
     ConsentStatus,
     MemoryConsentLedger,
     consent_from_mapping,
     consent_status,
 )
 from flowaudit.domain.decision import Decider
-from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.events import check_occurred_at, event_from_mapping
 from flowaudit.domain.fields import InvalidEvent
 from flowaudit.domain.policy import Policy
+from tests.conftest import DATA_DIR, read_data
+from tests.domain.avro_parity import Unrepresentable, avro_outcome
 from tests.domain.test_decision import build
+from tests.domain.test_events import PARITY_NOW
 
 GRANT = {
     "event_id": "0b8e3f5c-2d6a-4c1e-9f7b-3a5d2c1e0f9a",
@@ -136,3 +143,50 @@ def test_consent_purpose_is_matched_case_insensitively(policy: Policy) -> None:
         consent_from_mapping(GRANT | {"purpose": " Third_Party_Sharing "}, policy).purpose
         == "third_party_sharing"
     )
+
+
+# --- the example consents of tests/data/events/consents.jsonl, on both paths -------------------------------
+
+
+def test_the_example_consents_are_valid_or_give_their_reason(policy: Policy) -> None:
+    """The JSON path as `evaluate` runs it: validated, then `occurred_at` judged against the clock."""
+    reasons = read_data("events/consent_reasons.yaml")
+    lines = (DATA_DIR / "events" / "consents.jsonl").read_text().splitlines()
+    assert len(lines) == len(reasons)
+    valid = 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            consent = consent_from_mapping(json.loads(line), policy)
+            check_occurred_at(consent.occurred_at_ms, int(time.time() * 1000))
+        except InvalidEvent as exc:
+            assert reasons[number] is not None and reasons[number] in str(exc), (number, str(exc))
+            continue
+        assert reasons[number] is None, (number, consent)
+        assert consent.purpose in policy.purposes and consent.event_id == consent.event_id.lower()
+        valid += 1
+    assert valid >= 4
+
+
+def test_the_example_consents_give_the_same_outcome_as_avro_records(policy: Policy, tmp_path: Path) -> None:
+    """Sent to the consent topic as Avro records, the example consents give the same ConsentEvent or
+    the same error (the whole parity test, over every example file, is in test_events.py); lines Avro
+    cannot carry are in avro_unrepresentable.yaml."""
+    unrepresentable = read_data("events/avro_unrepresentable.yaml")
+    lines = (DATA_DIR / "events" / "consents.jsonl").read_text().splitlines()
+    compared: list[object] = []
+    for number, line in enumerate(lines, start=1):
+        got = avro_outcome(line, policy, tmp_path, PARITY_NOW)
+        if isinstance(got, Unrepresentable):
+            assert unrepresentable[f"consents.jsonl:{number}"] == got.why
+            continue
+        expected: object
+        try:
+            consent = consent_from_mapping(json.loads(line), policy)
+            check_occurred_at(consent.occurred_at_ms, PARITY_NOW)
+            expected = consent
+        except InvalidEvent as exc:
+            expected = ("invalid", str(exc))
+        assert got == expected, number
+        compared.append(got)
+    assert sum(isinstance(outcome, ConsentEvent) for outcome in compared) >= 4
+    assert sum(isinstance(outcome, tuple) for outcome in compared) >= 8

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from flowaudit.domain.consent import CONSENT_KIND, ConsentEvent, consent_from_mapping
 from flowaudit.domain.events import (
     Event,
     InvalidEvent,
@@ -285,13 +286,18 @@ PARITY_NOW = 1_764_000_000_000  # 2025-11-24T16:00:00Z: the moment both paths de
 
 
 def _json_outcome(line: str, policy: Policy) -> object:
-    """What `evaluate` makes of the line: the Event, or ("invalid", message)."""
+    """What `evaluate` makes of the line: the Event (a ConsentEvent for a consent line, as `evaluate`
+    tells them apart), or ("invalid", message)."""
     try:
         try:
             record = json.loads(line)
         except ValueError as exc:
             raise InvalidEvent(f"not valid JSON: {exc}") from None
-        event = event_from_mapping(record, policy)
+        event: Event | ConsentEvent
+        if isinstance(record, dict) and record.get("event_type") == CONSENT_KIND:
+            event = consent_from_mapping(record, policy)
+        else:
+            event = event_from_mapping(record, policy)
         check_occurred_at(event.occurred_at_ms, PARITY_NOW)
     except InvalidEvent as exc:
         return ("invalid", str(exc))
@@ -300,8 +306,9 @@ def _json_outcome(line: str, policy: Policy) -> object:
 
 def test_the_avro_path_and_the_json_path_agree_on_every_example(policy: Policy, tmp_path: Path) -> None:
     """Each line of tests/data/events/*.jsonl, sent as an Avro record to its kind's topic, gives the
-    same Event or the same error as `evaluate` gives it, unless Avro cannot carry it: those lines,
-    and why, are listed in tests/data/events/avro_unrepresentable.yaml (checked here too).
+    same Event (a ConsentEvent for a consent line) or the same error as `evaluate` gives it, unless
+    Avro cannot carry it: those lines, and why, are listed in
+    tests/data/events/avro_unrepresentable.yaml (checked here too).
 
     A key the kind does not define is carried the only way Avro can: by a writer schema that has it
     (the reader schema plus the keys, as a version the codec knows).

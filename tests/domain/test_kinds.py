@@ -11,7 +11,15 @@ from flowaudit.domain import policy as policy_module
 from flowaudit.domain.codec import AvroCodec
 from flowaudit.domain.events import Event, event_from_mapping
 from flowaudit.domain.kinds import COMMON_FIELDS as COMMON_FIELDS_V2
-from flowaudit.domain.kinds import DEFINED_FIELDS, KIND_NAMES, KINDS
+from flowaudit.domain.kinds import (
+    CONSENT_OPTIONAL,
+    CONSENT_REQUIRED,
+    DEFINED_FIELDS,
+    INPUT_KIND_NAMES,
+    INPUT_KINDS,
+    KIND_NAMES,
+    KINDS,
+)
 from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 from tests.conftest import DATA_DIR
@@ -25,6 +33,37 @@ def test_kind_names_are_the_table_in_order() -> None:
     assert tuple(KINDS) == KIND_NAMES
     assert all(KINDS[name].name == name for name in KIND_NAMES)
     assert policy_module.EVENT_TYPES is KIND_NAMES
+
+
+def test_input_kinds_are_the_flow_kinds_then_consent() -> None:
+    """Every input kind has an entry; the flow kinds keep theirs in `KINDS` (the policy's kinds)."""
+    assert (*KIND_NAMES, "consent") == INPUT_KIND_NAMES
+    assert tuple(INPUT_KINDS) == INPUT_KIND_NAMES
+    assert "consent" not in KINDS and "consent" not in policy_module.EVENT_TYPES
+    for name in KIND_NAMES:
+        entry = INPUT_KINDS[name]
+        assert (entry.role, entry.avro_schema, entry.defined) == (
+            "flow",
+            KINDS[name].avro_schema,
+            DEFINED_FIELDS[name],
+        )
+        assert entry.topic_setting == KINDS[name].topic_setting
+    consent = INPUT_KINDS["consent"]
+    assert (consent.role, consent.avro_schema, consent.topic_setting) == (
+        "consent",
+        "consent",
+        "topic_consent",
+    )
+    assert consent.defined == {"event_type", *CONSENT_REQUIRED, *CONSENT_OPTIONAL}
+
+
+def test_every_input_kind_has_a_schema_with_exactly_its_fields() -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    for entry in INPUT_KINDS.values():
+        names = {field["name"] for field in json.loads(codec.reader(entry.name).path.read_text())["fields"]}
+        assert names <= entry.defined, entry.name
+    consent = json.loads(codec.reader("consent").path.read_text())
+    assert [field["name"] for field in consent["fields"]] == [*CONSENT_REQUIRED, *CONSENT_OPTIONAL]
 
 
 def test_the_table_does_not_import_the_policy_model() -> None:

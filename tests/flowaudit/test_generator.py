@@ -1,16 +1,22 @@
 """The generated mix (flowaudit/generator.py): realistic, seeded, valid, and it exercises every rule
-and flag of the policy within its first few thousand events, decided here without a broker."""
+and flag of the policy within its first few thousand events, decided here without a broker; with its
+consent events, `flowaudit evaluate`'s ledger judges every sort of wrong consent."""
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from itertools import islice
 from typing import Any
 
+import orjson
+
+from flowaudit.domain.consent import CONSENT_KIND, MemoryConsentLedger, consent_from_mapping
 from flowaudit.domain.decision import Decider
-from flowaudit.domain.events import RECIPIENT_TYPES, event_from_mapping
-from flowaudit.domain.kinds import KINDS
+from flowaudit.domain.events import RECIPIENT_TYPES, event_from_mapping, parse_occurred_at
+from flowaudit.domain.kinds import INPUT_KINDS, KINDS
 from flowaudit.domain.policy import Policy
+from flowaudit.evaluate import evaluate_lines
 from flowaudit.generator import FAULTS, EventGenerator, load_catalog
 from tests.conftest import read_data
 
@@ -125,3 +131,70 @@ def test_the_catalogue_names_what_the_policy_knows(policy: Policy) -> None:
     assert countries <= policy.countries
     assert not set(catalog["outside_countries"]) & policy.protected_countries
     assert all(policy.find_subcontractor(p["name"]) is None for p in catalog["unknown_processors"])
+
+
+# --- consent events: one ordered stream of flows and consents (`records()`) ------------------------------
+
+
+def _records(policy: Policy, count: int = COVERAGE["first_events"]) -> list[dict[str, Any]]:
+    return list(EventGenerator(policy, seed=COVERAGE["seed"]).records(count))
+
+
+def test_consents_are_about_a_tenth_valid_and_in_time_order(policy: Policy) -> None:
+    low, high = COVERAGE["consent_share"]
+    for count in (COVERAGE["first_events"], 20_000):
+        records = _records(policy, count)
+        consents = [raw for raw in records if raw["event_type"] == CONSENT_KIND]
+        assert low <= len(consents) / count <= high, len(consents) / count
+        assert {raw["action"] for raw in consents} == {"granted", "withdrawn"}
+        for raw in consents:
+            assert set(raw) <= INPUT_KINDS[CONSENT_KIND].defined
+            consent_from_mapping(raw, policy)
+        moments = [parse_occurred_at(raw["occurred_at"]) for raw in records]
+        assert moments == sorted(moments)  # a grant comes before the flows that rely on it
+    assert _records(policy, 500) == _records(policy, 500)  # seeded
+
+
+def test_events_are_the_flows_of_the_same_stream(policy: Policy) -> None:
+    flows = [raw for raw in _records(policy, 1000) if raw["event_type"] != CONSENT_KIND]
+    assert _first(policy, len(flows)) == flows
+
+
+def _evaluated(policy: Policy, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`flowaudit evaluate`'s output for the records, as one input file (the ledger in input order)."""
+    out = io.BytesIO()
+    stats = evaluate_lines((orjson.dumps(raw) for raw in records), policy, out)
+    assert stats.errors == 0
+    return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_evaluated_the_stream_has_every_sort_of_invalid_and_unverified_consent(policy: Policy) -> None:
+    """Judged by evaluate's ledger: flows after a withdrawal, flows citing another user's consent or a
+    consent for another purpose (consent-not-valid), and flows citing a consent never granted
+    (consent-unverified); most cited consents are valid."""
+    records = _records(policy)
+    ledger = MemoryConsentLedger()  # a second ledger, to tell the sorts apart
+    sorts: Counter[str] = Counter()
+    for raw, output in zip(records, _evaluated(policy, records), strict=True):
+        assert output["event_id"] == raw["event_id"]
+        if raw["event_type"] == CONSENT_KIND:
+            ledger.apply(consent_from_mapping(raw, policy))
+            continue
+        if not raw["consent_id"]:
+            continue
+        held = ledger.find(raw["consent_id"], raw["user_id"])
+        if "consent-unverified" in output["flags"]:
+            assert held is None
+            sorts["unverified"] += 1
+        elif "consent-not-valid" in output["rules"]:
+            assert held is not None
+            if held.user_id != raw["user_id"]:
+                sorts["another user"] += 1
+            elif held.purpose != raw["purpose"].strip().lower():
+                sorts["another purpose"] += 1
+            else:
+                sorts["withdrawn"] += 1
+        else:
+            sorts["valid"] += 1
+    assert {"unverified", "another user", "another purpose", "withdrawn"} <= set(sorts), sorts
+    assert sorts["valid"] > 5 * (sum(sorts.values()) - sorts["valid"]), sorts

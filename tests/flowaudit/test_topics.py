@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowaudit.broker import EmbeddedBroker
-from flowaudit.topics import TopicError, check_topics
+from flowaudit.topics import TopicError, check_topics, partition_counts
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -27,3 +27,20 @@ def test_missing_topics_are_named() -> None:
 def test_an_unreachable_cluster_is_one_error() -> None:
     with pytest.raises(TopicError, match=r"cannot reach Kafka at 127\.0\.0\.1"):
         check_topics(f"127.0.0.1:{free_port()}", ["x"], timeout=2)
+
+
+def test_the_embedded_broker_has_the_consent_topic_with_the_flow_topics_partitions() -> None:
+    """Producers key every record by user_id (contract v2 §1): with one partition count, a subject's
+    consents and flows land on the same partition number."""
+    from flowaudit.common.settings import Settings
+    from flowaudit.runtime import all_topics, start_embedded_broker
+
+    settings = Settings(topic_partitions=3, metrics_port=0)
+    broker = start_embedded_broker(settings)
+    try:
+        counts = partition_counts(broker.bootstrap)
+    finally:
+        broker.stop()
+    assert settings.consent_topic not in all_topics(settings)  # the worker does not read it yet
+    wanted = [*settings.input_topics.values(), settings.consent_topic]
+    assert {name: counts.get(name) for name in wanted} == dict.fromkeys(wanted, 3)

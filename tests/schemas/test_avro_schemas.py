@@ -1,5 +1,6 @@
 """Every schema parses with the `avro` package, reads the example events, rejects the invalid ones,
-and the Avro form of an event decides exactly like its JSON form."""
+and the Avro form of an event decides exactly like its JSON form; the consent kind's schemas read the
+example consents into the same ConsentEvent as their JSON form."""
 
 from __future__ import annotations
 
@@ -16,14 +17,23 @@ import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from flowaudit.domain.codec import AvroCodec, DecodeError, EncodeError, crc64_avro
+from flowaudit.domain.consent import ConsentEvent, consent_from_avro, consent_from_mapping
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import event_from_mapping
+from flowaudit.domain.kinds import INPUT_KINDS
 from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 from tests.conftest import DATA_DIR, read_data
 
-SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.avsc"))
-EVENT_SCHEMAS = SCHEMA_FILES  # all of them: the decision header's schema is in headers/
+SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.avsc"))  # every input kind's: the decision header's is in headers/
+
+
+def _role(path: Path) -> str:
+    return INPUT_KINDS[path.name.split(".")[0]].role
+
+
+EVENT_SCHEMAS = [path for path in SCHEMA_FILES if _role(path) == "flow"]
+CONSENT_SCHEMAS = [path for path in SCHEMA_FILES if _role(path) == "consent"]
 
 
 def _examples() -> list[dict[str, Any]]:
@@ -93,6 +103,81 @@ def test_every_schema_version_rejects_invalid_records(path: Path, policy: Policy
         assert not avro.io.validate(schema, record), case["why"]
         with pytest.raises(EncodeError):
             AvroCodec(SCHEMA_DIR).encode(kind, record, version=version)
+
+
+def _consent_examples(policy: Policy) -> list[tuple[dict[str, Any], ConsentEvent]]:
+    """The valid lines of tests/data/events/consents.jsonl (the file holds invalid ones too)."""
+    examples = []
+    for line in (DATA_DIR / "events" / "consents.jsonl").read_text().splitlines():
+        raw = json.loads(line)
+        try:
+            examples.append((raw, consent_from_mapping(raw, policy)))
+        except ValueError:
+            continue
+    return examples
+
+
+def _consent_record(consent: ConsentEvent) -> dict[str, Any]:
+    """What a producer writes for a consent: its fields, occurred_at as timestamp-millis."""
+    return {
+        "event_id": consent.event_id,
+        "occurred_at": consent.occurred_at_ms,
+        "user_id": consent.user_id,
+        "consent_id": consent.consent_id,
+        "purpose": consent.purpose,
+        "action": consent.action,
+        "notice_version": consent.notice_version,
+    }
+
+
+def test_every_consent_schema_is_in_the_style_of_the_flow_kinds() -> None:
+    flow = json.loads(EVENT_SCHEMAS[0].read_text())
+    assert CONSENT_SCHEMAS
+    for path in CONSENT_SCHEMAS:
+        raw = json.loads(path.read_text())
+        assert raw["namespace"] == flow["namespace"] and raw["name"] == "Consent"
+        types = {field["name"]: field["type"] for field in raw["fields"]}
+        assert types["user_id"] == "string"  # required: a consent always has its subject
+        assert types["action"]["type"] == "enum" and types["action"]["symbols"] == ["granted", "withdrawn"]
+        assert types["notice_version"] == ["null", "string"]
+        assert next(f for f in raw["fields"] if f["name"] == "notice_version")["default"] is None
+
+
+@pytest.mark.parametrize("path", CONSENT_SCHEMAS, ids=lambda p: p.name)
+def test_every_consent_schema_version_reads_the_example_consents(path: Path, policy: Policy) -> None:
+    codec = AvroCodec(SCHEMA_DIR)
+    version = int(path.name.split(".")[1][1:])
+    schema = avro.schema.parse(path.read_text())
+    examples = _consent_examples(policy)
+    assert len(examples) >= 4
+    for _, consent in examples:
+        record = _consent_record(consent)
+        writer = avro.io.DatumWriter(schema)
+        buffer = io.BytesIO()
+        moment = datetime.fromtimestamp(record["occurred_at"] / 1000, tz=UTC)
+        writer.write(record | {"occurred_at": moment}, avro.io.BinaryEncoder(buffer))
+        data = codec.encode("consent", record, version=version)
+        assert data[10:] == buffer.getvalue()  # the reference implementation's binary encoding
+        kind, decoded = codec.decode(data, expected_kind="consent")
+        assert kind == "consent" and consent_from_avro(decoded, policy) == consent
+
+
+@pytest.mark.parametrize("path", CONSENT_SCHEMAS, ids=lambda p: p.name)
+def test_every_consent_schema_version_rejects_invalid_records(path: Path, policy: Policy) -> None:
+    version = int(path.name.split(".")[1][1:])
+    schema = avro.schema.parse(path.read_text())
+    base = _consent_record(_consent_examples(policy)[0][1])
+    cases = [
+        c
+        for c in read_data("avro_invalid_records.yaml")["consent"]
+        if version in c.get("versions", [version])
+    ]
+    assert cases
+    for case in cases:
+        record = {k: v for k, v in base.items() if k not in case.get("drop", [])} | case.get("set", {})
+        assert not avro.io.validate(schema, record), case["why"]
+        with pytest.raises(EncodeError):
+            AvroCodec(SCHEMA_DIR).encode("consent", record, version=version)
 
 
 def test_fingerprint_is_crc64_avro_of_the_canonical_form() -> None:
