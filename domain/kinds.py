@@ -274,6 +274,8 @@ CONSENT_REQUIRED: tuple[str, ...] = ("event_id", "occurred_at", "user_id", "cons
 CONSENT_OPTIONAL: tuple[str, ...] = ("notice_version",)
 
 InputRole = Literal["flow", "consent"]
+FLOW_ROLE: InputRole = "flow"
+CONSENT_ROLE: InputRole = "consent"
 
 
 @dataclass(frozen=True, slots=True)

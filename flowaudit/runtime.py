@@ -88,7 +88,10 @@ def input_kinds() -> list[str]:
 
 
 def all_topics(settings: Settings) -> list[str]:
-    """The topics the worker needs: checked on a real cluster before it starts (`check_topics`)."""
+    """The topics the worker needs: checked on a real cluster before it starts (`check_topics`), and
+    created on the embedded broker. The input topics (flows and consents) and the consent ledger's
+    changelog have one partition count: producers key every record by `user_id` (contract v2 §1),
+    so a subject's consents, flows and ledger entry share a partition number."""
     return [
         *(input_topic(settings, kind) for kind in input_kinds()),
         ledger_changelog_topic(settings.consumer_group),
@@ -98,21 +101,9 @@ def all_topics(settings: Settings) -> list[str]:
     ]
 
 
-def embedded_topics(settings: Settings) -> list[str]:
-    """The topics the embedded broker is created with: the worker's, and the consent topic.
-
-    Producers (`flowaudit produce`, the demo) send consent events to the consent topic, so it exists
-    from the start, with the flow topics' partition count: producers key every record by `user_id`
-    (contract v2 §1), and with equal counts a subject's consents and flows land on the same
-    partition number. (Not in `all_topics` yet: the worker does not consume it until the consent
-    ledger's table reads it, and a real cluster must not be asked for a topic nothing reads.)
-    """
-    return [*all_topics(settings), settings.consent_topic]
-
-
 def start_embedded_broker(settings: Settings) -> EmbeddedBroker:
     broker = EmbeddedBroker().start()
-    broker.create_topics(embedded_topics(settings), settings.topic_partitions)  # one count for all
+    broker.create_topics(all_topics(settings), settings.topic_partitions)  # one count: co-partitioned
     return broker
 
 

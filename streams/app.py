@@ -107,7 +107,7 @@ def ledger_changelog_topic(consumer_group: str) -> str:
 
 def input_topic(settings: Settings, kind: str) -> str:
     """The topic an input kind is consumed from (setting `topic_<kind>`, flows and consents alike)."""
-    topic: str = getattr(settings, f"topic_{kind}")
+    topic: str = getattr(settings, INPUT_KINDS[kind].topic_setting)
     return topic
 
 
