@@ -16,7 +16,12 @@
    are done (the parts left are reported: no OPTIMIZE, the store is as a running worker leaves it),
    then times `user-disclosures` for several users and `blocked-health-transfers`, median of the runs.
 
+3. Times `user-disclosures` for subjects of bulk transfers (read from the per-subject index,
+   audit_subjects). `--no-subjects-index` drops its materialized view first (the store of the
+   code before it): the write rates with and without the index, and its cost, side by side.
+
 Usage: python bench/sink.py [--records 200000] [--passes 5] [--rows 10000000] [--batch 20000]
+       [--no-subjects-index]
 Targets (issue 4): >= 150,000 rows/s; user-disclosures < 200 ms at 10M rows.
 """
 
@@ -39,7 +44,7 @@ from flowaudit.domain.policy import load_policy
 from flowaudit.generator import EventGenerator
 from flowaudit.policy import DEFAULT_POLICY_DIR
 from flowaudit.sinks.audit import AuditRecord
-from flowaudit.sinks.clickhouse import AuditStore, PreparedBatch, qualify
+from flowaudit.sinks.clickhouse import SUBJECTS_VIEW, AuditStore, PreparedBatch, qualify
 from flowaudit.sinks.reports import load_reports, report_parameters
 
 
@@ -181,6 +186,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--dir", help="keep the store here (default: a temporary directory)")
+    parser.add_argument("--no-subjects-index", action="store_true", help="drop the per-subject index's view")
     args = parser.parse_args()
 
     records = build_records(args.records)
@@ -189,12 +195,16 @@ def main() -> None:
         path = Path(args.dir or tmp) / "bench-audit"
         store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_ovl")
         store.connect()
+        if args.no_subjects_index:
+            store.client.command(f"DROP VIEW {qualify(SUBJECTS_VIEW, store.table)}")
         # overlapped first: it is how the worker writes, and it should not share the CPU with the
         # background merges of the other store's parts
         overlapped = measure(write_overlapped, store, records, args.passes, args.batch)
         sequential_store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_seq")
         sequential_store._client = store.client
         sequential_store.apply_ddl()
+        if args.no_subjects_index:
+            sequential_store.client.command(f"DROP VIEW {qualify(SUBJECTS_VIEW, sequential_store.table)}")
         sequential = measure(write_sequential, sequential_store, records, args.passes, args.batch)
         sequential = {"rows_per_second": sequential["rows_per_second"]}  # the rest is the overlapped run's
 
@@ -204,6 +214,12 @@ def main() -> None:
         users = [f"u-{n}" for n in range(0, args.users, max(1, args.users // 25))][:25]
         disclosures = time_report(store, "user-disclosures", [{"user": u} for u in users])
         blocked = time_report(store, "blocked-health-transfers", [{} for _ in range(7)])
+        _, named = store.query(
+            qualify("SELECT DISTINCT subject FROM audit_subjects ORDER BY subject LIMIT 25", store.table)
+        )
+        subjects = [row[0] for row in named] or users[:1]
+        by_subject = time_report(store, "user-disclosures", [{"user": s} for s in subjects])
+        _, index_rows = store.query(qualify("SELECT count() FROM audit_subjects", store.table))
         _, sample = store.query(
             f"SELECT count() FROM {store.table} WHERE user_id = {{u:String}}", {"u": users[len(users) // 2]}
         )
@@ -222,6 +238,10 @@ def main() -> None:
         "user_disclosures_ms_median": round(statistics.median(disclosures), 1),
         "user_disclosures_ms_max": round(max(disclosures), 1),
         "blocked_health_transfers_ms_median": round(statistics.median(blocked), 1),
+        "subjects_index": not args.no_subjects_index,
+        "subjects_index_rows": int(index_rows[0][0]),
+        "user_disclosures_of_a_subject_ms_median": round(statistics.median(by_subject), 1),
+        "user_disclosures_of_a_subject_ms_max": round(max(by_subject), 1),
         "targets": {"rows_per_second": 150_000, "user_disclosures_ms": 200},
     }
     print(json.dumps(result, indent=2))

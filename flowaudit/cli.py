@@ -201,7 +201,7 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     try:
-        parameters = report_parameters(report, args.since, args.until, args.user)
+        parameters = report_parameters(report, args.since, args.until, args.user, args.recipient)
         policy = _load_policy_or_exit(settings.policy_dir)
         target = _store_or_worker(settings, policy)
         if isinstance(target, tuple):
@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--list", action="store_true", help="list the reports")
     report.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
     report.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
-    report.add_argument("--user", help="data subject (user id), for user-disclosures")
+    report.add_argument("--user", help="data subject (user id), for user-disclosures, consent-withdrawals")
+    report.add_argument("--recipient", help="recipient (canonical name, any case), for subject-exposure")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.set_defaults(handler=_cmd_report)
 

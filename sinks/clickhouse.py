@@ -10,6 +10,10 @@ deduplication token lets ClickHouse drop a retry of an insert that had in fact s
 Records whose event id the store already holds are not written again (`sinks.identity`: known by
 event id, never by offset alone); `prepare` asks the store only about records that may be known.
 
+The store's other tables, created at start-up with it: the consent rows and withdrawal notices
+(schemas/sql/consent.sql, `write_consents`: see sinks/consents.py) and the per-subject index of
+bulk transfers (schemas/sql/subjects.sql, `apply_subjects_index`). None of them is chained.
+
 Not thread-safe: the worker calls it from a single executor thread.
 """
 
@@ -46,15 +50,30 @@ from flowaudit.sinks.audit import (
     link_hash,
     row_hashes,
 )
+from flowaudit.sinks.consents import (
+    CONSENT_COLUMNS,
+    CONSENT_TABLE,
+    NOTICES_SQL,
+    ConsentAuditRecord,
+    ConsentBatch,
+    build_consent_batch,
+    notice_parameters,
+)
 from flowaudit.sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
 from flowaudit.sinks.identity import LOOKUP_CHUNK, RecentEventIds, split_known
-from flowaudit.sinks.startup import StartupError, check_chain_key, check_table
+from flowaudit.sinks.startup import StartupError, check_chain_key, check_table, table_exists
 
 log = logging.getLogger(__name__)
 
 TABLE = "audit_events"
-_TABLE_NAME = re.compile(r"\baudit_events\b")
+# every table and view of the store: SQL names them unqualified, `qualify` points them at a database
+_STORE_TABLES = re.compile(
+    r"\b(audit_events|audit_subjects_mv|audit_subjects|consent_events|consent_withdrawal_notices)\b"
+)
 DDL_FILE = SCHEMA_DIR / "sql" / "audit.sql"
+CONSENT_DDL_FILE = SCHEMA_DIR / "sql" / "consent.sql"
+SUBJECTS_DDL_FILE = SCHEMA_DIR / "sql" / "subjects.sql"
+SUBJECTS_VIEW = "audit_subjects_mv"
 
 _DECISION_OF_CONTENT = operator.itemgetter(CONTENT_COLUMNS.index("decision"))
 _EVENT_ID_OF_RECORD = operator.attrgetter("event.event_id")
@@ -119,8 +138,13 @@ def load_chain_key(explicit: str | None, data_dir: Path, *, create: bool = True)
 
 
 def qualify(sql: str, table: str) -> str:
-    """Point SQL written against `audit_events` at the store's (possibly database-qualified) table."""
-    return _TABLE_NAME.sub(table, sql) if table != TABLE else sql
+    """Point SQL written against `audit_events` at the store's (possibly database-qualified) table,
+    and the store's other tables (consent_events, audit_subjects, ...) at the same database."""
+    if table == TABLE:
+        return sql
+    database, dot, _ = table.rpartition(".")
+    prefix = f"{database}." if dot else ""
+    return _STORE_TABLES.sub(lambda match: table if match[1] == TABLE else prefix + match[1], sql)
 
 
 def retry_store(
@@ -228,7 +252,8 @@ class AuditStore:
         return tuple(column for column in ALL_COLUMNS if column not in self.columns)
 
     def apply_ddl(self) -> None:
-        """Create the table if need be; add the current row format's columns if it lacks any.
+        """Create the tables if need be (audit, consents, the per-subject index); add the current
+        row format's columns to the audit table if it lacks any.
 
         The ALTER statements of the DDL run only when a column is missing, so a store that has them
         needs no ALTER privilege (schemas/sql/roles.sql grants ALTER ADD COLUMN for the migration).
@@ -240,9 +265,17 @@ class AuditStore:
         for statement in statements:
             if statement not in alters:
                 self.client.command(statement)
+        for statement in split_statements(CONSENT_DDL_FILE.read_text()):
+            self.client.command(qualify(statement, self.table))
         missing = [c for c in ALL_COLUMNS if c not in check_table(self.client, self.table, ())]
-        if not missing or not alters:
-            return
+        if missing and alters:
+            self._migrate(alters, missing)
+            missing = [c for c in ALL_COLUMNS if c not in check_table(self.client, self.table, ())]
+        if not missing:  # else check_table names what the table lacks (the view needs those columns)
+            self.apply_subjects_index()
+
+    def _migrate(self, alters: list[str], missing: list[str]) -> None:
+        """Add the columns of the current row format to a table created before it."""
         log.warning(
             "audit table %s predates row format %d: adding the columns %s (older rows keep their format)",
             self.table,
@@ -257,6 +290,27 @@ class AuditStore:
                 f"cannot add the columns {', '.join(missing)} to {self.table} ({exc}); the writer needs "
                 "ALTER ADD COLUMN on the table (schemas/sql/roles.sql)"
             ) from exc
+
+    def apply_subjects_index(self) -> None:
+        """Create the per-subject index of bulk transfers (schemas/sql/subjects.sql) if need be.
+
+        The view only sees rows inserted after it exists, so the rows already in the store are
+        copied into the index here, once: when this start-up finds no view. The copy runs before the
+        view is created and again after it (rows another writer inserted in between), each time
+        only for event ids the index does not hold, so a start-up that crashed before creating the
+        view copies nothing twice. A store whose view exists is not read at all."""
+        if table_exists(self.client, qualify(SUBJECTS_VIEW, self.table)):
+            return
+        statements = split_statements(SUBJECTS_DDL_FILE.read_text())
+        table_ddl, view_ddl = (qualify(statement, self.table) for statement in statements)
+        self.client.command(table_ddl)
+        select = view_ddl.split(" AS\n", 1)[1]
+        index = qualify("audit_subjects", self.table)
+        backfill = f"INSERT INTO {index} {select} AND event_id NOT IN (SELECT event_id FROM {index})"
+        self.client.command(backfill)
+        self.client.command(view_ddl)
+        self.client.command(backfill)
+        log.info("created the per-subject index %s of bulk transfers", index)
 
     def load_heads(self, chains: Sequence[str] | None = None) -> dict[str, ChainHead]:
         """The last durable link of every chain in the store (or of `chains` only)."""
@@ -299,13 +353,15 @@ class AuditStore:
         )
         return [row[0] for row in result.result_rows]
 
-    def stored_event_ids(self, event_ids: list[str]) -> set[str]:
-        """Those of `event_ids` that have an audit row (the bloom-filter index keeps this a few reads)."""
+    def stored_event_ids(self, event_ids: list[str], table: str | None = None) -> set[str]:
+        """Those of `event_ids` that have a row in `table` (default: the audit table; the
+        bloom-filter index on event_id keeps this a few reads)."""
         held: set[str] = set()
+        source = qualify(table, self.table) if table else self.table
         for start in range(0, len(event_ids), LOOKUP_CHUNK):
             chunk = event_ids[start : start + LOOKUP_CHUNK]
             _, rows = self.query(
-                f"SELECT DISTINCT toString(event_id) FROM {self.table} WHERE event_id IN {{ids:Array(UUID)}}",
+                f"SELECT DISTINCT toString(event_id) FROM {source} WHERE event_id IN {{ids:Array(UUID)}}",
                 {"ids": chunk},
             )
             held.update(row[0] for row in rows)
@@ -426,6 +482,50 @@ class AuditStore:
             on_retry=on_retry,
             sleep=sleep,
         )
+
+    # --- consents (sinks/consents.py) -----------------------------------------------------------------
+
+    def prepare_consents(
+        self, records: Sequence[ConsentAuditRecord], ingested_at_ms: int | None = None
+    ) -> ConsentBatch:
+        """The rows of the records the store does not hold yet (one lookup by event id)."""
+        ingested = ingested_at_ms if ingested_at_ms is not None else int(time.time() * 1000)
+        held = self.stored_event_ids(sorted({r.event.event_id for r in records}), CONSENT_TABLE)
+        return build_consent_batch(records, held, ingested, self.policy.version)
+
+    def insert_consents(self, batch: ConsentBatch) -> None:
+        """One INSERT of the batch's consent rows (none: nothing). Raises StoreError."""
+        if not batch.rows:
+            return
+        table = qualify(CONSENT_TABLE, self.table)
+        try:
+            self.client.insert(
+                table,
+                batch.rows,
+                column_names=list(CONSENT_COLUMNS),
+                settings={**_INSERT_SETTINGS, "insert_deduplication_token": batch.token},
+            )
+        except Exception as exc:
+            raise StoreError(f"insert into {table} failed: {exc}") from exc
+
+    def record_withdrawal_notices(self, batch: ConsentBatch, recorded_at_ms: int | None = None) -> None:
+        """For each withdrawal of the batch, one INSERT ... SELECT of its notices (idempotent:
+        sinks/consents.py). Raises StoreError; a retry writes only the notices still missing."""
+        recorded = recorded_at_ms if recorded_at_ms is not None else int(time.time() * 1000)
+        sql = qualify(NOTICES_SQL, self.table)
+        for withdrawal in batch.withdrawals:
+            try:
+                self.client.command(sql, parameters=notice_parameters(withdrawal, recorded))
+            except Exception as exc:
+                raise StoreError(f"notices of withdrawal {withdrawal.event_id}: {exc}") from exc
+
+    def write_consents(self, records: Sequence[ConsentAuditRecord]) -> tuple[int, int]:
+        """Blocking: write the consent rows and the withdrawals' notices, no retry; returns (rows
+        written, rows already present). Raises StoreError (`ClickHouseSink.write_consents` retries)."""
+        batch = self.prepare_consents(records)
+        self.insert_consents(batch)
+        self.record_withdrawal_notices(batch)
+        return batch.written, batch.present
 
     # --- reading --------------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 Each file starts with `-- name:`, `-- description:` and `-- parameters:` lines. Parameters use
 ClickHouse's `{name:Type}` syntax, so a DPO can paste the same file into clickhouse-client with
-`--param_name=value`.
+`--param_name=value`. A parameter listed with a trailing `?` (`user?`) is optional: left out, it is
+passed as '' and the SQL reads '' as "all". `recipient` (subject-exposure) is matched on the
+registry's canonical name, case-insensitively, by the SQL.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Report:
     parameters: tuple[str, ...]
     sql: str
     path: Path
+    optional: frozenset[str] = frozenset()
 
 
 def load_reports(directory: Path = REPORT_DIR) -> dict[str, Report]:
@@ -50,8 +53,12 @@ def load_reports(directory: Path = REPORT_DIR) -> dict[str, Report]:
         name = header.get("name", path.stem)
         if name != path.stem:
             raise ReportError(f"{path}: name {name!r} differs from the file name")
-        parameters = tuple(p.strip() for p in header.get("parameters", "").split(",") if p.strip())
-        reports[name] = Report(name, header.get("description", ""), parameters, path.read_text(), path)
+        listed = [p.strip() for p in header.get("parameters", "").split(",") if p.strip()]
+        parameters = tuple(p.rstrip("?") for p in listed)
+        optional = frozenset(p.rstrip("?") for p in listed if p.endswith("?"))
+        reports[name] = Report(
+            name, header.get("description", ""), parameters, path.read_text(), path, optional
+        )
     return reports
 
 
@@ -70,17 +77,27 @@ def normalize_time(value: str | None, default: str) -> str:
 
 
 def report_parameters(
-    report: Report, since: str | None, until: str | None, user: str | None
+    report: Report,
+    since: str | None,
+    until: str | None,
+    user: str | None,
+    recipient: str | None = None,
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "since" in report.parameters:
         values["since"] = normalize_time(since, DEFAULT_SINCE)
     if "until" in report.parameters:
         values["until"] = normalize_time(until, DEFAULT_UNTIL)
-    if "user" in report.parameters:
-        if not user:
-            raise ReportError(f"report {report.name} needs --user (the data subject's user id)")
-        values["user"] = user
+    named = {
+        "user": (user, "--user (the data subject's user id)"),
+        "recipient": (recipient, "--recipient (a recipient's name, as the registry spells it)"),
+    }
+    for name, (value, flag) in named.items():
+        if name not in report.parameters:
+            continue
+        if not value and name not in report.optional:
+            raise ReportError(f"report {report.name} needs {flag}")
+        values[name] = value or ""
     return values
 
 

@@ -85,3 +85,14 @@ def check_chain_key(client: Any, table: str, key: bytes, heads: Mapping[str, Cha
                 f"{head.seq}, does not verify): set FLOWAUDIT_CHAIN_KEY, or keep <data dir>/chain.key, "
                 "as when the store was written; if the key is right, run `flowaudit verify`"
             )
+
+
+def table_exists(client: Any, table: str) -> bool:
+    """Whether the table or view `table` (possibly database-qualified) exists."""
+    database, name = _database_and_name(table)
+    where = "database = {db:String}" if database else "database = currentDatabase()"
+    parameters = {"db": database, "name": name} if database else {"name": name}
+    found = client.query(
+        f"SELECT count() FROM system.tables WHERE {where} AND name = {{name:String}}", parameters=parameters
+    ).result_rows
+    return bool(found and int(found[0][0]))

@@ -4,6 +4,11 @@
 holds the records has returned: only then may the caller acknowledge their offsets. While the store
 fails it retries with bounded back-off and raises back-pressure (`flowaudit_backpressure`); it never
 drops a batch. It is the `AuditSink` of `flowaudit.streams.pipeline` (structurally: no import).
+
+`ClickHouseSink.write_consents(records)` does the same for consent events (`sinks.consents`): it
+returns (rows written, rows already present) once the consent rows and the notices of the batch's
+withdrawals are durable, retried like `write`. Both go through one queue on the store's thread, in
+the order they were called: a withdrawal's notices see every flow batch handed over before it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ from typing import Any
 from flowaudit.common import metrics
 from flowaudit.sinks.audit import AuditRecord
 from flowaudit.sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify, retry_store
+from flowaudit.sinks.consents import ConsentAuditRecord, ConsentBatch
 from flowaudit.sinks.verify import VerifyReport, verification
 
 log = logging.getLogger(__name__)
+
+# A queued request: audit records (coalesced with their neighbours) or consent records (run alone)
+_Records = Sequence[AuditRecord] | Sequence[ConsentAuditRecord]
+_Request = tuple[_Records, bool, "asyncio.Future[tuple[int, int]]"]
 
 # Rows verified per step while the worker writes (an insert waits for at most one step): ~0.1-0.2 s
 VERIFY_WINDOW_ROWS = 20_000
@@ -55,7 +65,7 @@ class ClickHouseSink:
         # After a write has failed (only at shutdown: until then it retries), later writes are refused
         # too: the failed batch's records come before theirs in their chains and are not acked.
         self._failed: StoreError | None = None
-        self._pending: list[tuple[Sequence[AuditRecord], asyncio.Future[tuple[int, int]]]] = []
+        self._pending: list[_Request] = []  # (records, is consent, caller's future), in call order
         self._draining = False
         for chain, head in store.heads.items():
             metrics.CHAIN_HEAD.labels(chain).set(head.seq)
@@ -119,37 +129,66 @@ class ClickHouseSink:
         return report
 
     async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
+        """Audit rows of `records`: (rows written, rows already present), once durable."""
+        return await self._submit(records, consent=False)
+
+    async def write_consents(self, records: Sequence[ConsentAuditRecord]) -> tuple[int, int]:
+        """Consent rows of `records` and the notices of its withdrawals (`sinks.consents`): (rows
+        written, rows already present: same event id), once durable; after every batch handed to
+        `write` or `write_consents` before it. Retried like `write`; raises StoreError only after
+        `stop()`."""
+        return await self._submit(records, consent=True)
+
+    async def _submit(
+        self, records: _Records, *, consent: bool
+    ) -> tuple[int, int]:
         if not records:
             return 0, 0
         done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, done))
+        self._pending.append((records, consent, done))
         if not self._draining:
             self._draining = True
             self._drainer = asyncio.ensure_future(self._drain())
         return await done
 
+    def _next_group(self) -> list[_Request]:
+        """The requests of the next store call: one consent request, or consecutive audit requests
+        up to max_rows rows (never past a consent request: the order of the calls is kept)."""
+        if self._pending[0][1]:
+            return [self._pending.pop(0)]
+        group: list[_Request] = []
+        rows = 0
+        while (
+            self._pending
+            and not self._pending[0][1]
+            and (not group or rows + len(self._pending[0][0]) <= self.max_rows)
+        ):
+            item = self._pending.pop(0)
+            group.append(item)
+            rows += len(item[0])
+        return group
+
     async def _drain(self) -> None:
         try:
             while self._pending:
-                group: list[tuple[Sequence[AuditRecord], asyncio.Future[tuple[int, int]]]] = []
-                rows = 0
-                while self._pending and (not group or rows + len(self._pending[0][0]) <= self.max_rows):
-                    item = self._pending.pop(0)
-                    group.append(item)
-                    rows += len(item[0])
+                group = self._next_group()
                 # a slow insert holds consumption back as a failing one does: say so while it lasts
                 slow = asyncio.get_running_loop().call_later(self.slow_seconds, metrics.BACKPRESSURE.set, 1)
                 try:
-                    results = await self.run(self._write_blocking, [records for records, _ in group])
+                    if group[0][1]:
+                        consents: Sequence[ConsentAuditRecord] = group[0][0]  # type: ignore[assignment]
+                        results = [await self.run(self._write_consents_blocking, consents)]
+                    else:
+                        results = await self.run(self._write_blocking, [records for records, _, _ in group])
                     metrics.BACKPRESSURE.set(0)
                 except Exception as exc:  # every caller of the group learns of the failure
-                    for _, done in group:
+                    for _, _, done in group:
                         if not done.done():
                             done.set_exception(exc)
                     continue
                 finally:
                     slow.cancel()
-                for (_, done), result in zip(group, results, strict=True):
+                for (_, _, done), result in zip(group, results, strict=True):
                     if not done.done():
                         done.set_result(result)
         finally:
@@ -170,6 +209,36 @@ class ClickHouseSink:
         if not batch.empty:
             self._insert_blocking(batch)
         return results
+
+    def _write_consents_blocking(self, records: Sequence[ConsentAuditRecord]) -> tuple[int, int]:
+        """On the store thread: look up, insert, write the notices; each step retried with back-off
+        on its own, so a retried insert is the same rows with the same token (dropped by ClickHouse
+        if it had landed) and the counts are those of the first lookup."""
+        if self._failed is not None:
+            raise StoreError(f"an earlier audit batch was not written ({self._failed}); refusing later ones")
+        store = self.store
+        prepared: list[ConsentBatch] = []
+        steps: list[tuple[str, Any]] = [
+            ("consent lookup", lambda: prepared.append(store.prepare_consents(records))),
+            ("consent insert", lambda: store.insert_consents(prepared[-1])),
+            ("withdrawal notices", lambda: store.record_withdrawal_notices(prepared[-1])),
+        ]
+        try:
+            for what, step in steps:
+                retry_store(
+                    step,
+                    what,
+                    should_stop=lambda: self._stopping,
+                    max_backoff=self.max_backoff,
+                    on_retry=self._on_retry,
+                )
+        except StoreError as exc:
+            metrics.BACKPRESSURE.set(0)
+            self._failed = exc
+            raise
+        metrics.BACKPRESSURE.set(0)
+        batch = prepared[-1]
+        return batch.written, batch.present
 
     def _prepare(self, requests: list[Sequence[AuditRecord]]) -> tuple[PreparedBatch, list[tuple[int, int]]]:
         if self._failed is not None:

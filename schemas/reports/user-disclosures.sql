@@ -1,27 +1,78 @@
 -- name: user-disclosures
--- description: For one data subject (GDPR Art. 15): every recipient of their data with dates, categories, purpose and legal basis. Blocked rows are attempts that the gate stopped.
+-- description: For one data subject (GDPR Art. 15): every recipient of their data with dates, categories, purpose and legal basis, including the bulk transfers that named them among their subjects (via = subjects), and the bulk transfers of the period that named no subjects (via = unattributed: they may hold this subject's records). Blocked rows are attempts that the gate stopped.
 -- parameters: user, since, until
 -- clickhouse-client: --param_user='u-7f3a' --param_since='1970-01-01 00:00:00' --param_until='2100-01-01 00:00:00'
 -- Recipients: the registry's canonical name (counterparty_name; a sharing's recipient). Rows written
 -- before row format 2 have none: they are grouped with it by their counterparty as sent, trimmed and
 -- lower-cased (an alias, such as 'Google Cloud Storage' for GCS, stays a group of its own).
+-- via: 'user_id' (the flow was this subject's: audit_events by its primary key), 'subjects' (a bulk
+-- transfer that listed this subject: the per-subject index audit_subjects, schemas/sql/subjects.sql;
+-- events counts distinct transfers), 'unattributed' (bulk transfers of the period, to any subject,
+-- flagged unattributed-bulk-transfer, or written before row format 2 with no user and more than one
+-- record: whether this subject's records were among them is not known; events counts them, per
+-- recipient). Rows before row format 2 have no subjects: their bulk transfers are 'unattributed'.
 WITH lower(trimBoth(coalesce(counterparty_name, counterparty, ''))) AS recipient_key
-SELECT
-    argMax(coalesce(counterparty_name, trimBoth(counterparty), '(platform: device sync)'),
-           (row_format, coalesce(counterparty_name, trimBoth(counterparty), ''))) AS recipient,
-    counterparty_type AS recipient_type,
-    event_type,
-    destination_country,
-    purpose,
-    coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
-    decision,
-    arraySort(groupUniqArrayArray(data_categories)) AS categories,
-    count() AS events,
-    min(occurred_at) AS first_disclosed,
-    max(occurred_at) AS last_disclosed
-FROM audit_events
-WHERE user_id = {user:String}
-  AND occurred_at >= {since:DateTime64(3, 'UTC')}
-  AND occurred_at < {until:DateTime64(3, 'UTC')}
-GROUP BY recipient_key, recipient_type, event_type, destination_country, purpose, legal_basis, decision
-ORDER BY decision, last_disclosed DESC, recipient
+SELECT * FROM
+(
+    SELECT
+        argMax(coalesce(counterparty_name, trimBoth(counterparty), '(platform: device sync)'),
+               (row_format, coalesce(counterparty_name, trimBoth(counterparty), ''))) AS recipient,
+        counterparty_type AS recipient_type,
+        event_type,
+        destination_country,
+        purpose,
+        coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
+        decision,
+        arraySort(groupUniqArrayArray(data_categories)) AS categories,
+        count() AS events,
+        min(occurred_at) AS first_disclosed,
+        max(occurred_at) AS last_disclosed,
+        'user_id' AS via
+    FROM audit_events
+    WHERE user_id = {user:String}
+      AND occurred_at >= {since:DateTime64(3, 'UTC')}
+      AND occurred_at < {until:DateTime64(3, 'UTC')}
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, purpose, legal_basis, decision
+    UNION ALL
+    SELECT
+        argMax(coalesce(counterparty_name, trimBoth(counterparty), '(unnamed)'),
+               (row_format, coalesce(counterparty_name, trimBoth(counterparty), ''))) AS recipient,
+        counterparty_type AS recipient_type,
+        event_type,
+        destination_country,
+        purpose,
+        coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
+        decision,
+        arraySort(groupUniqArrayArray(data_categories)) AS categories,
+        uniqExact(event_id) AS events,
+        min(occurred_at) AS first_disclosed,
+        max(occurred_at) AS last_disclosed,
+        'subjects' AS via
+    FROM audit_subjects
+    WHERE subject = {user:String}
+      AND occurred_at >= {since:DateTime64(3, 'UTC')}
+      AND occurred_at < {until:DateTime64(3, 'UTC')}
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, purpose, legal_basis, decision
+    UNION ALL
+    SELECT
+        argMax(coalesce(counterparty_name, trimBoth(counterparty), '(unnamed)'),
+               (row_format, coalesce(counterparty_name, trimBoth(counterparty), ''))) AS recipient,
+        counterparty_type AS recipient_type,
+        event_type,
+        destination_country,
+        purpose,
+        coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
+        decision,
+        arraySort(groupUniqArrayArray(data_categories)) AS categories,
+        count() AS events,
+        min(occurred_at) AS first_disclosed,
+        max(occurred_at) AS last_disclosed,
+        'unattributed' AS via
+    FROM audit_events
+    WHERE (has(flags, 'unattributed-bulk-transfer')
+           OR (row_format = 1 AND user_id IS NULL AND record_count > 1))
+      AND occurred_at >= {since:DateTime64(3, 'UTC')}
+      AND occurred_at < {until:DateTime64(3, 'UTC')}
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, purpose, legal_basis, decision
+)
+ORDER BY via = 'unattributed', decision, last_disclosed DESC, recipient

@@ -35,7 +35,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def create_legacy_table(client: Any, table: str) -> None:
-    """Replace `table` by an empty table of the format 1 DDL."""
+    """Replace `table` by an empty table of the format 1 DDL (and no per-subject index: the code
+    before row format 2 had none)."""
+    client.command(f"DROP VIEW IF EXISTS {qualify('audit_subjects_mv', table)}")
+    client.command(f"DROP TABLE IF EXISTS {qualify('audit_subjects', table)}")
     client.command(f"DROP TABLE IF EXISTS {table}")
     for statement in split_statements(LEGACY_DDL.read_text()):
         client.command(qualify(statement, table))

@@ -33,6 +33,7 @@ from flowaudit.sinks.verify import verify_store
 from tests.clickhouse_http import REPO, ShimError, decompress, parse_statement
 from tests.helpers import run_cli, wait_for
 from tests.sinks import test_clickhouse_store as chdb_suite
+from tests.sinks import test_subjects_consents as consent_suite
 from tests.sinks.test_clickhouse_store import generated, records_from
 
 pytestmark = pytest.mark.integration
@@ -101,6 +102,17 @@ test_retried_insert_is_deduplicated_by_token = chdb_suite.test_retried_insert_is
 test_insert_retries_until_the_store_is_back = chdb_suite.test_insert_retries_until_the_store_is_back
 test_insert_gives_up_only_when_stopping = chdb_suite.test_insert_gives_up_only_when_stopping
 test_reports_on_a_known_input = chdb_suite.test_reports_on_a_known_input
+# consents, notices, the per-subject index and its backfill: the same SQL over HTTP
+test_consents_are_written_once_with_the_notices_known_at_withdrawal = (
+    consent_suite.test_consents_are_written_once_with_the_notices_known_at_withdrawal
+)
+test_consent_withdrawals_report_is_complete = consent_suite.test_consent_withdrawals_report_is_complete
+test_subject_exposure_and_user_disclosures_count_bulk_transfers = (
+    consent_suite.test_subject_exposure_and_user_disclosures_count_bulk_transfers
+)
+test_an_older_store_gets_its_index_backfilled_once = (
+    consent_suite.test_an_older_store_gets_its_index_backfilled_once
+)
 test_a_batch_prepared_on_one_in_flight_inserts_after_it = (
     chdb_suite.test_a_batch_prepared_on_one_in_flight_inserts_after_it
 )

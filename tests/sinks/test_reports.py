@@ -23,6 +23,8 @@ EXPECTED = {
     "consent-missing",
     "register-drift",
     "daily-volume",
+    "consent-withdrawals",
+    "subject-exposure",
 }
 
 
@@ -34,6 +36,8 @@ def test_all_reports_are_shipped_with_headers() -> None:
         for name in report.parameters:
             assert "{" + name + ":" in report.sql, (report.name, name)
     assert reports["user-disclosures"].parameters == ("user", "since", "until")
+    assert reports["consent-withdrawals"].optional == {"user"}
+    assert reports["subject-exposure"].parameters == ("recipient", "since", "until")
 
 
 def test_parameters_defaults_and_user_required() -> None:
@@ -44,6 +48,9 @@ def test_parameters_defaults_and_user_required() -> None:
     assert report_parameters(reports["daily-volume"], None, None, None)["since"] == "1900-01-01 00:00:00"
     with pytest.raises(ReportError, match="--user"):
         report_parameters(reports["user-disclosures"], None, None, None)
+    assert report_parameters(reports["consent-withdrawals"], None, None, None)["user"] == ""  # all
+    with pytest.raises(ReportError, match="--recipient"):
+        report_parameters(reports["subject-exposure"], None, None, None)
     assert normalize_time("2025-11-01T10:00:00+02:00", "") == "2025-11-01 08:00:00.000"
     with pytest.raises(ReportError):
         normalize_time("last tuesday", "")
@@ -84,7 +91,9 @@ def _mixed_store(store_factory: Any, policy: Policy) -> tuple[AuditStore, dict[s
 
 def _run(store: AuditStore, name: str, **kwargs: str) -> list[dict[str, Any]]:
     report = load_reports()[name]
-    params = report_parameters(report, kwargs.get("since"), kwargs.get("until"), kwargs.get("user"))
+    params = report_parameters(
+        report, kwargs.get("since"), kwargs.get("until"), kwargs.get("user"), kwargs.get("recipient")
+    )
     columns, rows = store.query(qualify(report.sql, store.table), params)
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
@@ -109,8 +118,12 @@ def test_reports_over_rows_before_and_after_row_format_2(store_factory: Any, pol
 
     carol: Counter[str] = Counter()
     for row in _run(store, "user-disclosures", user="carol"):
+        assert row["via"] == "user_id"  # no bulk transfers in this store
         carol[row["recipient"]] += row["events"]
     assert dict(carol) == data["user_disclosures_carol"]
 
     for name in ("blocked-health-transfers", "consent-missing", "register-drift", "daily-volume"):
         _run(store, name)  # every report runs over a store of both formats
+    _run(store, "consent-withdrawals")
+    strava = _run(store, "subject-exposure", recipient="strava")  # carol and dave, by user_id only
+    assert {r["kind"] for r in strava} == {"subjects"} and sum(r["events"] for r in strava) == 4
