@@ -47,12 +47,9 @@ _CHAIN = {"FLOWAUDIT_CHAIN_KEY": "faults-bench-chain-key-0123456789"}
 
 
 def _topics(settings: Settings) -> list[str]:
-    return [
-        *settings.input_topics.values(),
-        settings.topic_approved,
-        settings.topic_blocked,
-        settings.topic_dead_letter,
-    ]
+    from flowaudit.runtime import all_topics
+
+    return all_topics(settings)
 
 
 class _Broker(Protocol):

@@ -213,8 +213,7 @@ def _consent_table(app: FlowauditApp, ledger: LedgerLoader, partitions: int | No
         LEDGER_TABLE,
         default=None,
         partitions=partitions,
-        key_serializer="json",
-        value_serializer="json",
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
         help="consent ledger: per user_id, consent_id -> [purpose, periods]",
     )
 

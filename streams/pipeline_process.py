@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -219,10 +220,8 @@ class PipelineProcess:
         of consents is not pickled in one message); returns the ledger's size once loaded."""
         size = 0
         for start in range(0, max(1, len(records)), LEDGER_CHUNK):
-            chunk, replace = tuple(records[start : start + LEDGER_CHUNK]), start == 0
-            size = await asyncio.wrap_future(
-                self.request(lambda ident, c=chunk, r=replace: LoadLedger(ident, c, r))
-            )
+            chunk = tuple(records[start : start + LEDGER_CHUNK])
+            size = await asyncio.wrap_future(self.request(functools.partial(_load, chunk, start == 0)))
         return size
 
     def stop(self) -> None:
@@ -322,6 +321,10 @@ class PipelineProcess:
                 pending.loop.call_soon_threadsafe(pending.result.cancel)
         else:
             self._resolve(pending, pending.result, None, error)
+
+
+def _load(records: tuple[Entry, ...], replace: bool, ident: int) -> LoadLedger:
+    return LoadLedger(ident, records, replace)
 
 
 class RemotePipeline:

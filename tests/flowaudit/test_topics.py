@@ -31,9 +31,10 @@ def test_an_unreachable_cluster_is_one_error() -> None:
 
 def test_the_embedded_broker_has_the_consent_topic_with_the_flow_topics_partitions() -> None:
     """Producers key every record by user_id (contract v2 §1): with one partition count, a subject's
-    consents and flows land on the same partition number."""
+    consents, flows and consent-ledger entry land on the same partition number."""
     from flowaudit.common.settings import Settings
     from flowaudit.runtime import all_topics, start_embedded_broker
+    from flowaudit.streams.app import ledger_changelog_topic
 
     settings = Settings(topic_partitions=3, metrics_port=0)
     broker = start_embedded_broker(settings)
@@ -41,6 +42,10 @@ def test_the_embedded_broker_has_the_consent_topic_with_the_flow_topics_partitio
         counts = partition_counts(broker.bootstrap)
     finally:
         broker.stop()
-    assert settings.consent_topic not in all_topics(settings)  # the worker does not read it yet
-    wanted = [*settings.input_topics.values(), settings.consent_topic]
+    wanted = [
+        *settings.input_topics.values(),
+        settings.consent_topic,
+        ledger_changelog_topic(settings.consumer_group),
+    ]
+    assert set(wanted) <= set(all_topics(settings))  # what the worker checks on a real cluster
     assert {name: counts.get(name) for name in wanted} == dict.fromkeys(wanted, 3)

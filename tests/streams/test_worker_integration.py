@@ -28,18 +28,14 @@ from flowaudit.domain.events import event_from_mapping
 from flowaudit.domain.policy import Policy
 from flowaudit.generator import EventGenerator
 from flowaudit.produce import KAFKA_API_VERSION, avro_record
+from flowaudit.runtime import all_topics
 from flowaudit.schemas import SCHEMA_DIR
 from tests.conftest import DATA_DIR
 from tests.helpers import REPO, WorkerProcess, read_topic, run_cli, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 SETTINGS = Settings()
-TOPICS = [
-    *SETTINGS.input_topics.values(),
-    SETTINGS.topic_approved,
-    SETTINGS.topic_blocked,
-    SETTINGS.topic_dead_letter,
-]
+TOPICS = all_topics(SETTINGS)
 
 
 @pytest.fixture

@@ -1,0 +1,158 @@
+"""The consent ledger on a real Apache Kafka broker: a Faust table over the consent topic (issue 14).
+
+Consents and flows go through `flowaudit produce` (keyed by user_id) to a worker on the real broker;
+its store is chDB served over ClickHouse's HTTP interface, so the test reads the audit rows while the
+worker runs. The consents are produced first and the flows only once the worker recorded them: the
+consent topic and the flow topics are not ordered with each other (a flow read before its grant is
+flagged `consent-unverified`, see tests/streams/test_consents.py). Then the worker is stopped and
+started again: the ledger comes back from the table's changelog (the consent topic's offsets are
+committed, so nothing re-reads it), and flows after the restart are still judged with it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+import yaml
+
+from flowaudit.domain.policy import Policy
+from flowaudit.evaluate import evaluate_lines
+from flowaudit.streams.app import ledger_changelog_topic
+from tests.clickhouse_http import ClickHouseHTTPServer
+from tests.helpers import REPO, WorkerProcess, run_cli, wait_for
+from tests.kafka_broker import RealKafka
+from tests.streams.two_workers import shared_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
+DATA = Path(__file__).parent / "data" / "stream"
+_SUFFIX = itertools.count()
+
+
+def consent_topics(
+    broker: RealKafka, partitions: int = 4, consent_partitions: int | None = None
+) -> dict[str, str]:
+    """Topics (the consent topic and the ledger's changelog included) and a group for one test."""
+    suffix = f"c{os.getpid()}-{next(_SUFFIX)}"
+    group = f"flowaudit-{suffix}"
+    names = {
+        "FLOWAUDIT_TOPIC_DEVICE_SYNC": f"flowaudit.device-sync.{suffix}",
+        "FLOWAUDIT_TOPIC_SHARING": f"flowaudit.sharing.{suffix}",
+        "FLOWAUDIT_TOPIC_SUBCONTRACTOR_TRANSFER": f"flowaudit.subcontractor-transfer.{suffix}",
+        "FLOWAUDIT_TOPIC_APPROVED": f"flowaudit.approved.{suffix}",
+        "FLOWAUDIT_TOPIC_BLOCKED": f"flowaudit.blocked.{suffix}",
+        "FLOWAUDIT_TOPIC_DEAD_LETTER": f"flowaudit.dead-letter.{suffix}",
+    }
+    broker.create_topics([*names.values(), ledger_changelog_topic(group)], partitions)
+    consent = f"flowaudit.consents.{suffix}"
+    broker.create_topics([consent], consent_partitions or partitions)
+    return {**names, "FLOWAUDIT_TOPIC_CONSENT": consent, "FLOWAUDIT_CONSUMER_GROUP": group}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[str]:
+    with ClickHouseHTTPServer(tmp_path / "store", databases=["flowaudit"]) as server:
+        yield f"{server.url}/flowaudit"
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.ensure_stopped()
+
+
+def _query(store: str, sql: str) -> list[tuple[Any, ...]]:
+    client = clickhouse_connect.get_client(dsn=store)
+    try:
+        return list(client.query(sql).result_rows)
+    finally:
+        client.close()
+
+
+def _decisions(store: str) -> dict[str, dict[str, Any]]:
+    rows = _query(store, "SELECT event_id, decision, rules, flags FROM audit_events")
+    return {
+        str(event_id)[-2:]: {"decision": decision, "rules": list(rules), "flags": list(flags)}
+        for event_id, decision, rules, flags in rows
+    }
+
+
+def _produce(env: dict[str, str], name: str) -> None:
+    done = run_cli(env, "produce", str(DATA / name))
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
+    real_kafka: RealKafka, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
+) -> None:
+    expected = yaml.safe_load((DATA / "expected.yaml").read_text())
+    env = shared_env(real_kafka.url, store, tmp_path / "w", **consent_topics(real_kafka))
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    workers.append(worker)
+    _produce(env, "consents.jsonl")
+    wait_for(lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3, 60, "consents recorded")
+    _produce(env, "flows-before-restart.jsonl")
+    wait_for(lambda: len(_decisions(store)) == 4, 60, "the flows before the restart")
+    assert _decisions(store) == expected["before_restart"], worker.log()
+    assert "flowaudit_consents_total" in (worker.metric_text() or "")
+    assert worker.stop(signal.SIGTERM) == 0, worker.log()
+
+    again = WorkerProcess(env, tmp_path / "again.log").start()
+    workers.append(again)
+    wait_for(lambda: "consent ledger recovered from its changelog: 2 consents" in again.log(), 60, "recovery")
+    _produce(env, "flows-after-restart.jsonl")
+    wait_for(lambda: len(_decisions(store)) == 6, 60, "the flows after the restart")
+    decisions = _decisions(store)
+    assert {key: decisions[key] for key in expected["after_restart"]} == expected["after_restart"], (
+        again.log()
+    )
+    # nothing re-read the consent topic: its three records are stored once
+    assert _query(store, "SELECT count(), uniqExact(event_id) FROM consent_events")[0] == (3, 3)
+    assert again.stop(signal.SIGTERM) == 0, again.log()
+
+    # the stream decided as `flowaudit evaluate` does with the consents read first
+    source = b"".join(
+        (DATA / name).read_bytes()
+        for name in ("consents.jsonl", "flows-before-restart.jsonl", "flows-after-restart.jsonl")
+    )
+    out = io.BytesIO()
+    evaluate_lines(source.splitlines(), policy, out)
+    evaluated = {
+        line["event_id"][-2:]: {key: line[key] for key in ("decision", "rules", "flags")}
+        for line in map(json.loads, out.getvalue().splitlines())
+        if "decision" in line
+    }
+    assert evaluated == decisions
+    # the withdrawal lists the recipient of the flow that relied on the consent before it (the report
+    # reads the store now that no worker runs), and the flow that still cited it afterwards
+    report = run_cli(env, "report", "consent-withdrawals", "--format", "json")
+    assert report.returncode == 0, report.stderr.decode()
+    text = report.stdout.decode()
+    assert "RunTracker" in text and "22222222-0000-4000-8000-000000000012" in text, text
+
+
+def test_the_worker_refuses_a_consent_topic_partitioned_unlike_the_flows(
+    real_kafka: RealKafka, store: str, tmp_path: Path
+) -> None:
+    env = shared_env(
+        real_kafka.url, store, tmp_path / "w", **consent_topics(real_kafka, 4, consent_partitions=2)
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "flowaudit.cli", "worker"], env=env, capture_output=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "same number of partitions" in lines[0], done.stderr.decode()
+    assert env["FLOWAUDIT_TOPIC_CONSENT"] + " 2" in lines[0]
