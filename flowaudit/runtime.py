@@ -213,9 +213,13 @@ def check_co_partitioned(settings: Settings, counts: dict[str, int]) -> int:
     found = {topic: counts[topic] for topic in topics}
     if len(set(found.values())) > 1:
         listing = ", ".join(f"{topic} {count}" for topic, count in found.items())
+        variables = ", ".join(
+            f"FLOWAUDIT_{INPUT_KINDS[kind].topic_setting.upper()}" for kind in input_kinds()
+        )
         raise TopicError(
             f"the input topics and the consent ledger's changelog must have the same number of "
-            f"partitions (co-partitioned by user_id), found: {listing}"
+            f"partitions (co-partitioned by user_id), found: {listing} (topics set by {variables}, "
+            "FLOWAUDIT_CONSUMER_GROUP)"
         )
     return found[topics[0]]
 

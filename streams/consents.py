@@ -109,8 +109,11 @@ class ConsentProcessor:
         dropped_before = self.ledger.periods_dropped
         changed: dict[str, LedgerUpdate] = {}
         for record in valid:
+            previous = self.ledger.find(record.event.consent_id, record.event.user_id)
             updated = self.ledger.apply(record.event, record.source_offset)
-            if updated.user_id == record.event.user_id:  # not a claim on another user's consent id
+            # unchanged: a record read again, or a claim on another user's or purpose's consent id
+            # (its partition is not the owner's: it must not write the owner's table entry)
+            if updated is not previous:
                 update = LedgerUpdate(record.source_partition, updated, record.source_offset)
                 changed[updated.consent_id] = update
         if self.ledger.periods_dropped > dropped_before:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from flowaudit.sinks.audit import AuditRecord
 from flowaudit.sinks.clickhouse import StoreError
+from flowaudit.sinks.consents import ConsentAuditRecord
 from flowaudit.streams.messages import OutboundRecord
 
 
@@ -14,6 +15,7 @@ class MemorySink:
 
     def __init__(self, failures: int = 0) -> None:
         self.records: list[AuditRecord] = []
+        self.consents: list[ConsentAuditRecord] = []
         self.failures = failures
         self._seen: set[str] = set()  # event ids: the idempotency key, as in the real store
 
@@ -31,6 +33,15 @@ class MemorySink:
             self.records.append(record)
             written += 1
         return written, replayed
+
+    async def write_consents(self, records: Sequence[ConsentAuditRecord]) -> tuple[int, int]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError("memory sink told to fail")
+        fresh = [record for record in records if record.event.event_id not in self._seen]
+        self._seen.update(record.event.event_id for record in fresh)
+        self.consents.extend(fresh)
+        return len(fresh), len(records) - len(fresh)
 
 
 class FakePublisher:
