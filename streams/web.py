@@ -106,7 +106,9 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard) -> None:
             return web.json({"error": f"unknown report {name!r}"}, status=404)
         query = request.query
         try:
-            parameters = report_parameters(report, query.get("since"), query.get("until"), query.get("user"))
+            parameters = report_parameters(
+                report, query.get("since"), query.get("until"), query.get("user"), query.get("recipient")
+            )
         except ReportError as exc:
             return web.json({"error": str(exc)}, status=400)
         try:

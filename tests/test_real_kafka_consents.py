@@ -107,6 +107,15 @@ def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
     wait_for(lambda: len(_decisions(store)) == 4, 60, "the flows before the restart")
     assert _decisions(store) == expected["before_restart"], worker.log()
     assert "flowaudit_consents_total" in (worker.metric_text() or "")
+    # breach scoping through the running worker's web API: anna's and ben's flows went to RunTracker
+    exposure = run_cli(env, "report", "subject-exposure", "--recipient", "runtracker", "--format", "json")
+    assert exposure.returncode == 0, exposure.stderr.decode()
+    subjects = {
+        row["decision"]: row["data_subjects"]
+        for row in json.loads(exposure.stdout)
+        if row["kind"] == "subjects"
+    }
+    assert subjects == {"allowed": 2, "blocked": 2}, subjects
     assert worker.stop(signal.SIGTERM) == 0, worker.log()
 
     again = WorkerProcess(env, tmp_path / "again.log").start()
@@ -160,3 +169,31 @@ def test_the_worker_refuses_a_consent_topic_partitioned_unlike_the_flows(
     (line,) = done.stderr.decode().strip().splitlines()[-1:]  # the one line after the settings log
     assert line.startswith("flowaudit worker: ") and "same number of partitions" in line, done.stderr
     assert env["FLOWAUDIT_TOPIC_CONSENT"] + " 2" in line and "FLOWAUDIT_TOPIC_CONSENT" in line
+
+
+def test_the_ledger_follows_its_partitions_to_another_worker(
+    real_kafka: RealKafka, store: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """A records the consents; B joins (a rebalance), then A leaves (another): B recovers the table's
+    partitions from the changelog and judges the flows after that with the consents A recorded."""
+    expected = yaml.safe_load((DATA / "expected.yaml").read_text())["after_restart"]
+    topics = consent_topics(real_kafka)
+    first = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "a", **topics), tmp_path / "a.log")
+    workers.append(first.start())
+    _produce(first.env, "consents.jsonl")
+    wait_for(lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3, 60, "consents recorded")
+    second = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "b", **topics), tmp_path / "b.log")
+    workers.append(second.start())
+    wait_for(
+        lambda: "consent ledger recovered from its changelog" in second.log(), 90, "the second worker's share"
+    )
+    assert first.stop(signal.SIGTERM) == 0, first.log()
+    wait_for(
+        lambda: "consent ledger recovered from its changelog: 2 consents" in second.log(),
+        90,
+        "all partitions on B",
+    )
+    _produce(second.env, "flows-after-restart.jsonl")
+    wait_for(lambda: len(_decisions(store)) == 2, 60, "the flows after the rebalance")
+    assert _decisions(store) == expected, second.log()
+    assert second.stop(signal.SIGTERM) == 0, second.log()

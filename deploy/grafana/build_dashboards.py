@@ -178,7 +178,7 @@ def grafana_sql(sql: str) -> str:
     text = "\n".join(lines).strip()
     text = re.sub(r"\{since:[^}]*\}", "$__fromTime", text)
     text = re.sub(r"\{until:[^}]*\}", "$__toTime", text)
-    return text.replace("{user:String}", "'${user}'")
+    return text.replace("{user:String}", "'${user}'").replace("{recipient:String}", "'${recipient}'")
 
 
 def compliance_dashboard() -> dict[str, Any]:
@@ -211,7 +211,14 @@ def compliance_dashboard() -> dict[str, Any]:
             "type": "textbox",
             "query": "",
             "current": {"text": "", "value": ""},
-        }
+        },
+        {
+            "name": "recipient",
+            "label": "recipient (canonical name, for subject-exposure)",
+            "type": "textbox",
+            "query": "",
+            "current": {"text": "", "value": ""},
+        },
     ]
     return _dashboard("flowaudit-compliance", "flowaudit: compliance", panels, variables)
 

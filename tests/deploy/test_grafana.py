@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from flowaudit.sinks.clickhouse import qualify
+from flowaudit.sinks.reports import load_reports
 from tests.deploy.conftest import check_promql
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
@@ -91,11 +92,11 @@ def test_grafana_alert_rules_name_exported_metrics() -> None:
         assert rule["annotations"]["summary"] and rule["labels"]["severity"] == "critical"
 
 
-def _as_clickhouse(sql: str, table: str) -> str:
-    """What the ClickHouse plugin sends, with the macros of a fixed time range and user."""
+def _as_clickhouse(sql: str, table: str, recipient: str = "") -> str:
+    """What the ClickHouse plugin sends, with the macros of a fixed time range, user and recipient."""
     text = sql.replace("$__fromTime", "toDateTime('2025-01-01 00:00:00')")
     text = text.replace("$__toTime", "toDateTime('2100-01-01 00:00:00')").replace("${user}", "alice")
-    return qualify(text, table)
+    return qualify(text.replace("${recipient}", recipient), table)
 
 
 @pytest.mark.integration
@@ -103,7 +104,9 @@ def test_compliance_panels_run_against_the_audit_table(store_factory: Any) -> No
     from flowaudit.domain.decision import Decider
     from flowaudit.domain.events import event_from_mapping
     from flowaudit.generator import EventGenerator
+    from flowaudit.domain.consent import ConsentEvent
     from flowaudit.sinks.audit import AuditRecord
+    from flowaudit.sinks.consents import ConsentAuditRecord
 
     store = store_factory()
     decider = Decider(store.policy)
@@ -119,13 +122,32 @@ def test_compliance_panels_run_against_the_audit_table(store_factory: Any) -> No
         )
         records.append(AuditRecord(event, decision, "t", 0, offset, 1_762_300_000_000))
     store.write(records)
+    # a consent that one of the flows relied on, then withdrawn (the consent-withdrawals panel)
+    cited = next(
+        r.event
+        for r in records
+        if r.event.has_consent and r.event.user_id == "alice" and r.decision.decision == "allowed"
+    )
+    consent = [
+        ConsentEvent(
+            f"00000000-0000-4000-8000-00000000000{n}",
+            cited.occurred_at_ms + delta,
+            cited.user_id or "",
+            cited.consent_id or "",
+            cited.purpose,
+            action,
+        )
+        for n, (delta, action) in enumerate(((-1000, "granted"), (1000, "withdrawn")))
+    ]
+    store.write_consents([ConsentAuditRecord(event, "c", 0, n) for n, event in enumerate(consent)])
+    recipient = next(r.decision.counterparty for r in records if r.decision.counterparty)
     dashboard = _dashboard("flowaudit-compliance.json")
-    assert len(dashboard["panels"]) == 6
+    assert len(dashboard["panels"]) == len(load_reports())  # one panel per report
     assert dashboard["templating"]["list"][0]["name"] == "user"
     for panel in dashboard["panels"]:
         target = panel["targets"][0]
         assert target["datasource"]["uid"] == "clickhouse" and "{" not in target["rawSql"].replace(
             "${user}", ""
-        )
-        columns, rows = store.query(_as_clickhouse(target["rawSql"], store.table))
+        ).replace("${recipient}", "")
+        columns, rows = store.query(_as_clickhouse(target["rawSql"], store.table, recipient))
         assert columns and rows, panel["title"]
