@@ -6,9 +6,12 @@ letters); progress is shown until every record is decided and written; then a su
 from the audit store itself.
 
 The generator's stream holds consent events too (about a tenth): they go to the consent topic, keyed
-by `user_id` like every record, in stream order. `--events N` counts the flow records, which the
-worker decides and reports on; the consents come on top, and the progress and summary count only
-what the worker reports (it does not consume the consent topic yet).
+by `user_id` like every record, in stream order, and the worker keeps them in its consent ledger (a
+Faust table). `--events N` counts the flow records; the consents come on top and are counted apart
+(the demo ends when both are written). The consent topic and the flow topics are read concurrently,
+not in one order: a flow decided before the consent event it cites was read is judged with the ledger
+as it then stood (a grant not read yet: `consent-unverified`; a withdrawal not read yet: allowed), so
+those counts vary a little from run to run; `flowaudit evaluate` over the same stream is exact.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from flowaudit.common.settings import Settings
 from flowaudit.common.tuning import tune_process
 from flowaudit.domain.codec import MAGIC
 from flowaudit.domain.consent import CONSENT_KIND
+from flowaudit.domain.kinds import CONSENT_ROLE, INPUT_KINDS
 from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.generator import EventGenerator
 from flowaudit.produce import EventProducer
 from flowaudit.runtime import Runtime, build_runtime, make_worker, start_metrics_server
-from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
+from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key, qualify
 from flowaudit.streams.messages import BatchResult
 from flowaudit.streams.pipe import PipelineProcessError
 
@@ -51,6 +55,9 @@ class Progress:
     producing_done: bool = False
     producer_error: str | None = None
     consumed: int = 0
+    consents_produced: int = 0
+    consents_consumed: int = 0
+    consents_dead_lettered: int = 0
     allowed: int = 0
     blocked: int = 0
     dead_lettered: int = 0
@@ -60,6 +67,10 @@ class Progress:
 
     def observe(self, kind: str, result: BatchResult) -> None:
         with self.lock:
+            if INPUT_KINDS[kind].role == CONSENT_ROLE:  # ledger input: counted apart from the flows
+                self.consents_consumed += result.consumed
+                self.consents_dead_lettered += result.dead_lettered
+                return
             self.consumed += result.consumed
             self.allowed += result.allowed
             self.blocked += result.blocked
@@ -68,7 +79,11 @@ class Progress:
 
     @property
     def complete(self) -> bool:
-        return self.producing_done and self.consumed >= self.produced
+        return (
+            self.producing_done
+            and self.consumed >= self.produced
+            and self.consents_consumed >= self.consents_produced
+        )
 
 
 def _bad_record(number: int, producer: EventProducer, raw: dict[str, Any]) -> None:
@@ -116,12 +131,14 @@ def _produce(runtime: Runtime, progress: Progress, count: int, seed: int) -> Non
             if number % 1000 == 0:
                 with progress.lock:
                     progress.produced = _flows_sent(producer)
+                    progress.consents_produced = producer.sent_by_kind[CONSENT_KIND]
                 while _flows_sent(producer) - progress.consumed > MAX_AHEAD and not progress.stopping:
                     producer.flush()
                     time.sleep(0.05)
         producer.close()
         with progress.lock:
             progress.produced = _flows_sent(producer)
+            progress.consents_produced = producer.sent_by_kind[CONSENT_KIND]
     except Exception as exc:  # shown in the summary; the demo then stops
         log.exception("the demo producer failed")
         progress.producer_error = str(exc)
@@ -129,14 +146,11 @@ def _produce(runtime: Runtime, progress: Progress, count: int, seed: int) -> Non
         progress.producing_done = True
 
 
-# What the summary says of the rules and flags whose checks read the consent ledger (by check name).
-# The stream has no ledger yet (a Faust table over a consent topic is a later issue), so every consent
-# an event cites is "unverified", and `consent-not-valid` cannot fire there.
+# What the summary says of the rules and flags whose checks read the consent ledger (by check name):
+# the stream reads the consent topic and the flow topics concurrently (see the module's docstring).
 LEDGER_NOTES = {
-    "consent_not_valid": "judged only by `flowaudit evaluate` until the consent topic lands: "
-    "the stream has no consent ledger yet",
-    "consent_unverified": "every cited consent: the stream has no consent ledger yet, "
-    "so none can be verified",
+    "consent_not_valid": "as the ledger stood when the flow was decided",
+    "consent_unverified": "never granted, or its grant not read yet when the flow was decided",
 }
 
 
@@ -160,6 +174,8 @@ def _summary(store: AuditStore, progress: Progress, started_ms: int) -> dict[str
     where = (
         f"FROM {store.table} WHERE ingested_at >= fromUnixTimestamp64Milli(toInt64({{since:Float64}} * 1000))"
     )
+    consent_where = qualify(where.replace(store.table, "consent_events"), store.table)
+    notice_where = "WHERE recorded_at >= fromUnixTimestamp64Milli(toInt64({since:Float64} * 1000))"
     _, by_kind = store.query(
         f"SELECT event_type, decision, count() {where} GROUP BY 1, 2 ORDER BY 1, 2", since
     )
@@ -175,6 +191,9 @@ def _summary(store: AuditStore, progress: Progress, started_ms: int) -> dict[str
         "AND transfer_mechanism IS NOT NULL GROUP BY 1 ORDER BY 3 DESC, 1",
         since,
     )
+    consents = _counts(store, f"SELECT action, count() {consent_where} GROUP BY action", since)
+    notice_sql = qualify(f"SELECT count() FROM consent_withdrawal_notices {notice_where}", store.table)
+    notices = int(store.query(notice_sql, since)[1][0][0])
     kinds: dict[str, dict[str, int]] = {}
     for kind, decision, count in by_kind:
         kinds.setdefault(kind, {"allowed": 0, "blocked": 0})[decision] = int(count)
@@ -186,7 +205,14 @@ def _summary(store: AuditStore, progress: Progress, started_ms: int) -> dict[str
         "blocked": blocked,
         "dead_lettered": progress.dead_lettered,
         "audit_rows": allowed + blocked,
-        "accounted_for": allowed + blocked + progress.dead_lettered == progress.produced,
+        "accounted_for": allowed + blocked + progress.dead_lettered == progress.produced
+        and sum(consents.values()) + progress.consents_dead_lettered == progress.consents_produced,
+        "consents": {
+            "produced": progress.consents_produced,
+            **{action: consents.get(action, 0) for action in ("granted", "withdrawn")},
+            "dead_lettered": progress.consents_dead_lettered,
+            "withdrawal_notices": notices,
+        },
         "by_kind": kinds,
         "blocked_by_rule": _every([rule.id for rule in policy.rules], by_rule),
         "flags": _every([flag.id for flag in policy.flags], by_flag),
@@ -221,6 +247,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  allowed {summary['allowed']:,}   blocked {summary['blocked']:,}   "
         f"dead-lettered {summary['dead_lettered']:,}   audit rows {summary['audit_rows']:,}   "
         f"all accounted for: {'yes' if summary['accounted_for'] else 'NO'}"
+    )
+    consents = summary["consents"]
+    print(
+        f"  consents {consents['produced']:,} produced: granted {consents['granted']:,}, "
+        f"withdrawn {consents['withdrawn']:,}, dead-lettered {consents['dead_lettered']:,}; "
+        f"withdrawal notices {consents['withdrawal_notices']:,} (flows that relied on a withdrawn consent)"
     )
     print("\nevents by kind and decision:")
     for kind, counts in summary["by_kind"].items():

@@ -101,10 +101,10 @@ def _as_clickhouse(sql: str, table: str, recipient: str = "") -> str:
 
 @pytest.mark.integration
 def test_compliance_panels_run_against_the_audit_table(store_factory: Any) -> None:
+    from flowaudit.domain.consent import ConsentEvent
     from flowaudit.domain.decision import Decider
     from flowaudit.domain.events import event_from_mapping
     from flowaudit.generator import EventGenerator
-    from flowaudit.domain.consent import ConsentEvent
     from flowaudit.sinks.audit import AuditRecord
     from flowaudit.sinks.consents import ConsentAuditRecord
 

@@ -39,13 +39,20 @@ def _first(policy: Policy, count: int = COVERAGE["first_events"]) -> list[dict[s
 
 
 def test_the_first_events_fire_every_rule_and_raise_every_flag(policy: Policy) -> None:
-    decider = Decider(policy)  # no consent ledger, as on the stream
+    """Decided with the consent ledger built from the consents before each flow in the stream (the
+    worker's ledger when it reads the consent topic ahead of the flows)."""
+    ledger = MemoryConsentLedger()
+    decider = Decider(policy, ledger)
     rules: Counter[str] = Counter()
     flags: Counter[str] = Counter()
     mechanisms: Counter[str | None] = Counter()
     blocked = 0
-    events = _first(policy)
-    for raw in events:
+    events = []
+    for raw in EventGenerator(policy, seed=COVERAGE["seed"]).records(COVERAGE["first_events"]):
+        if raw["event_type"] == CONSENT_KIND:
+            ledger.apply(consent_from_mapping(raw, policy))
+            continue
+        events.append(raw)
         decision = decider.decide(event_from_mapping(raw, policy))
         rules.update(decision.rules)
         flags.update(decision.flags)
