@@ -28,7 +28,12 @@ the median, so compare medians of several runs).
 The mock cluster keeps ~5 MB per partition, so --events must fit (the default does: ~9,000 events
 of ~280 bytes per input partition).
 
-Usage: python bench/stream.py [--events 120000] [--partitions 8]
+With --consents the input is the generator's whole stream, its consent events (~10%) among the
+--events records: the worker keeps them in its consent ledger (the Faust table and the pipeline's
+copy) and decides the flows with it; the no-op agents read the consent topic too. Issue 14 asks for
+the ratio with consents to stay within 10% of the ratio without them.
+
+Usage: python bench/stream.py [--events 120000] [--partitions 8] [--consents]
 """
 
 from __future__ import annotations
@@ -89,7 +94,10 @@ def run_noop(bootstrap: str, events: int, data_dir: str, iterate: bool) -> dict[
         if clock.saw(count):
             clock.stopping = asyncio.ensure_future(worker.stop())
 
-    for topic_name in settings.input_topics.values():
+    from flowaudit.domain.kinds import INPUT_KINDS
+    from flowaudit.streams.app import input_topic
+
+    for topic_name in (input_topic(settings, kind) for kind in INPUT_KINDS):  # the consent topic too
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
         if iterate:
 
@@ -192,7 +200,9 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def produce(bootstrap: str, events: int) -> None:
+def produce(bootstrap: str, events: int, consents: bool) -> int:
+    """Send `events` records of the generated mix: flows only, or (`consents`) the generator's stream
+    with its consent events (~10%) among them. Returns how many are consents."""
     from flowaudit.common.settings import Settings
     from flowaudit.domain.policy import load_policy
     from flowaudit.generator import EventGenerator
@@ -201,9 +211,11 @@ def produce(bootstrap: str, events: int) -> None:
 
     policy = load_policy(DEFAULT_POLICY_DIR)
     producer = EventProducer(bootstrap, Settings(metrics_port=0), policy)
-    for raw in EventGenerator(policy, seed=8).events(events):
+    generator = EventGenerator(policy, seed=8)
+    for raw in generator.records(events) if consents else generator.events(events):
         producer.send(raw)
     producer.close()
+    return int(producer.sent_by_kind.get("consent", 0))
 
 
 def child(role: str, bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
@@ -234,6 +246,9 @@ def main() -> None:
     parser.add_argument("--role", choices=("noop", "noop-iter", "full"))
     parser.add_argument("--bootstrap")
     parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--consents", action="store_true", help="the generator's consents among the events (~10%%)"
+    )
     args = parser.parse_args()
 
     if args.role:
@@ -252,7 +267,7 @@ def main() -> None:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         broker.create_topics(all_topics(Settings(metrics_port=0)), args.partitions)
         started = time.perf_counter()
-        produce(broker.bootstrap, args.events)
+        consents = produce(broker.bootstrap, args.events, args.consents)
         produced_in = time.perf_counter() - started
         noop = child("noop", broker.bootstrap, args.events, tmp)
         noop_iter = child("noop-iter", broker.bootstrap, args.events, tmp)
@@ -260,6 +275,7 @@ def main() -> None:
     baseline = max(noop["events_per_second"], noop_iter["events_per_second"])
     report = {
         "events": args.events,
+        "consent_events": consents,
         "partitions_per_topic": args.partitions,
         "produce_seconds": round(produced_in, 1),
         "noop_take_events_per_second": round(noop["events_per_second"]),
