@@ -236,3 +236,21 @@ def test_dockerfile_installs_the_package_and_runs_the_worker() -> None:
     assert "pip install" in text and 'CMD ["flowaudit", "worker"]' in text
     for package in ("flowaudit", "streams", "sinks", "schemas", "policy"):
         assert f"COPY {package} ./{package}" in text
+
+
+def test_the_topic_creator_makes_every_topic_the_worker_checks(tmp_path: Path) -> None:
+    """The worker creates no topics on a real cluster and refuses to start without one, or with the
+    consent ledger's changelog partitioned unlike the input topics."""
+    from flowaudit.common.settings import Settings
+    from flowaudit.runtime import all_topics
+
+    services = _rendered(tmp_path)["services"]
+    script = "\n".join(services["kafka-topics"]["command"])
+    worker_env = services["worker"].get("environment", {})
+    settings = Settings(
+        metrics_port=0, consumer_group=worker_env.get("FLOWAUDIT_CONSUMER_GROUP", "flowaudit-worker")
+    )
+    created = set(re.findall(r"[\w.-]+", script))
+    assert set(all_topics(settings)) <= created, set(all_topics(settings)) - created
+    assert set(re.findall(r"--partitions (\d+)", script)) == {"4"}
+    assert "cleanup.policy=compact" in script
