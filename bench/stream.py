@@ -164,12 +164,13 @@ class RunClock:
         }
 
 
-def run_full(bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
+def run_full(bootstrap: str, events: int, data_dir: str, group: str) -> dict[str, Any]:
     from flowaudit.common.tuning import tune_process
     from flowaudit.runtime import build_runtime, make_worker
 
     tune_process()
-    settings = _settings(bootstrap, data_dir, "bench-full")
+    # the group the parent created the consent ledger's changelog for (the worker creates no topics)
+    settings = _settings(bootstrap, data_dir, "bench-full").model_copy(update={"consumer_group": group})
     clock = RunClock(events)
     totals = {"written": 0, "dead_lettered": 0}
     holder: dict[str, Any] = {}
@@ -218,10 +219,12 @@ def produce(bootstrap: str, events: int, consents: bool) -> int:
     return int(producer.sent_by_kind.get("consent", 0))
 
 
-def child(role: str, bootstrap: str, events: int, data_dir: str) -> dict[str, Any]:
+def child(role: str, bootstrap: str, events: int, data_dir: str, group: str) -> dict[str, Any]:
     command = [
         sys.executable,
         str(HERE),
+        "--group",
+        group,
         "--role",
         role,
         "--bootstrap",
@@ -246,6 +249,7 @@ def main() -> None:
     parser.add_argument("--role", choices=("noop", "noop-iter", "full"))
     parser.add_argument("--bootstrap")
     parser.add_argument("--data-dir")
+    parser.add_argument("--group", help="the full run's consumer group (its ledger changelog exists)")
     parser.add_argument(
         "--consents", action="store_true", help="the generator's consents among the events (~10%%)"
     )
@@ -254,7 +258,7 @@ def main() -> None:
     if args.role:
         # the runs' own logging goes to stderr; stdout carries one JSON line
         if args.role == "full":
-            result = run_full(args.bootstrap, args.events, args.data_dir)
+            result = run_full(args.bootstrap, args.events, args.data_dir, args.group)
         else:
             result = run_noop(args.bootstrap, args.events, args.data_dir, iterate=args.role == "noop-iter")
         print(json.dumps(result))
@@ -265,13 +269,14 @@ def main() -> None:
     from flowaudit.runtime import all_topics
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        broker.create_topics(all_topics(Settings(metrics_port=0)), args.partitions)
+        group = f"bench-full-{os.getpid()}"
+        broker.create_topics(all_topics(Settings(metrics_port=0, consumer_group=group)), args.partitions)
         started = time.perf_counter()
         consents = produce(broker.bootstrap, args.events, args.consents)
         produced_in = time.perf_counter() - started
-        noop = child("noop", broker.bootstrap, args.events, tmp)
-        noop_iter = child("noop-iter", broker.bootstrap, args.events, tmp)
-        full = child("full", broker.bootstrap, args.events, tmp)
+        noop = child("noop", broker.bootstrap, args.events, tmp, group)
+        noop_iter = child("noop-iter", broker.bootstrap, args.events, tmp, group)
+        full = child("full", broker.bootstrap, args.events, tmp, group)
     baseline = max(noop["events_per_second"], noop_iter["events_per_second"])
     report = {
         "events": args.events,
