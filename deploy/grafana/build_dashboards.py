@@ -47,6 +47,15 @@ LIVE_PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         "ops",
     ),
     (
+        "Consent ledger: consents recorded/s and consents held (flows it blocks: by rule, above)",
+        "timeseries",
+        [
+            ("sum by (action) (rate(flowaudit_consents_total[5m]))", "{{action}}/s"),
+            ("sum(flowaudit_consent_ledger_consents)", "consents in the ledger"),
+        ],
+        "short",
+    ),
+    (
         "Events/s by data category",
         "timeseries",
         [("sum by (category) (rate(flowaudit_events_by_category_total[5m]))", "{{category}}")],
