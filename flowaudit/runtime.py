@@ -297,7 +297,7 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> int:
     write_worker_file(settings, runtime.bootstrap, runtime.pipeline_pid, runtime.web_token)
     log.info(
         "worker consuming %s from %s; audit store %s",
-        ", ".join(settings.input_topics.values()),
+        ", ".join(input_topic(settings, kind) for kind in input_kinds()),
         runtime.bootstrap,
         runtime.masked_store_url,
     )

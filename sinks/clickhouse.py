@@ -509,15 +509,18 @@ class AuditStore:
             raise StoreError(f"insert into {table} failed: {exc}") from exc
 
     def record_withdrawal_notices(self, batch: ConsentBatch, recorded_at_ms: int | None = None) -> None:
-        """For each withdrawal of the batch, one INSERT ... SELECT of its notices (idempotent:
+        """One INSERT ... SELECT of the notices of every withdrawal of the batch (idempotent:
         sinks/consents.py). Raises StoreError; a retry writes only the notices still missing."""
+        if not batch.withdrawals:
+            return
         recorded = recorded_at_ms if recorded_at_ms is not None else int(time.time() * 1000)
         sql = qualify(NOTICES_SQL, self.table)
-        for withdrawal in batch.withdrawals:
-            try:
-                self.client.command(sql, parameters=notice_parameters(withdrawal, recorded))
-            except Exception as exc:
-                raise StoreError(f"notices of withdrawal {withdrawal.event_id}: {exc}") from exc
+        try:
+            self.client.command(sql, parameters=notice_parameters(batch.withdrawals, recorded))
+        except Exception as exc:
+            first = batch.withdrawals[0].event_id
+            count = len(batch.withdrawals)
+            raise StoreError(f"notices of {count} withdrawals (from {first}): {exc}") from exc
 
     def write_consents(self, records: Sequence[ConsentAuditRecord]) -> tuple[int, int]:
         """Blocking: write the consent rows and the withdrawals' notices, no retry; returns (rows

@@ -5,6 +5,7 @@ store tests again over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -193,3 +194,29 @@ def test_the_sink_orders_consents_after_flows_and_retries(store_factory: Any, po
         sink.executor.shutdown(wait=True)
     assert flows == (len(batches[1]), 0) and written == (2, 0) and failing == [0]
     assert notices(store) == [("Strava", "01"), ("Strava", "02")]
+
+
+def test_the_withdrawals_of_one_batch_are_notified_in_one_statement_each_with_its_own_flows(
+    store_factory: Any, policy: Policy
+) -> None:
+    """Several withdrawals in a batch: each gets the flows of its own user and consent, before it."""
+    store = store_factory()
+    store.write(flow_batches(policy)[1])
+    grant, withdrawal = consent_records(policy)
+    others = [
+        # alice's consent id withdrawn by bob (not his): none of alice's flows are his
+        withdrawal._replace(event=dataclasses.replace(withdrawal.event, user_id="bob",
+                                                      event_id="c0000000-0000-4000-8000-0000000000c3")),
+        # alice's withdrawal of the same consent, dated before her flows: none relied on it then
+        withdrawal._replace(event=dataclasses.replace(withdrawal.event, occurred_at_ms=0,
+                                                      event_id="c0000000-0000-4000-8000-0000000000c4")),
+    ]
+    assert store.write_consents([grant, *others, withdrawal]) == (4, 0)
+    _, rows = store.query(
+        qualify(
+            "SELECT toString(withdrawal_event_id), toString(flow_event_id) "
+            "FROM consent_withdrawal_notices ORDER BY 1, 2",
+            store.table,
+        )
+    )
+    assert [(w[-2:], f[-2:]) for w, f in rows] == [("c2", "01"), ("c2", "02")]
