@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowaudit.domain.consent import ConsentEvent
-from flowaudit.domain.ledger import StreamLedger, table_value
+from flowaudit.domain.ledger import Entry, StreamLedger, table_value
 
 PURPOSES = ("marketing", "ecg_review", "research_program", "third_party_sharing", "ai_personalization")
 TEN_MILLION = 10_000_000
@@ -69,10 +69,13 @@ def main() -> None:
         return built
 
     ledger_bytes, built = allocated(ledger)
-    users = sorted({event.user_id for event in events})
+    by_user: dict[str, list[Entry]] = {}
+    for offset, record in enumerate(built.records()):  # offsets as the table keeps them
+        by_user.setdefault(record.user_id, []).append((record, offset))
+    users = sorted(by_user)
 
     def table() -> dict[str, Any]:
-        return {user: table_value(built.records_of_user(user)) for user in users}
+        return {user: table_value(by_user[user]) for user in users}
 
     table_bytes, values = allocated(table)
     changelog_bytes = sum(len(user) + 2 + len(json.dumps(value)) for user, value in values.items())
