@@ -102,26 +102,3 @@ def test_inserts_do_not_wait_for_a_whole_verify(store_factory: Any, policy: Poli
     assert ok
     assert write_done < verify_done  # the insert ran between two verify windows
     assert verify_store(store).ok
-
-
-def test_audit_requests_waiting_go_first_and_a_consent_request_next(policy: Policy) -> None:
-    """Consent requests do not split the audit requests around them into smaller inserts, and come
-    after those handed over before them, at the head once the group before is written."""
-    sink = ClickHouseSink(SlowStore(0), max_rows=5)  # type: ignore[arg-type]
-    try:
-        loop = asyncio.new_event_loop()
-        requests = [
-            (["f1"] * 2, False),
-            (["c1"], True),
-            (["f2"] * 2, False),
-            (["f3"] * 2, False),
-            (["c2"], True),
-        ]
-        sink._pending = [(records, consent, loop.create_future()) for records, consent in requests]
-        groups = []
-        while sink._pending:
-            groups.append([records[0] for records, _, _ in sink._next_group()])
-        assert groups == [["f1", "f2"], ["c1"], ["f3"], ["c2"]]  # f3 would pass max_rows with f1, f2
-        loop.close()
-    finally:
-        sink.close()
