@@ -21,6 +21,7 @@ import pytest
 
 from flowaudit.common.settings import Settings
 from flowaudit.domain.policy import Policy
+from flowaudit.streams.app import ledger_changelog_topic
 from tests.clickhouse_http import ClickHouseHTTPServer
 from tests.helpers import SteadyProducer, WorkerProcess, run_cli, wait_for
 from tests.kafka_broker import RealKafka
@@ -40,9 +41,11 @@ def own_topics(broker: RealKafka, partitions: int = 4) -> dict[str, str]:
         "FLOWAUDIT_TOPIC_APPROVED": f"flowaudit.approved.{suffix}",
         "FLOWAUDIT_TOPIC_BLOCKED": f"flowaudit.blocked.{suffix}",
         "FLOWAUDIT_TOPIC_DEAD_LETTER": f"flowaudit.dead-letter.{suffix}",
+        "FLOWAUDIT_TOPIC_CONSENT": f"flowaudit.consents.{suffix}",
     }
-    broker.create_topics(names.values(), partitions)
-    return {**names, "FLOWAUDIT_CONSUMER_GROUP": f"flowaudit-{suffix}"}
+    group = f"flowaudit-{suffix}"
+    broker.create_topics([*names.values(), ledger_changelog_topic(group)], partitions)
+    return {**names, "FLOWAUDIT_CONSUMER_GROUP": group}
 
 
 @pytest.fixture
