@@ -110,15 +110,28 @@ class MemoryConsentLedger:
         )
         if (record.user_id, record.purpose) != (event.user_id, event.purpose):
             return record
-        periods = list(record.periods)
-        if event.granted:
-            if not periods or periods[-1][1] is not None:
-                periods.append((event.occurred_at_ms, None))
-        elif periods and periods[-1][1] is None:
-            periods[-1] = (periods[-1][0], max(event.occurred_at_ms, periods[-1][0]))
-        updated = ConsentRecord(record.consent_id, record.user_id, record.purpose, tuple(periods))
+        updated = ConsentRecord(
+            record.consent_id, record.user_id, record.purpose, next_periods(record.periods, event)
+        )
         self._records[event.consent_id] = updated
         return updated
+
+
+Period = tuple[int, int | None]
+
+
+def next_periods(periods: tuple[Period, ...], event: ConsentEvent) -> tuple[Period, ...]:
+    """A consent's periods after one of its events (both ledgers apply this rule). A grant opens a
+    period unless one is open; a withdrawal closes the open one, never before its grant (an
+    out-of-order withdrawal closes it at the grant: the period is empty, not negative)."""
+    if event.granted:
+        if not periods or periods[-1][1] is not None:
+            return (*periods, (event.occurred_at_ms, None))
+        return periods
+    if periods and periods[-1][1] is None:
+        granted_ms = periods[-1][0]
+        return (*periods[:-1], (granted_ms, max(event.occurred_at_ms, granted_ms)))
+    return periods
 
 
 def consent_status(

@@ -25,12 +25,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flowaudit.domain.consent import ConsentEvent, ConsentRecord
+from flowaudit.domain.consent import ConsentEvent, ConsentRecord, next_periods
 
 # A consent id granted and withdrawn more often than this keeps only its newest periods.
 DEFAULT_MAX_PERIODS = 16
 
-Period = tuple[int, int | None]
 # a record and the offset of the last event applied to it (None: not known, e.g. built by a test)
 Entry = tuple[ConsentRecord, int | None]
 
@@ -81,7 +80,7 @@ class StreamLedger:
             if offset <= self._offsets.get(event.consent_id, -1):
                 return record
             self._offsets[event.consent_id] = offset
-        periods = _next_periods(record.periods, event)
+        periods = next_periods(record.periods, event)
         if len(periods) > self.max_periods:
             self.periods_dropped += len(periods) - self.max_periods
             periods = periods[-self.max_periods :]
@@ -113,19 +112,6 @@ class StreamLedger:
 
     def _put(self, record: ConsentRecord) -> None:
         self._records[record.consent_id] = record
-
-
-def _next_periods(periods: tuple[Period, ...], event: ConsentEvent) -> tuple[Period, ...]:
-    # A grant opens a period unless one is open; a withdrawal closes the open one (never before its
-    # grant: an out-of-order withdrawal closes it at the grant, so the period is empty, not negative).
-    if event.granted:
-        if not periods or periods[-1][1] is not None:
-            return (*periods, (event.occurred_at_ms, None))
-        return periods
-    if periods and periods[-1][1] is None:
-        granted_ms = periods[-1][0]
-        return (*periods[:-1], (granted_ms, max(event.occurred_at_ms, granted_ms)))
-    return periods
 
 
 def table_value(entries: Iterable[Entry]) -> dict[str, list[Any]]:
