@@ -11,6 +11,7 @@ was fetched but does not start always fails.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -231,3 +232,30 @@ def real_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealKafka]:
         yield broker
     finally:
         broker.stop()
+
+
+_TOPIC_SUFFIX = itertools.count()
+
+
+def own_topics(
+    broker: RealKafka, partitions: int = 4, consent_partitions: int | None = None
+) -> dict[str, str]:
+    """Topics (the consent topic and the consent ledger's changelog included) and a consumer group for
+    one test, created on the broker; the worker settings for them. `consent_partitions`: a consent
+    topic partitioned unlike the others (the worker must refuse it)."""
+    from flowaudit.streams.app import ledger_changelog_topic
+
+    suffix = f"t{os.getpid()}-{next(_TOPIC_SUFFIX)}"
+    names = {
+        "FLOWAUDIT_TOPIC_DEVICE_SYNC": f"flowaudit.device-sync.{suffix}",
+        "FLOWAUDIT_TOPIC_SHARING": f"flowaudit.sharing.{suffix}",
+        "FLOWAUDIT_TOPIC_SUBCONTRACTOR_TRANSFER": f"flowaudit.subcontractor-transfer.{suffix}",
+        "FLOWAUDIT_TOPIC_APPROVED": f"flowaudit.approved.{suffix}",
+        "FLOWAUDIT_TOPIC_BLOCKED": f"flowaudit.blocked.{suffix}",
+        "FLOWAUDIT_TOPIC_DEAD_LETTER": f"flowaudit.dead-letter.{suffix}",
+    }
+    group = f"flowaudit-{suffix}"
+    broker.create_topics([*names.values(), ledger_changelog_topic(group)], partitions)
+    consent = f"flowaudit.consents.{suffix}"
+    broker.create_topics([consent], consent_partitions or partitions)
+    return {**names, "FLOWAUDIT_TOPIC_CONSENT": consent, "FLOWAUDIT_CONSUMER_GROUP": group}

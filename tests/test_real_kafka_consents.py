@@ -12,9 +12,7 @@ committed, so nothing re-reads it), and flows after the restart are still judged
 from __future__ import annotations
 
 import io
-import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,35 +26,13 @@ import yaml
 
 from flowaudit.domain.policy import Policy
 from flowaudit.evaluate import evaluate_lines
-from flowaudit.streams.app import ledger_changelog_topic
 from tests.clickhouse_http import ClickHouseHTTPServer
 from tests.helpers import REPO, WorkerProcess, run_cli, wait_for
-from tests.kafka_broker import RealKafka
+from tests.kafka_broker import RealKafka, own_topics
 from tests.streams.two_workers import shared_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 DATA = Path(__file__).parent / "data" / "stream"
-_SUFFIX = itertools.count()
-
-
-def consent_topics(
-    broker: RealKafka, partitions: int = 4, consent_partitions: int | None = None
-) -> dict[str, str]:
-    """Topics (the consent topic and the ledger's changelog included) and a group for one test."""
-    suffix = f"c{os.getpid()}-{next(_SUFFIX)}"
-    group = f"flowaudit-{suffix}"
-    names = {
-        "FLOWAUDIT_TOPIC_DEVICE_SYNC": f"flowaudit.device-sync.{suffix}",
-        "FLOWAUDIT_TOPIC_SHARING": f"flowaudit.sharing.{suffix}",
-        "FLOWAUDIT_TOPIC_SUBCONTRACTOR_TRANSFER": f"flowaudit.subcontractor-transfer.{suffix}",
-        "FLOWAUDIT_TOPIC_APPROVED": f"flowaudit.approved.{suffix}",
-        "FLOWAUDIT_TOPIC_BLOCKED": f"flowaudit.blocked.{suffix}",
-        "FLOWAUDIT_TOPIC_DEAD_LETTER": f"flowaudit.dead-letter.{suffix}",
-    }
-    broker.create_topics([*names.values(), ledger_changelog_topic(group)], partitions)
-    consent = f"flowaudit.consents.{suffix}"
-    broker.create_topics([consent], consent_partitions or partitions)
-    return {**names, "FLOWAUDIT_TOPIC_CONSENT": consent, "FLOWAUDIT_CONSUMER_GROUP": group}
 
 
 @pytest.fixture
@@ -98,7 +74,7 @@ def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
     real_kafka: RealKafka, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
 ) -> None:
     expected = yaml.safe_load((DATA / "expected.yaml").read_text())
-    env = shared_env(real_kafka.url, store, tmp_path / "w", **consent_topics(real_kafka))
+    env = shared_env(real_kafka.url, store, tmp_path / "w", **own_topics(real_kafka))
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     workers.append(worker)
     _produce(env, "consents.jsonl")
@@ -159,9 +135,7 @@ def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
 def test_the_worker_refuses_a_consent_topic_partitioned_unlike_the_flows(
     real_kafka: RealKafka, store: str, tmp_path: Path
 ) -> None:
-    env = shared_env(
-        real_kafka.url, store, tmp_path / "w", **consent_topics(real_kafka, 4, consent_partitions=2)
-    )
+    env = shared_env(real_kafka.url, store, tmp_path / "w", **own_topics(real_kafka, 4, consent_partitions=2))
     done = subprocess.run(
         [sys.executable, "-m", "flowaudit.cli", "worker"], env=env, capture_output=True, timeout=120, cwd=REPO
     )
@@ -177,7 +151,7 @@ def test_the_ledger_follows_its_partitions_to_another_worker(
     """A records the consents; B joins (a rebalance), then A leaves (another): B recovers the table's
     partitions from the changelog and judges the flows after that with the consents A recorded."""
     expected = yaml.safe_load((DATA / "expected.yaml").read_text())["after_restart"]
-    topics = consent_topics(real_kafka)
+    topics = own_topics(real_kafka)
     first = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "a", **topics), tmp_path / "a.log")
     workers.append(first.start())
     _produce(first.env, "consents.jsonl")

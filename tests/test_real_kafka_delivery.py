@@ -9,7 +9,6 @@ partitions moving between workers, a worker killed with SIGKILL and restarted wh
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -21,31 +20,12 @@ import pytest
 
 from flowaudit.common.settings import Settings
 from flowaudit.domain.policy import Policy
-from flowaudit.streams.app import ledger_changelog_topic
 from tests.clickhouse_http import ClickHouseHTTPServer
 from tests.helpers import SteadyProducer, WorkerProcess, run_cli, wait_for
-from tests.kafka_broker import RealKafka
+from tests.kafka_broker import RealKafka, own_topics
 from tests.streams.two_workers import audited, run_partition_moves, shared_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
-_SUFFIX = itertools.count()
-
-
-def own_topics(broker: RealKafka, partitions: int = 4) -> dict[str, str]:
-    """Topics and a consumer group for one test, created on the broker; the worker settings for them."""
-    suffix = f"t{os.getpid()}-{next(_SUFFIX)}"
-    names = {
-        "FLOWAUDIT_TOPIC_DEVICE_SYNC": f"flowaudit.device-sync.{suffix}",
-        "FLOWAUDIT_TOPIC_SHARING": f"flowaudit.sharing.{suffix}",
-        "FLOWAUDIT_TOPIC_SUBCONTRACTOR_TRANSFER": f"flowaudit.subcontractor-transfer.{suffix}",
-        "FLOWAUDIT_TOPIC_APPROVED": f"flowaudit.approved.{suffix}",
-        "FLOWAUDIT_TOPIC_BLOCKED": f"flowaudit.blocked.{suffix}",
-        "FLOWAUDIT_TOPIC_DEAD_LETTER": f"flowaudit.dead-letter.{suffix}",
-        "FLOWAUDIT_TOPIC_CONSENT": f"flowaudit.consents.{suffix}",
-    }
-    group = f"flowaudit-{suffix}"
-    broker.create_topics([*names.values(), ledger_changelog_topic(group)], partitions)
-    return {**names, "FLOWAUDIT_CONSUMER_GROUP": group}
 
 
 @pytest.fixture
