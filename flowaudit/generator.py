@@ -471,9 +471,9 @@ class EventGenerator:
         event["consent_id"] = None
         return event
 
-    def health_for_marketing(self) -> Event | None:
-        """Marketing segmented on health data."""
-        rule = self._rule("health-data-for-marketing")
+    def _transfer_for_rule(self, rule_id: str) -> Event | None:
+        """A transfer for one of the rule's purposes, carrying a field of one of its categories."""
+        rule = self._rule(rule_id)
         if rule is None:
             return None
         purposes = rule.purposes
@@ -483,6 +483,10 @@ class EventGenerator:
         event = self._transfer(*pair)
         event["fields"].append(self._field_of(rule.categories))
         return event
+
+    def health_for_marketing(self) -> Event | None:
+        """Marketing segmented on health data."""
+        return self._transfer_for_rule("health-data-for-marketing")
 
     def _unpseudonymized_sharing(self, rule_id: str) -> Event | None:
         rule = self._rule(rule_id)
@@ -525,16 +529,9 @@ class EventGenerator:
 
     def support_health_without_consent(self) -> Event | None:
         """Health data in a support ticket without the user's consent for it."""
-        rule = self._rule("health-data-to-support-without-consent")
-        if rule is None:
-            return None
-        purposes = rule.purposes
-        pair = self._pairs_where(lambda sub, purpose: purpose in purposes)
-        if pair is None:
-            return None
-        event = self._transfer(*pair)
-        event["fields"].append(self._field_of(rule.categories))
-        event["consent_id"] = None
+        event = self._transfer_for_rule("health-data-to-support-without-consent")
+        if event is not None:
+            event["consent_id"] = None
         return event
 
     def purpose_mismatch(self) -> Event | None:
