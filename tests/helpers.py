@@ -25,14 +25,54 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    explain: Callable[[], str] | None = None,
+) -> Any:
+    """Poll `condition` until it is true; on a timeout, fail with what was awaited and `explain()`
+    (for example the key lines of the workers' logs: CI keeps only the failure's message)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+
+
+# log lines that tell a group's story: membership, assignments, table recovery, trouble
+_KEY_LOG_LINES = (
+    "Joined group",
+    "Revoking previously",
+    "Setting newly assigned",
+    "Recovery]: Resuming",
+    "Recovery]: Worker ready",
+    "No event received",
+    "Remaining for active",
+    "consent ledger recovered",
+    "Signal received",
+    "WARNING",
+    "ERROR",
+    "CRITICAL",
+    "STOPPING",
+    "Traceback",
+)
+
+
+def key_log_lines(name: str, text: str, limit: int = 40) -> str:
+    """The lines of a worker log that tell what its group did (the last `limit` of them)."""
+    lines = [line.strip() for line in text.splitlines() if any(key in line for key in _KEY_LOG_LINES)]
+    shown = "\n  ".join(line[:220] for line in lines[-limit:])
+    return f"--- {name}: {len(lines)} key lines, last {min(limit, len(lines))}:\n  {shown}"
+
+
+def story_of(workers: list[WorkerProcess], limit: int = 40) -> Callable[[], str]:
+    """An `explain` for `wait_for`: the key log lines of every worker started so far."""
+    return lambda: "\n".join(worker.key_lines(limit) for worker in workers)
 
 
 def worker_env(broker_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -72,6 +112,13 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
+
+    def key_lines(self, limit: int = 40) -> str:
+        """What this worker's group did, from its whole log (see `key_log_lines`)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        state = "running" if self.process is not None and self.process.poll() is None else "exited"
+        code = "" if state == "running" or self.process is None else f" ({self.process.returncode})"
+        return key_log_lines(f"{self.log_path.name}, {state}{code}", text, limit)
 
     def metric_text(self) -> str | None:
         try:

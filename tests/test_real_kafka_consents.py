@@ -27,7 +27,7 @@ import yaml
 from flowaudit.domain.policy import Policy
 from flowaudit.evaluate import evaluate_lines
 from tests.clickhouse_http import ClickHouseHTTPServer
-from tests.helpers import REPO, WorkerProcess, run_cli, wait_for
+from tests.helpers import REPO, WorkerProcess, run_cli, story_of, wait_for
 from tests.kafka_broker import RealKafka, own_topics
 from tests.streams.two_workers import shared_env
 
@@ -78,9 +78,16 @@ def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     workers.append(worker)
     _produce(env, "consents.jsonl")
-    wait_for(lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3, 60, "consents recorded")
+    wait_for(
+        lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3,
+        60,
+        "consents recorded",
+        explain=story_of(workers),
+    )
     _produce(env, "flows-before-restart.jsonl")
-    wait_for(lambda: len(_decisions(store)) == 4, 60, "the flows before the restart")
+    wait_for(
+        lambda: len(_decisions(store)) == 4, 60, "the flows before the restart", explain=story_of(workers)
+    )
     assert _decisions(store) == expected["before_restart"], worker.log()
     assert "flowaudit_consents_total" in (worker.metric_text() or "")
     # breach scoping through the running worker's web API: anna's and ben's flows went to RunTracker
@@ -96,9 +103,16 @@ def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
 
     again = WorkerProcess(env, tmp_path / "again.log").start()
     workers.append(again)
-    wait_for(lambda: "consent ledger recovered from its changelog: 2 consents" in again.log(), 60, "recovery")
+    wait_for(
+        lambda: "consent ledger recovered from its changelog: 2 consents" in again.log(),
+        60,
+        "recovery",
+        explain=story_of(workers),
+    )
     _produce(env, "flows-after-restart.jsonl")
-    wait_for(lambda: len(_decisions(store)) == 6, 60, "the flows after the restart")
+    wait_for(
+        lambda: len(_decisions(store)) == 6, 60, "the flows after the restart", explain=story_of(workers)
+    )
     decisions = _decisions(store)
     assert {key: decisions[key] for key in expected["after_restart"]} == expected["after_restart"], (
         again.log()
@@ -155,19 +169,30 @@ def test_the_ledger_follows_its_partitions_to_another_worker(
     first = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "a", **topics), tmp_path / "a.log")
     workers.append(first.start())
     _produce(first.env, "consents.jsonl")
-    wait_for(lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3, 60, "consents recorded")
+    wait_for(
+        lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3,
+        60,
+        "consents recorded",
+        explain=story_of(workers),
+    )
     second = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "b", **topics), tmp_path / "b.log")
     workers.append(second.start())
     wait_for(
-        lambda: "consent ledger recovered from its changelog" in second.log(), 90, "the second worker's share"
+        lambda: "consent ledger recovered from its changelog" in second.log(),
+        90,
+        "the second worker's share",
+        explain=story_of(workers),
     )
     assert first.stop(signal.SIGTERM) == 0, first.log()
     wait_for(
         lambda: "consent ledger recovered from its changelog: 2 consents" in second.log(),
         90,
         "all partitions on B",
+        explain=story_of(workers),
     )
     _produce(second.env, "flows-after-restart.jsonl")
-    wait_for(lambda: len(_decisions(store)) == 2, 60, "the flows after the rebalance")
+    wait_for(
+        lambda: len(_decisions(store)) == 2, 60, "the flows after the rebalance", explain=story_of(workers)
+    )
     assert _decisions(store) == expected, second.log()
     assert second.stop(signal.SIGTERM) == 0, second.log()

@@ -21,7 +21,7 @@ import pytest
 from flowaudit.common.settings import Settings
 from flowaudit.domain.policy import Policy
 from tests.clickhouse_http import ClickHouseHTTPServer
-from tests.helpers import SteadyProducer, WorkerProcess, run_cli, wait_for
+from tests.helpers import SteadyProducer, WorkerProcess, run_cli, story_of, wait_for
 from tests.kafka_broker import RealKafka, own_topics
 from tests.streams.two_workers import audited, run_partition_moves, shared_env
 
@@ -62,7 +62,7 @@ def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     overrides = {name.removeprefix("FLOWAUDIT_").lower(): value for name, value in topics.items()}
     producer = SteadyProducer(real_kafka.bootstrap, Settings(**overrides), count=3000, rate=300, seed=77)
     producer.start()
-    wait_for(lambda: audited(store)[1] >= 500, 90, "rows from both workers")
+    wait_for(lambda: audited(store)[1] >= 500, 90, "rows from both workers", explain=story_of(workers))
     pipeline_pid = json.loads((tmp_path / "a" / "worker.json").read_text())["pipeline_pid"]
     os.kill(first.process.pid if first.process else 0, signal.SIGKILL)  # mid-stream, no goodbye
     wait_for(first.exited, 30, "the killed worker")
@@ -71,7 +71,9 @@ def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     restarted = WorkerProcess(first.env, tmp_path / "a-again.log")
     workers.append(restarted.start())
     producer.join(60)
-    wait_for(lambda: audited(store)[1] >= len(producer.ids), 120, "every event audited")
+    wait_for(
+        lambda: audited(store)[1] >= len(producer.ids), 120, "every event audited", explain=story_of(workers)
+    )
     assert restarted.stop(signal.SIGTERM) == 0, restarted.log()
     assert second.stop(signal.SIGTERM) == 0, second.log()
     rows, distinct = audited(store)

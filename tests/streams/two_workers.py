@@ -16,7 +16,7 @@ from typing import Any
 import clickhouse_connect
 
 from flowaudit.domain.policy import Policy
-from tests.helpers import WorkerProcess, run_cli, wait_for, worker_env
+from tests.helpers import WorkerProcess, run_cli, story_of, wait_for, worker_env
 from tests.streams.test_worker_integration import _send_generated
 
 CHAIN_KEY = "partition-moves-chain-key-0123456789"
@@ -44,11 +44,6 @@ def audited(store_url: str) -> tuple[int, int]:
     return int(rows), int(distinct)
 
 
-def assigned_chains(worker: WorkerProcess) -> int:
-    text = worker.metric_text() or ""
-    return sum(1 for line in text.splitlines() if line.startswith("flowaudit_audit_chain_head_seq{"))
-
-
 def run_partition_moves(
     broker_url: str,
     store_url: str,
@@ -61,16 +56,36 @@ def run_partition_moves(
     first = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "a", **extra), tmp_path / "a.log")
     workers.append(first.start())
     sent = _send_generated(first.env, tmp_path, policy, 300, seed=41)
-    wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "the first worker's rows")
+    wait_for(
+        lambda: audited(store_url)[1] >= len(sent), 90, "the first worker's rows", explain=story_of(workers)
+    )
 
     second = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "b", **extra), tmp_path / "b.log")
     workers.append(second.start())
+    # both members hold partitions before the events of this phase are sent (else it tests one worker);
+    # Faust logs this once the member's first assignment is recovered
+    wait_for(
+        lambda: "Worker ready" in second.log(),
+        90,
+        "the second worker's partitions",
+        explain=story_of(workers),
+    )
     sent += _send_generated(first.env, tmp_path, policy, 300, seed=42)
-    wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "rows while both workers run")
+    wait_for(
+        lambda: audited(store_url)[1] >= len(sent),
+        90,
+        "rows while both workers run",
+        explain=story_of(workers),
+    )
     assert first.stop(signal.SIGTERM) == 0, first.log()  # its partitions move to the second worker
 
     sent += _send_generated(second.env, tmp_path, policy, 300, seed=43)
-    wait_for(lambda: audited(store_url)[1] >= len(sent), 90, "rows after the first worker left")
+    wait_for(
+        lambda: audited(store_url)[1] >= len(sent),
+        90,
+        "rows after the first worker left",
+        explain=story_of(workers),
+    )
     consumed_by_second = second.metric("flowaudit_records_consumed_total")
     assert second.stop(signal.SIGTERM) == 0, second.log()
     verified = json.loads(run_cli(second.env, "verify", "--json").stdout)
