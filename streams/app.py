@@ -35,6 +35,7 @@ from flowaudit.domain.kinds import CONSENT_ROLE, INPUT_KINDS
 from flowaudit.domain.ledger import Entry, StreamLedger, records_of, table_value
 from flowaudit.sinks.audit import chain_id_for
 from flowaudit.sinks.verify import VerifyReport
+from flowaudit.streams.consumer import Transport as ConsumerTransport
 from flowaudit.streams.deadletter import InvalidRatioExceeded
 from flowaudit.streams.messages import BatchResult, InboundMessage
 from flowaudit.streams.web import StoreViews, WebGuard, add_web_views
@@ -117,6 +118,10 @@ class FlowauditApp(faust.App):
     publisher: Any = None
     store_owner: AuditStoreOwner | None = None
     fatal_error: BaseException | None = None
+
+    def _new_transport(self) -> Any:
+        # Faust's aiokafka transport, with the consumer whose seek after a rebalance loses nothing
+        return ConsumerTransport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         # Called before the agents are stopped: a sink retrying against a store that is down gives up
@@ -367,12 +372,23 @@ async def _process_batch(
 
 
 def _ack(app: FlowauditApp, events: Sequence[Any]) -> None:
-    """Acknowledge the events of partitions this worker still holds: a partition revoked meanwhile
-    is read again by its new owner, and an ack of it here could only confuse Faust's commit."""
+    """Acknowledge the events fetched in the consumer group's current generation, of partitions this
+    worker holds. An event fetched before a rebalance is not acknowledged: every partition was
+    revoked at that rebalance (so its batch may have skipped the records of released chains, see
+    `sinks.writer`), and whoever holds the partition now reads it again from the committed offset.
+    Acknowledging it, even here on a partition assigned back, would let the commit pass a record
+    that was never written."""
     assignment = app.consumer.assignment()
+    generation = app.consumer_generation_id
+    stale = 0
     for event in events:
-        if event.message.tp in assignment:
+        message = event.message
+        if message.generation_id != generation:
+            stale += 1
+        elif message.tp in assignment:
             event.ack()
+    if stale:
+        log.info("%d events fetched before the last rebalance left to be read again", stale)
 
 
 def _measure_lag(app: FlowauditApp, messages: Sequence[InboundMessage]) -> None:

@@ -118,7 +118,14 @@ class WorkerProcess:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         state = "running" if self.process is not None and self.process.poll() is None else "exited"
         code = "" if state == "running" or self.process is None else f" ({self.process.returncode})"
-        return key_log_lines(f"{self.log_path.name}, {state}{code}", text, limit)
+        story = key_log_lines(f"{self.log_path.name}, {state}{code}", text, limit)
+        if os.environ.get("SOAK_PYSPY") and state == "running" and self.process is not None:
+            dump = subprocess.run(
+                ["py-spy", "dump", "--subprocesses", "--locals", "--pid", str(self.process.pid)],
+                capture_output=True, text=True, timeout=60,
+            )
+            Path(str(self.log_path) + ".pyspy").write_text(dump.stdout + dump.stderr)
+        return story
 
     def metric_text(self) -> str | None:
         try:

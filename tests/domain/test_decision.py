@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,6 +154,39 @@ def test_enabled_exception_waives_its_rule_and_is_recorded() -> None:
         event_from_mapping(event | {"purpose": "zzz", "destination_country": "AT"}, minimal)
     )
     assert unknown.rules == () and unknown.legal_basis is None
+
+
+def test_a_decision_that_depends_on_the_recipient_is_not_remembered_for_another(tmp_path: Path) -> None:
+    directory = tmp_path / "policy"
+    shutil.copytree(DATA_DIR / "policies" / "minimal", directory)
+    shutil.copy(DATA_DIR / "policies" / "recipient-exception.yaml", directory / "exceptions.yaml")
+    scoped = load_policy(directory)
+    event = {
+        "event_id": UUID,
+        "event_type": "sharing",
+        "occurred_at": "2025-01-01T00:00:00Z",
+        "user_id": "u-1",
+        "user_country": "CH",
+        "fields": ["glucose"],
+        "destination_country": "US",
+        "purpose": "care",
+        "consent_id": None,
+        "recipient_type": "third_party_app",
+    }
+    decider = Decider(scoped)
+    for _ in range(2):  # cold, then warm memos
+        waived = decider.decide(event_from_mapping(event | {"recipient": "Lab Two"}, scoped))
+        other = decider.decide(event_from_mapping(event | {"recipient": "Lab Three"}, scoped))
+        assert (waived.decision, waived.waived, waived.counterparty) == (
+            "allowed",
+            ("certified-lab-in-us",),
+            "Lab Two",
+        )
+        assert (other.decision, other.rules, other.counterparty) == (
+            "blocked",
+            ("medical-leaves-alps",),
+            "Lab Three",
+        )
 
 
 def test_memos_are_bounded(policy: Policy) -> None:
