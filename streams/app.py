@@ -372,14 +372,19 @@ async def _process_batch(
 
 
 def _ack(app: FlowauditApp, events: Sequence[Any]) -> None:
-    """Acknowledge the events fetched in the consumer group's current generation, of partitions this
-    worker holds. An event fetched before a rebalance is not acknowledged: every partition was
-    revoked at that rebalance (so its batch may have skipped the records of released chains, see
-    `sinks.writer`), and whoever holds the partition now reads it again from the committed offset.
-    Acknowledging it, even here on a partition assigned back, would let the commit pass a record
-    that was never written."""
-    assignment = app.consumer.assignment()
+    """Acknowledge the events of partitions this worker holds, fetched in the consumer group's
+    current generation, unless a rebalance is under way.
+
+    A rebalance revokes every partition; from then on the sink skips the records of their chains
+    (released, `sinks.writer`), and whoever holds a partition next reads it again from its
+    committed offset. An acknowledgement made during the rebalance (Faust commits while it revokes)
+    or after it, of an event fetched before, could let the commit pass a record that was skipped,
+    even on a partition assigned back to this worker: such events are left to be read again."""
     generation = app.consumer_generation_id
+    if app.rebalancing:
+        log.info("%d events not acknowledged during a rebalance: they are read again", len(events))
+        return
+    assignment = app.consumer.assignment()
     stale = 0
     for event in events:
         message = event.message

@@ -119,12 +119,16 @@ class WorkerProcess:
         state = "running" if self.process is not None and self.process.poll() is None else "exited"
         code = "" if state == "running" or self.process is None else f" ({self.process.returncode})"
         story = key_log_lines(f"{self.log_path.name}, {state}{code}", text, limit)
-        if os.environ.get("SOAK_PYSPY") and state == "running" and self.process is not None:
+        if os.environ.get("FLOWAUDIT_TEST_STACKS") and state == "running" and self.process is not None:
+            # a diagnostic for a hang (pip install py-spy): the stacks of the worker and its children
             dump = subprocess.run(
                 ["py-spy", "dump", "--subprocesses", "--locals", "--pid", str(self.process.pid)],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
-            Path(str(self.log_path) + ".pyspy").write_text(dump.stdout + dump.stderr)
+            Path(f"{self.log_path}.stacks").write_text(dump.stdout + dump.stderr)
+            story += f"\n  (stacks in {self.log_path}.stacks)"
         return story
 
     def metric_text(self) -> str | None:
