@@ -49,6 +49,13 @@ EVENTS_BY_CATEGORY = Counter(
     ["category", "legal_basis"],
     registry=REGISTRY,
 )
+EVENTS_BY_LEGAL_BASIS = Counter(
+    "flowaudit_events_by_legal_basis_total",
+    "Decided events by the legal basis of their purpose ('none' for an unknown purpose) and decision, each "
+    "event counted once (flowaudit_events_by_category_total counts an event once per category it carries).",
+    ["kind", "legal_basis", "decision"],
+    registry=REGISTRY,
+)
 HEALTH_BY_DESTINATION = Counter(
     "flowaudit_health_data_events_total",
     "Events carrying health (or unclassified) data, by destination country and decision.",

@@ -65,6 +65,7 @@ class BatchMetrics:
         by_flag: Counter[str] = Counter()
         by_mechanism: Counter[tuple[str, str]] = Counter()
         by_category: Counter[tuple[str, str]] = Counter()
+        by_basis: Counter[tuple[str, str]] = Counter()
         health: Counter[tuple[str, str]] = Counter()
         unknown_subcontractor = 0
         special, unknown_rules = self._special, self._unknown_subcontractor_rules
@@ -81,6 +82,7 @@ class BatchMetrics:
             if mechanism is not None:  # None inside the protected zone
                 by_mechanism[(mechanism, decision.decision)] += 1
             basis = decision.legal_basis or "none"
+            by_basis[(basis, decision.decision)] += 1
             for category in decision.data_categories:
                 by_category[(category, basis)] += 1
             if not special.isdisjoint(decision.data_categories):
@@ -93,6 +95,8 @@ class BatchMetrics:
             metrics.TRANSFERS_BY_MECHANISM.labels(kind, mechanism, verdict).inc(count)
         for (category, basis), count in by_category.items():
             metrics.EVENTS_BY_CATEGORY.labels(category, basis).inc(count)
+        for (basis, verdict), count in by_basis.items():
+            metrics.EVENTS_BY_LEGAL_BASIS.labels(kind, basis, verdict).inc(count)
         for (country, verdict), count in health.items():
             metrics.HEALTH_BY_DESTINATION.labels(country, verdict).inc(count)
         if unknown_subcontractor:

@@ -1,11 +1,16 @@
-"""Builds the Grafana dashboards and alert rules of deploy/grafana from code (run after a change).
+"""Builds the Grafana dashboards of deploy/grafana from code (run after a change).
 
     python deploy/grafana/build_dashboards.py
 
 The compliance dashboard's panels are the report SQL files themselves, with the report parameters
-mapped to Grafana's time range (`$__fromTime`, `$__toTime`) and a `user` variable; a test checks the
-committed JSON is what this script builds, that every PromQL names a metric the worker exports and
-that every SQL panel runs against the audit table's DDL.
+mapped to Grafana's time range (`$__fromTime`, `$__toTime`) and the `user` and `recipient`
+variables, always interpolated as SQL string literals (`${user:sqlstring}`: Grafana quotes and
+escapes them); the `destinations` report is also drawn as a map and a bar chart. A test checks the
+committed JSON is what this script builds, that every panel lies in the 24-column grid, that every
+PromQL names a metric the worker exports and that every SQL panel runs against the audit table's DDL.
+
+Alerts have one source: Prometheus's rules (deploy/prometheus/alerts.yml), routed by Alertmanager.
+Grafana provisions none (it used to provision copies of the critical ones, with no contact point).
 """
 
 from __future__ import annotations
@@ -15,8 +20,6 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -64,7 +67,7 @@ LIVE_PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
     (
         "Events/s by legal basis",
         "timeseries",
-        [("sum by (legal_basis) (rate(flowaudit_events_by_category_total[5m]))", "{{legal_basis}}")],
+        [("sum by (legal_basis) (rate(flowaudit_events_by_legal_basis_total[5m]))", "{{legal_basis}}")],
         "ops",
     ),
     (
@@ -152,8 +155,13 @@ LIVE_PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
 ]
 
 
-def _grid(index: int, width: int = 12, height: int = 8) -> dict[str, int]:
-    return {"x": (index % 2) * width, "y": (index // 2) * height, "w": width, "h": height}
+GRID_COLUMNS = 24  # Grafana's dashboard grid
+
+
+def _grid(index: int, width: int = 12, height: int = 8, top: int = 0) -> dict[str, int]:
+    """The place of the index-th panel of equal size, filling rows of the 24-column grid from `top`."""
+    per_row = GRID_COLUMNS // width
+    return {"x": (index % per_row) * width, "y": top + (index // per_row) * height, "w": width, "h": height}
 
 
 def live_dashboard() -> dict[str, Any]:
@@ -187,30 +195,123 @@ def grafana_sql(sql: str) -> str:
     text = "\n".join(lines).strip()
     text = re.sub(r"\{since:[^}]*\}", "$__fromTime", text)
     text = re.sub(r"\{until:[^}]*\}", "$__toTime", text)
-    return text.replace("{user:String}", "'${user}'").replace("{recipient:String}", "'${recipient}'")
+    # Grafana's sqlstring format quotes the value and escapes its quotes: never raw text in the SQL
+    return text.replace("{user:String}", "${user:sqlstring}").replace(
+        "{recipient:String}", "${recipient:sqlstring}"
+    )
+
+
+def _sql_target(sql: str) -> dict[str, Any]:
+    return {
+        "refId": "A",
+        "datasource": CLICKHOUSE,
+        "editorType": "sql",
+        "format": 1,
+        "queryType": "table",
+        "rawSql": grafana_sql(sql),
+    }
+
+
+# the report drawn as a map and a bar chart above the tables (one row per destination country)
+MAP_REPORT = "destinations"
+
+
+def destination_panels(sql: str) -> list[dict[str, Any]]:
+    """A world map of the destination countries (size: events; red where any flow was blocked) and a
+    bar chart of allowed and blocked events per country, both from the `destinations` report."""
+    geomap = {
+        "id": 1,
+        "title": "Destinations of personal data (size: events; red: some flows blocked)",
+        "description": "schemas/reports/destinations.sql; countries placed by ISO 3166 code.",
+        "type": "geomap",
+        "datasource": CLICKHOUSE,
+        "gridPos": {"x": 0, "y": 0, "w": 14, "h": 12},
+        "fieldConfig": {
+            "defaults": {
+                "color": {"mode": "thresholds"},
+                "thresholds": {
+                    "mode": "absolute",
+                    "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}],
+                },
+            },
+            "overrides": [],
+        },
+        "options": {
+            "view": {"id": "zero", "lat": 25, "lon": 10, "zoom": 1},
+            "controls": {"showZoom": True, "mouseWheelZoom": False, "showAttribution": True},
+            "basemap": {"type": "default", "name": "Basemap"},
+            "layers": [
+                {
+                    "type": "markers",
+                    "name": "destinations",
+                    "tooltip": True,
+                    "location": {
+                        "mode": "lookup",
+                        "lookup": "destination_country",
+                        "gazetteer": "public/gazetteer/countries.json",
+                    },
+                    "config": {
+                        "showLegend": True,
+                        "style": {
+                            "size": {"field": "events", "min": 4, "max": 30, "fixed": 5},
+                            "color": {"field": "blocked", "fixed": "green"},
+                            "opacity": 0.6,
+                            "symbol": {"mode": "fixed", "fixed": "img/icons/marker/circle.svg"},
+                        },
+                    },
+                }
+            ],
+            "tooltip": {"mode": "details"},
+        },
+        "targets": [_sql_target(sql)],
+    }
+    bars = {
+        "id": 2,
+        "title": "Events by destination country: allowed and blocked",
+        "description": "schemas/reports/destinations.sql",
+        "type": "barchart",
+        "datasource": CLICKHOUSE,
+        "gridPos": {"x": 14, "y": 0, "w": 10, "h": 12},
+        "fieldConfig": {"defaults": {"unit": "short"}, "overrides": []},
+        "options": {
+            "orientation": "horizontal",
+            "stacking": "normal",
+            "xField": "destination_country",
+            "showValue": "never",
+            "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
+        },
+        "transformations": [
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {
+                        "outside_protected_zone": True,
+                        "events": True,
+                        "data_subjects": True,
+                        "health_events": True,
+                    }
+                },
+            }
+        ],
+        "targets": [_sql_target(sql)],
+    }
+    return [geomap, bars]
 
 
 def compliance_dashboard() -> dict[str, Any]:
-    panels = []
-    for index, report in enumerate(load_reports().values()):
+    reports = load_reports()
+    panels = destination_panels(reports[MAP_REPORT].sql)
+    top = 12
+    for index, report in enumerate(reports.values()):
         panels.append(
             {
-                "id": index + 1,
+                "id": len(panels) + 1,
                 "title": report.name,
                 "description": report.description + f" (schemas/reports/{report.path.name})",
                 "type": "table",
                 "datasource": CLICKHOUSE,
-                "gridPos": _grid(index, width=24, height=10),
-                "targets": [
-                    {
-                        "refId": "A",
-                        "datasource": CLICKHOUSE,
-                        "editorType": "sql",
-                        "format": 1,
-                        "queryType": "table",
-                        "rawSql": grafana_sql(report.sql),
-                    }
-                ],
+                "gridPos": _grid(index, width=24, height=10, top=top),
+                "targets": [_sql_target(report.sql)],
             }
         )
     variables = [
@@ -250,102 +351,11 @@ def _dashboard(
     }
 
 
-# Grafana-managed alert rules for the critical conditions (the same ones Prometheus alerts on).
-CRITICAL_ALERTS = [
-    (
-        "flowaudit-health-data-leaves-eea",
-        "Health data blocked leaving the EEA",
-        'sum(increase(flowaudit_blocked_events_total{rule="health-data-leaves-eea"}[5m]))',
-        "0s",
-        "Health data was about to leave the EEA and the gate blocked it.",
-        "Run `flowaudit report blocked-health-transfers`, identify the producer, open a DPO incident.",
-    ),
-    (
-        "flowaudit-transfer-without-safeguard",
-        "Transfer outside the EEA without a safeguard blocked",
-        'sum(increase(flowaudit_blocked_events_total{rule="transfer-without-safeguard"}[5m]))',
-        "0s",
-        "An EEA resident's data was about to leave the EEA with no Chapter V mechanism; the gate blocked it.",
-        "Run `flowaudit report transfers-outside-eea`, stop the producer, document a mechanism (DPO).",
-    ),
-    (
-        "flowaudit-audit-sink-failing",
-        "Audit inserts failing",
-        "sum(increase(flowaudit_audit_insert_failures_total[5m]))",
-        "2m",
-        "Audit inserts into ClickHouse fail; the worker has paused consumption (nothing is lost).",
-        "Check ClickHouse health, disk and the writer's grants; consumption resumes by itself.",
-    ),
-    (
-        "flowaudit-audit-sink-stalled",
-        "Audit writes stalled",
-        "(time() - max(flowaudit_last_audit_write_timestamp_seconds))"
-        " * (sum(rate(flowaudit_records_consumed_total[5m])) > bool 0)",
-        "0s",
-        "Records are consumed but no audit row was written for 5 minutes.",
-        "Dump the worker's threads (py-spy dump), check ClickHouse, restart the worker if needed.",
-    ),
-]
-THRESHOLDS = {"flowaudit-audit-sink-stalled": 300}
-
-
-def alert_rules() -> dict[str, Any]:
-    rules = []
-    for uid, title, expr, pending, summary, description in CRITICAL_ALERTS:
-        rules.append(
-            {
-                "uid": uid,
-                "title": title,
-                "condition": "C",
-                "data": [
-                    {
-                        "refId": "A",
-                        "relativeTimeRange": {"from": 600, "to": 0},
-                        "datasourceUid": "prometheus",
-                        "model": {"refId": "A", "expr": expr, "instant": True},
-                    },
-                    {
-                        "refId": "C",
-                        "datasourceUid": "__expr__",
-                        "model": {
-                            "refId": "C",
-                            "type": "threshold",
-                            "expression": "A",
-                            "conditions": [{"evaluator": {"type": "gt", "params": [THRESHOLDS.get(uid, 0)]}}],
-                        },
-                    },
-                ],
-                "noDataState": "OK",
-                "execErrState": "Error",
-                "for": pending,
-                "annotations": {"summary": summary, "description": description},
-                "labels": {"severity": "critical", "service": "flowaudit"},
-            }
-        )
-    return {
-        "apiVersion": 1,
-        "groups": [
-            {
-                "orgId": 1,
-                "name": "flowaudit-critical",
-                "folder": "flowaudit",
-                "interval": "1m",
-                "rules": rules,
-            }
-        ],
-    }
-
-
 def outputs() -> dict[Path, str]:
     return {
         HERE / "dashboards" / "flowaudit-live.json": json.dumps(live_dashboard(), indent=2) + "\n",
         HERE / "dashboards" / "flowaudit-compliance.json": json.dumps(compliance_dashboard(), indent=2)
         + "\n",
-        HERE
-        / "provisioning"
-        / "alerting"
-        / "flowaudit-alerts.yml": "# Generated by deploy/grafana/build_dashboards.py\n"
-        + yaml.safe_dump(alert_rules(), sort_keys=False),
     }
 
 

@@ -1,10 +1,12 @@
-"""Grafana provisioning: files load, dashboards are up to date with their builder, every panel and
-alert names metrics the worker exports, and every SQL panel runs against the audit table's DDL."""
+"""Grafana provisioning: files load, dashboards are up to date with their builder, panels lie in the
+grid, variables are quoted, every panel names metrics the worker exports, every SQL panel runs
+against the audit table's DDL, and alerts have one source (Prometheus)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from flowaudit.sinks.reports import load_reports
 from tests.deploy.conftest import check_promql
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+PROMETHEUS_DIR = GRAFANA.parent / "prometheus"
 
 
 def _builder() -> Any:
@@ -75,28 +78,98 @@ def test_live_dashboard_shows_flags_by_id_and_transfers_by_mechanism() -> None:
     assert len(ids) == len(set(ids))  # panel ids unique
 
 
-def test_grafana_alert_rules_name_exported_metrics() -> None:
-    rules = yaml.safe_load((GRAFANA / "provisioning" / "alerting" / "flowaudit-alerts.yml").read_text())
-    group = rules["groups"][0]
-    assert {rule["uid"] for rule in group["rules"]} >= {
-        "flowaudit-health-data-leaves-eea",
-        "flowaudit-transfer-without-safeguard",
-        "flowaudit-audit-sink-failing",
+def test_alerts_have_one_source_prometheus() -> None:
+    """Grafana provisions no alert rules of its own (they duplicated Prometheus's, with no contact
+    point): the critical conditions are Prometheus rules, routed by Alertmanager."""
+    assert not (GRAFANA / "provisioning" / "alerting").exists()
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    for name in (
+        "FlowauditHealthDataBlockedLeavingEEA",
+        "FlowauditTransferWithoutSafeguard",
+        "FlowauditAuditSinkFailing",
+    ):
+        assert alerts[name]["labels"]["severity"] == "critical"
+
+
+@pytest.mark.parametrize("name", ["flowaudit-live.json", "flowaudit-compliance.json"])
+def test_every_panel_lies_inside_the_grid_without_overlap(name: str) -> None:
+    taken: set[tuple[int, int]] = set()
+    for panel in _dashboard(name)["panels"]:
+        place = panel["gridPos"]
+        assert place["w"] > 0 and place["h"] > 0 and place["x"] >= 0 and place["y"] >= 0, panel["title"]
+        assert place["x"] + place["w"] <= 24, f"{panel['title']!r} ends past column 24: {place}"
+        cells = {
+            (x, y)
+            for x in range(place["x"], place["x"] + place["w"])
+            for y in range(place["y"], place["y"] + place["h"])
+        }
+        assert taken.isdisjoint(cells), f"{panel['title']!r} overlaps another panel: {place}"
+        taken |= cells
+
+
+# a dashboard variable in SQL: $name, ${name} or ${name:format}
+_VARIABLE = re.compile(r"\$(?:\{(\w+)(?::(\w+))?\}|(\w+))")
+
+
+def test_no_query_interpolates_a_variable_unquoted() -> None:
+    """Every variable in a SQL panel is formatted by Grafana as a quoted, escaped SQL string; only the
+    ClickHouse plugin's time macros stand bare."""
+    dashboard = _dashboard("flowaudit-compliance.json")
+    names = {variable["name"] for variable in dashboard["templating"]["list"]}
+    seen: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for braced, form, bare in _VARIABLE.findall(target["rawSql"]):
+                if bare in ("__fromTime", "__toTime"):
+                    continue
+                assert braced in names and form == "sqlstring", f"{panel['title']!r}: ${{{braced or bare}}}"
+                seen.add(braced)
+    assert seen == names  # the check saw the variables it guards
+
+
+def test_the_report_parameters_become_quoted_variables() -> None:
+    sql = _builder().grafana_sql("SELECT 1 WHERE user_id = {user:String} AND r = {recipient:String}")
+    assert sql == "SELECT 1 WHERE user_id = ${user:sqlstring} AND r = ${recipient:sqlstring}"
+
+
+def test_legal_bases_count_each_event_once() -> None:
+    panels = {panel["title"]: panel for panel in _dashboard("flowaudit-live.json")["panels"]}
+    (target,) = panels["Events/s by legal basis"]["targets"]
+    assert "flowaudit_events_by_legal_basis_total" in target["expr"]  # not the per-category counter
+
+
+def test_destinations_are_drawn_as_a_map_and_a_bar_chart() -> None:
+    panels = {panel["type"]: panel for panel in _dashboard("flowaudit-compliance.json")["panels"]}
+    layer = panels["geomap"]["options"]["layers"][0]
+    assert layer["location"] == {
+        "mode": "lookup",
+        "lookup": "destination_country",
+        "gazetteer": "public/gazetteer/countries.json",
     }
-    for rule in group["rules"]:
-        ref_ids = {item["refId"] for item in rule["data"]}
-        assert rule["condition"] in ref_ids
-        for item in rule["data"]:
-            if item["datasourceUid"] == "prometheus":
-                check_promql(item["model"]["expr"], rule["uid"])
-        assert rule["annotations"]["summary"] and rule["labels"]["severity"] == "critical"
+    assert layer["config"]["style"]["size"]["field"] == "events"
+    assert layer["config"]["style"]["color"]["field"] == "blocked"
+    bars = panels["barchart"]
+    assert bars["options"]["xField"] == "destination_country"
+    kept = {"destination_country", "allowed", "blocked"}
+    excluded = set(bars["transformations"][0]["options"]["excludeByName"])
+    destinations = load_reports()["destinations"].sql
+    for panel in (panels["geomap"], bars):
+        assert panel["targets"][0]["rawSql"] == _builder().grafana_sql(destinations)
+    assert kept.isdisjoint(excluded)
+
+
+def _sqlstring(value: str) -> str:
+    """Grafana's `sqlstring` variable format: the value in single quotes, its quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _as_clickhouse(sql: str, table: str, recipient: str = "") -> str:
     """What the ClickHouse plugin sends, with the macros of a fixed time range, user and recipient."""
     text = sql.replace("$__fromTime", "toDateTime('2025-01-01 00:00:00')")
-    text = text.replace("$__toTime", "toDateTime('2100-01-01 00:00:00')").replace("${user}", "alice")
-    return qualify(text.replace("${recipient}", recipient), table)
+    text = text.replace("$__toTime", "toDateTime('2100-01-01 00:00:00')")
+    text = text.replace("${user:sqlstring}", _sqlstring("alice"))
+    return qualify(text.replace("${recipient:sqlstring}", _sqlstring(recipient)), table)
 
 
 @pytest.mark.integration
@@ -142,12 +215,13 @@ def test_compliance_panels_run_against_the_audit_table(store_factory: Any) -> No
     store.write_consents([ConsentAuditRecord(event, "c", 0, n) for n, event in enumerate(consent)])
     recipient = next(r.decision.counterparty for r in records if r.decision.counterparty)
     dashboard = _dashboard("flowaudit-compliance.json")
-    assert len(dashboard["panels"]) == len(load_reports())  # one panel per report
+    tables = [panel for panel in dashboard["panels"] if panel["type"] == "table"]
+    assert len(tables) == len(load_reports())  # one table per report, and the map and bars above
     assert dashboard["templating"]["list"][0]["name"] == "user"
     for panel in dashboard["panels"]:
         target = panel["targets"][0]
         assert target["datasource"]["uid"] == "clickhouse" and "{" not in target["rawSql"].replace(
-            "${user}", ""
-        ).replace("${recipient}", "")
+            "${user:sqlstring}", ""
+        ).replace("${recipient:sqlstring}", "")
         columns, rows = store.query(_as_clickhouse(target["rawSql"], store.table, recipient))
         assert columns and rows, panel["title"]

@@ -25,6 +25,7 @@ EXPECTED = {
     "daily-volume",
     "consent-withdrawals",
     "subject-exposure",
+    "destinations",
 }
 
 
@@ -127,3 +128,46 @@ def test_reports_over_rows_before_and_after_row_format_2(store_factory: Any, pol
     _run(store, "consent-withdrawals")
     strava = _run(store, "subject-exposure", recipient="strava")  # carol and dave, by user_id only
     assert {r["kind"] for r in strava} == {"subjects"} and sum(r["events"] for r in strava) == 4
+
+
+@pytest.mark.integration
+def test_destinations_count_each_event_once_per_country(store_factory: Any, policy: Policy) -> None:
+    """The map's report against the rows themselves, aggregated here."""
+    store, _ = _mixed_store(store_factory, policy)
+    _, rows = store.query(
+        "SELECT destination_country, decision, user_id, special_category, outside_protected_zone "
+        f"FROM {store.table}"
+    )
+    expected: dict[str, dict[str, Any]] = {}
+    for country, decision, user_id, special, outside in rows:
+        entry = expected.setdefault(
+            country,
+            {
+                "events": 0,
+                "allowed": 0,
+                "blocked": 0,
+                "subjects": set(),
+                "health_events": 0,
+                "outside": False,
+            },
+        )
+        entry["events"] += 1
+        entry[decision] += 1
+        entry["health_events"] += int(bool(special))
+        entry["outside"] = entry["outside"] or bool(outside)
+        if user_id is not None:
+            entry["subjects"].add(user_id)
+    got = _run(store, "destinations")
+    assert [row["events"] for row in got] == sorted((row["events"] for row in got), reverse=True)
+    assert len(expected) >= 2 and any(entry["blocked"] for entry in expected.values())
+    assert {
+        row["destination_country"]: {
+            "events": row["events"],
+            "allowed": row["allowed"],
+            "blocked": row["blocked"],
+            "subjects": row["data_subjects"],
+            "health_events": row["health_events"],
+            "outside": bool(row["outside_protected_zone"]),
+        }
+        for row in got
+    } == {country: entry | {"subjects": len(entry["subjects"])} for country, entry in expected.items()}

@@ -173,3 +173,28 @@ def test_series_labelled_by_the_policy_start_at_zero(v2_policy: Policy) -> None:
         for decision in ("allowed", "blocked")
     }
     assert set(V2["rules"]) <= set(values["blocked_by_rule"])
+
+
+@pytest.mark.parametrize("kind", sorted(V2["batches"]))
+def test_legal_bases_count_each_event_once_whatever_it_carries(v2_policy: Policy, kind: str) -> None:
+    """flowaudit_events_by_legal_basis_total adds one per event (an event with three categories adds
+    three to the per-category counter), labelled by its purpose's basis and its decision."""
+    decided, result = _batch(kind, v2_policy)
+    expected: Counter[str] = Counter(
+        f"{record.decision.legal_basis or 'none'}/{record.decision.decision}" for record in decided.records
+    )
+    assert any(len(record.decision.data_categories) > 1 for record in decided.records)
+
+    def values() -> dict[str, float]:
+        return {
+            f"{s.labels['legal_basis']}/{s.labels['decision']}": s.value
+            for family in metrics.EVENTS_BY_LEGAL_BASIS.collect()
+            for s in family.samples
+            if s.name.endswith("_total") and s.labels["kind"] == kind
+        }
+
+    before = values()
+    BatchMetrics(kind, v2_policy).count(decided, result)
+    added = {key: value - before.get(key, 0) for key, value in values().items() if value - before.get(key, 0)}
+    assert added == dict(expected)
+    assert sum(added.values()) == len(decided.records)
