@@ -326,6 +326,11 @@ def _final_summary(
     store.connect()
     try:
         summary = _summary(store, progress, started_ms)
+        # the data subject with the most flows: an Art. 15 example that returns rows
+        _, busiest = store.query(
+            f"SELECT user_id FROM {store.table} WHERE user_id IS NOT NULL "
+            "GROUP BY user_id ORDER BY count() DESC, user_id LIMIT 1"
+        )
     finally:
         store.close()
     data_dir = settings.data_dir
@@ -339,6 +344,10 @@ def _final_summary(
         how_to_query=[
             f"FLOWAUDIT_DATA_DIR={data_dir} {command} report --list",
             f"FLOWAUDIT_DATA_DIR={data_dir} {command} report blocked-health-transfers",
+            *(
+                f"FLOWAUDIT_DATA_DIR={data_dir} {command} report user-disclosures --user {user}"
+                for (user,) in busiest
+            ),
             f"FLOWAUDIT_DATA_DIR={data_dir} {command} verify",
             'python -c "import clickhouse_connect as c; '
             f"print(c.get_client(dsn='{store.url}').query('SELECT count() FROM audit_events').result_rows)\"",

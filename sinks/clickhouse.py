@@ -537,9 +537,15 @@ class AuditStore:
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         try:
             result = self.client.query(sql, parameters=parameters or {})
+            names, rows = list(result.column_names), [tuple(row) for row in result.result_rows]
+            if not names and not rows and _is_select(sql):
+                # an empty result through chDB names no columns: ask the engine for the query's
+                # structure, so a report with no rows still prints its header
+                described = self.client.query(f"DESCRIBE TABLE (\n{sql}\n)", parameters=parameters or {})
+                names = [str(row[0]) for row in described.result_rows]
         except Exception as exc:
             raise StoreError(f"query failed: {exc}") from exc
-        return list(result.column_names), [tuple(row) for row in result.result_rows]
+        return names, rows
 
     def stream(self, sql: str, parameters: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Rows as dicts, fetched block by block (memory stays bounded)."""
@@ -552,6 +558,15 @@ class AuditStore:
     def count(self) -> int:
         _, rows = self.query(f"SELECT count() FROM {self.table}")
         return int(rows[0][0])
+
+
+def _is_select(sql: str) -> bool:
+    """A SELECT (or WITH ... SELECT), past leading `--` comment lines and blank lines."""
+    for line in sql.splitlines():
+        text = line.strip()
+        if text and not text.startswith("--"):
+            return text.split(None, 1)[0].upper() in ("SELECT", "WITH")
+    return False
 
 
 __all__ = [

@@ -118,9 +118,7 @@ def moment(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
-def consent_row(
-    record: ConsentAuditRecord, ingested_at_ms: int, policy_version: str
-) -> tuple[Any, ...]:
+def consent_row(record: ConsentAuditRecord, ingested_at_ms: int, policy_version: str) -> tuple[Any, ...]:
     """The row of `consent_events` for a record, in CONSENT_COLUMNS order."""
     event = record.event
     return (

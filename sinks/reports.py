@@ -84,10 +84,17 @@ def report_parameters(
     recipient: str | None = None,
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    given = {"since": since, "until": until, "user": user, "recipient": recipient}
+    for name, value in given.items():
+        if value not in (None, "") and name not in report.parameters:
+            takes = ", ".join(f"--{p}" for p in report.parameters) or "none"
+            raise ReportError(f"report {report.name} takes no --{name} (its parameters: {takes})")
     if "since" in report.parameters:
         values["since"] = normalize_time(since, DEFAULT_SINCE)
     if "until" in report.parameters:
         values["until"] = normalize_time(until, DEFAULT_UNTIL)
+    if "since" in values and "until" in values and values["since"] > values["until"]:
+        raise ReportError(f"--since {since} is after --until {until}")
     named = {
         "user": (user, "--user (the data subject's user id)"),
         "recipient": (recipient, "--recipient (a recipient's name, as the registry spells it)"),

@@ -139,9 +139,7 @@ class ClickHouseSink:
         `stop()`."""
         return await self._submit(records, consent=True)
 
-    async def _submit(
-        self, records: _Records, *, consent: bool
-    ) -> tuple[int, int]:
+    async def _submit(self, records: _Records, *, consent: bool) -> tuple[int, int]:
         if not records:
             return 0, 0
         done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()

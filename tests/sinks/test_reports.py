@@ -57,6 +57,50 @@ def test_parameters_defaults_and_user_required() -> None:
         normalize_time("last tuesday", "")
 
 
+@pytest.mark.parametrize(
+    ("name", "flag", "given"),
+    [
+        ("daily-volume", "user", {"user": "u-1"}),
+        ("daily-volume", "recipient", {"recipient": "strava"}),
+        ("user-disclosures", "recipient", {"user": "u-1", "recipient": "strava"}),
+        ("subject-exposure", "user", {"recipient": "strava", "user": "u-1"}),
+    ],
+)
+def test_a_flag_the_report_does_not_take_is_an_error_naming_its_parameters(
+    name: str, flag: str, given: dict[str, str]
+) -> None:
+    report = load_reports()[name]
+    with pytest.raises(ReportError) as error:
+        report_parameters(report, None, None, given.get("user"), given.get("recipient"))
+    takes = ", ".join(f"--{p}" for p in report.parameters)
+    assert str(error.value) == f"report {name} takes no --{flag} (its parameters: {takes})"
+
+
+def test_since_after_until_is_an_error() -> None:
+    report = load_reports()["daily-volume"]
+    with pytest.raises(ReportError, match="--since 2025-12-01 is after --until 2025-11-01"):
+        report_parameters(report, "2025-12-01", "2025-11-01", None)
+    assert report_parameters(report, "2025-11-01", "2025-11-01", None)["since"]  # an empty range is fine
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt", ["csv", "table", "json"])
+def test_a_report_with_no_rows_still_names_its_columns(store_factory: Any, fmt: str) -> None:
+    store = store_factory()
+    report = load_reports()["user-disclosures"]
+    columns, rows = store.query(
+        qualify(report.sql, store.table), report_parameters(report, None, None, "nobody")
+    )
+    assert rows == [] and columns[:3] == ["recipient", "recipient_type", "event_type"]
+    text = render(columns, rows, fmt)
+    if fmt == "json":
+        assert text == "[]\n"
+    elif fmt == "csv":
+        assert text == ",".join(columns) + "\n"  # the header, not an empty line
+    else:
+        assert text.splitlines()[0].split() == columns
+
+
 def test_render_formats() -> None:
     columns = ["country", "events", "when", "rules"]
     rows = [("US", 3, datetime(2025, 1, 1, 12), ["a", "b"])]
