@@ -115,6 +115,13 @@ FORWARDED = Counter(
     ["role"],
     registry=REGISTRY,
 )
+REBALANCE_REREADS = Counter(
+    "flowaudit_rebalance_rereads_total",
+    "Events whose batch finished during or after a rebalance, left unacknowledged so that whoever holds "
+    "their partition reads them again (re-reads are skipped by the sink: nothing is audited twice).",
+    ["reason"],  # during_rebalance, earlier_generation
+    registry=REGISTRY,
+)
 AUDIT_BATCHES = Counter(
     "flowaudit_audit_batches_total", "Audit batches written to the store.", registry=REGISTRY
 )
@@ -169,7 +176,7 @@ POLICY = Info("flowaudit_policy", "Version (content hash) of the loaded policy."
 
 # Kept by the worker's own process when the pipeline runs in a second process (which keeps the others):
 # the worker's /metrics takes these from itself and everything else from the second process.
-WORKER_PROCESS_METRICS = (CONSUMER_LAG, FORWARDED, POLICY)
+WORKER_PROCESS_METRICS = (CONSUMER_LAG, FORWARDED, REBALANCE_REREADS, POLICY)
 
 
 def zero_known_series(kinds: list[str], rules: list[str], flags: list[str]) -> None:

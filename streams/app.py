@@ -382,6 +382,7 @@ def _ack(app: FlowauditApp, events: Sequence[Any]) -> None:
     even on a partition assigned back to this worker: such events are left to be read again."""
     generation = app.consumer_generation_id
     if app.rebalancing:
+        metrics.REBALANCE_REREADS.labels("during_rebalance").inc(len(events))
         log.info("%d events not acknowledged during a rebalance: they are read again", len(events))
         return
     assignment = app.consumer.assignment()
@@ -393,6 +394,7 @@ def _ack(app: FlowauditApp, events: Sequence[Any]) -> None:
         elif message.tp in assignment:
             event.ack()
     if stale:
+        metrics.REBALANCE_REREADS.labels("earlier_generation").inc(stale)
         log.info("%d events fetched before the last rebalance left to be read again", stale)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from faust.types import TP
 
+from flowaudit.common import metrics
 from flowaudit.streams.app import _ack
 from flowaudit.streams.consumer import WholeSeekConsumer
 
@@ -110,8 +111,10 @@ def test_only_events_of_the_current_generation_on_held_partitions_are_acknowledg
     before = FakeEvent(held, 4, generation=2)
     current = FakeEvent(held, 5, generation=3)
     revoked = FakeEvent(gone, 9, generation=3)
+    counted = metrics.REBALANCE_REREADS.labels("earlier_generation")._value.get()
     _ack(app, [before, current, revoked])
     assert (before.acked, current.acked, revoked.acked) == (False, True, False)
+    assert metrics.REBALANCE_REREADS.labels("earlier_generation")._value.get() == counted + 1
 
 
 def test_nothing_is_acknowledged_while_a_rebalance_is_under_way() -> None:
@@ -122,5 +125,7 @@ def test_nothing_is_acknowledged_while_a_rebalance_is_under_way() -> None:
         consumer=SimpleNamespace(assignment=lambda: {held}), consumer_generation_id=3, rebalancing=True
     )
     event = FakeEvent(held, 4, generation=3)
+    counted = metrics.REBALANCE_REREADS.labels("during_rebalance")._value.get()
     _ack(app, [event])
     assert not event.acked
+    assert metrics.REBALANCE_REREADS.labels("during_rebalance")._value.get() == counted + 1
