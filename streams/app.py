@@ -118,9 +118,6 @@ class FlowauditApp(faust.App):
     publisher: Any = None
     store_owner: AuditStoreOwner | None = None
     fatal_error: BaseException | None = None
-    # Closed from the moment a rebalance releases the chains until the new assignment's chains are
-    # taken (`_chains_follow_partitions`): no acknowledgement in between (see `_ack`).
-    acks_open: bool = True
 
     def _new_transport(self) -> Any:
         # Faust's aiokafka transport, with the consumer whose seek after a rebalance loses nothing
@@ -275,14 +272,12 @@ def _chains_follow_partitions(app: FlowauditApp, store: AuditStoreOwner, inputs:
         return sorted(chain_id_for(tp.topic, tp.partition) for tp in partitions if tp.topic in inputs)
 
     async def revoked(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
-        app.acks_open = False  # before the release: a batch skipped from now on must not be acked
         if moved := chains(args[0]):  # the revoked partitions
             await store.release_chains(moved)
 
     async def assigned(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
         if taken := chains(args[0]):  # the whole new assignment
             await store.take_chains(taken)
-        app.acks_open = True  # the chains are ours again; older events stay out by their generation
 
     # mode's handler type does not admit a coroutine function with this signature; mode calls it
     # as receiver(sender, partitions, signal=...) and awaits what it returns (mode.signals.Signal.send)
@@ -378,19 +373,15 @@ async def _process_batch(
 
 def _ack(app: FlowauditApp, events: Sequence[Any]) -> None:
     """Acknowledge the events of partitions this worker holds, fetched in the consumer group's
-    current generation, unless the acknowledgements are closed (`FlowauditApp.acks_open`).
+    current generation, unless a rebalance is under way.
 
-    A rebalance revokes every partition; once their chains are released the sink skips their
-    records (`sinks.writer`), and whoever holds a partition next reads it again from its committed
-    offset. An acknowledgement between the release and the taking of the new assignment's chains
-    (Faust commits while it revokes), or after it of an event fetched before, could let the commit
-    pass a record that was skipped, even on a partition assigned back to this worker: such events
-    are left to be read again. The gate opens when the chains are taken, before any event of the
-    new generation is fetched, so those are always acknowledged (Faust's own `rebalancing` flag
-    stays set until its recovery's seek is done, and an event acknowledged by nobody then would
-    hold the partition's commits back)."""
+    A rebalance revokes every partition; from then on the sink skips the records of their chains
+    (released, `sinks.writer`), and whoever holds a partition next reads it again from its
+    committed offset. An acknowledgement made during the rebalance (Faust commits while it revokes)
+    or after it, of an event fetched before, could let the commit pass a record that was skipped,
+    even on a partition assigned back to this worker: such events are left to be read again."""
     generation = app.consumer_generation_id
-    if not app.acks_open:
+    if app.rebalancing:
         metrics.REBALANCE_REREADS.labels("during_rebalance").inc(len(events))
         log.info("%d events not acknowledged during a rebalance: they are read again", len(events))
         return

@@ -106,7 +106,7 @@ def test_only_events_of_the_current_generation_on_held_partitions_are_acknowledg
     its batch may have skipped it (its chain was released), and the commit must not pass it."""
     held, gone = TP("flows", 0), TP("flows", 1)
     app: Any = SimpleNamespace(
-        consumer=SimpleNamespace(assignment=lambda: {held}), consumer_generation_id=3, acks_open=True
+        consumer=SimpleNamespace(assignment=lambda: {held}), consumer_generation_id=3, rebalancing=False
     )
     before = FakeEvent(held, 4, generation=2)
     current = FakeEvent(held, 5, generation=3)
@@ -117,12 +117,12 @@ def test_only_events_of_the_current_generation_on_held_partitions_are_acknowledg
     assert metrics.REBALANCE_REREADS.labels("earlier_generation")._value.get() == counted + 1
 
 
-def test_nothing_is_acknowledged_while_the_acknowledgements_are_closed() -> None:
-    """From the release of the chains on, the sink may skip their records, and Faust commits while it
-    revokes: an acknowledgement then could commit past a record that was never written."""
+def test_nothing_is_acknowledged_while_a_rebalance_is_under_way() -> None:
+    """From the revocation on, the sink may skip the records of released chains, and Faust commits
+    while it revokes: an acknowledgement then could commit past a record that was never written."""
     held = TP("flows", 0)
     app: Any = SimpleNamespace(
-        consumer=SimpleNamespace(assignment=lambda: {held}), consumer_generation_id=3, acks_open=False
+        consumer=SimpleNamespace(assignment=lambda: {held}), consumer_generation_id=3, rebalancing=True
     )
     event = FakeEvent(held, 4, generation=3)
     counted = metrics.REBALANCE_REREADS.labels("during_rebalance")._value.get()
