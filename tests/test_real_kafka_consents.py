@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,21 +74,15 @@ def _produce(env: dict[str, str], name: str) -> None:
 def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
     real_kafka: RealKafka, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
 ) -> None:
+    wait = partial(wait_for, explain=story_of(workers))  # a timeout names the workers' story
     expected = yaml.safe_load((DATA / "expected.yaml").read_text())
     env = shared_env(real_kafka.url, store, tmp_path / "w", **own_topics(real_kafka))
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     workers.append(worker)
     _produce(env, "consents.jsonl")
-    wait_for(
-        lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3,
-        60,
-        "consents recorded",
-        explain=story_of(workers),
-    )
+    wait(lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3, 60, "consents recorded")
     _produce(env, "flows-before-restart.jsonl")
-    wait_for(
-        lambda: len(_decisions(store)) == 4, 60, "the flows before the restart", explain=story_of(workers)
-    )
+    wait(lambda: len(_decisions(store)) == 4, 60, "the flows before the restart")
     assert _decisions(store) == expected["before_restart"], worker.log()
     assert "flowaudit_consents_total" in (worker.metric_text() or "")
     # breach scoping through the running worker's web API: anna's and ben's flows went to RunTracker
@@ -103,16 +98,9 @@ def test_decisions_read_the_ledger_as_of_the_event_and_it_survives_a_restart(
 
     again = WorkerProcess(env, tmp_path / "again.log").start()
     workers.append(again)
-    wait_for(
-        lambda: "consent ledger recovered from its changelog: 2 consents" in again.log(),
-        60,
-        "recovery",
-        explain=story_of(workers),
-    )
+    wait(lambda: "consent ledger recovered from its changelog: 2 consents" in again.log(), 60, "recovery")
     _produce(env, "flows-after-restart.jsonl")
-    wait_for(
-        lambda: len(_decisions(store)) == 6, 60, "the flows after the restart", explain=story_of(workers)
-    )
+    wait(lambda: len(_decisions(store)) == 6, 60, "the flows after the restart")
     decisions = _decisions(store)
     assert {key: decisions[key] for key in expected["after_restart"]} == expected["after_restart"], (
         again.log()
@@ -164,35 +152,25 @@ def test_the_ledger_follows_its_partitions_to_another_worker(
 ) -> None:
     """A records the consents; B joins (a rebalance), then A leaves (another): B recovers the table's
     partitions from the changelog and judges the flows after that with the consents A recorded."""
+    wait = partial(wait_for, explain=story_of(workers))  # a timeout names the workers' story
     expected = yaml.safe_load((DATA / "expected.yaml").read_text())["after_restart"]
     topics = own_topics(real_kafka)
     first = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "a", **topics), tmp_path / "a.log")
     workers.append(first.start())
     _produce(first.env, "consents.jsonl")
-    wait_for(
-        lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3,
-        60,
-        "consents recorded",
-        explain=story_of(workers),
-    )
+    wait(lambda: _query(store, "SELECT count() FROM consent_events")[0][0] == 3, 60, "consents recorded")
     second = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "b", **topics), tmp_path / "b.log")
     workers.append(second.start())
-    wait_for(
-        lambda: "consent ledger recovered from its changelog" in second.log(),
-        90,
-        "the second worker's share",
-        explain=story_of(workers),
+    wait(
+        lambda: "consent ledger recovered from its changelog" in second.log(), 90, "the second worker's share"
     )
     assert first.stop(signal.SIGTERM) == 0, first.log()
-    wait_for(
+    wait(
         lambda: "consent ledger recovered from its changelog: 2 consents" in second.log(),
         90,
         "all partitions on B",
-        explain=story_of(workers),
     )
     _produce(second.env, "flows-after-restart.jsonl")
-    wait_for(
-        lambda: len(_decisions(store)) == 2, 60, "the flows after the rebalance", explain=story_of(workers)
-    )
+    wait(lambda: len(_decisions(store)) == 2, 60, "the flows after the rebalance")
     assert _decisions(store) == expected, second.log()
     assert second.stop(signal.SIGTERM) == 0, second.log()

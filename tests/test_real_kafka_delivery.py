@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,7 @@ def test_partitions_move_between_two_workers_on_kafka(
 def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     real_kafka: RealKafka, store: str, tmp_path: Path, policy: Policy, workers: list[WorkerProcess]
 ) -> None:
+    wait = partial(wait_for, explain=story_of(workers))  # a timeout names the workers' story
     topics = own_topics(real_kafka)
     first = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "a", **topics), tmp_path / "a.log")
     second = WorkerProcess(shared_env(real_kafka.url, store, tmp_path / "b", **topics), tmp_path / "b.log")
@@ -62,7 +64,7 @@ def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     overrides = {name.removeprefix("FLOWAUDIT_").lower(): value for name, value in topics.items()}
     producer = SteadyProducer(real_kafka.bootstrap, Settings(**overrides), count=3000, rate=300, seed=77)
     producer.start()
-    wait_for(lambda: audited(store)[1] >= 500, 90, "rows from both workers", explain=story_of(workers))
+    wait(lambda: audited(store)[1] >= 500, 90, "rows from both workers")
     pipeline_pid = json.loads((tmp_path / "a" / "worker.json").read_text())["pipeline_pid"]
     os.kill(first.process.pid if first.process else 0, signal.SIGKILL)  # mid-stream, no goodbye
     wait_for(first.exited, 30, "the killed worker")
@@ -71,9 +73,7 @@ def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     restarted = WorkerProcess(first.env, tmp_path / "a-again.log")
     workers.append(restarted.start())
     producer.join(60)
-    wait_for(
-        lambda: audited(store)[1] >= len(producer.ids), 120, "every event audited", explain=story_of(workers)
-    )
+    wait(lambda: audited(store)[1] >= len(producer.ids), 120, "every event audited")
     assert restarted.stop(signal.SIGTERM) == 0, restarted.log()
     assert second.stop(signal.SIGTERM) == 0, second.log()
     rows, distinct = audited(store)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,39 +54,23 @@ def run_partition_moves(
     **extra: str,
 ) -> dict[str, Any]:
     """A alone, then A and B sharing the partitions, then B alone: every event audited once."""
+    wait = partial(wait_for, explain=story_of(workers))  # a timeout names the workers' story
     first = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "a", **extra), tmp_path / "a.log")
     workers.append(first.start())
     sent = _send_generated(first.env, tmp_path, policy, 300, seed=41)
-    wait_for(
-        lambda: audited(store_url)[1] >= len(sent), 90, "the first worker's rows", explain=story_of(workers)
-    )
+    wait(lambda: audited(store_url)[1] >= len(sent), 90, "the first worker's rows")
 
     second = WorkerProcess(shared_env(broker_url, store_url, tmp_path / "b", **extra), tmp_path / "b.log")
     workers.append(second.start())
     # both members hold partitions before the events of this phase are sent (else it tests one worker);
     # Faust logs this once the member's first assignment is recovered
-    wait_for(
-        lambda: "Worker ready" in second.log(),
-        90,
-        "the second worker's partitions",
-        explain=story_of(workers),
-    )
+    wait(lambda: "Worker ready" in second.log(), 90, "the second worker's partitions")
     sent += _send_generated(first.env, tmp_path, policy, 300, seed=42)
-    wait_for(
-        lambda: audited(store_url)[1] >= len(sent),
-        90,
-        "rows while both workers run",
-        explain=story_of(workers),
-    )
+    wait(lambda: audited(store_url)[1] >= len(sent), 90, "rows while both workers run")
     assert first.stop(signal.SIGTERM) == 0, first.log()  # its partitions move to the second worker
 
     sent += _send_generated(second.env, tmp_path, policy, 300, seed=43)
-    wait_for(
-        lambda: audited(store_url)[1] >= len(sent),
-        90,
-        "rows after the first worker left",
-        explain=story_of(workers),
-    )
+    wait(lambda: audited(store_url)[1] >= len(sent), 90, "rows after the first worker left")
     consumed_by_second = second.metric("flowaudit_records_consumed_total")
     assert second.stop(signal.SIGTERM) == 0, second.log()
     verified = json.loads(run_cli(second.env, "verify", "--json").stdout)
