@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     batch_max_seconds: float = Field(
         default=0.25, gt=0, le=60, description="longest wait before a partial batch is written"
     )
+    # 1 s measured with bench/stream.py --consents (sinks/writer.py, ClickHouseSink): consent
+    # batches cost three statements each whatever their size; the ledger is applied when a batch is
+    # read, not when it is written, so the wait delays only the consents' commit and their notices.
+    consent_write_delay_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="longest a consent batch waits to be written with the next ones (0: at once)",
+    )
     commit_interval_seconds: float = Field(
         default=1.0, gt=0, le=3600, description="how often Faust commits acknowledged offsets"
     )

@@ -234,6 +234,7 @@ def _start_two_processes(
         store_url=settings.resolved_clickhouse_url,
         chain_key=chain_key,
         insert_retry_max_seconds=settings.insert_retry_max_seconds,
+        consent_write_delay_seconds=settings.consent_write_delay_seconds,
         invalid_ratio_limit=settings.invalid_ratio_limit,
         invalid_ratio_window=settings.invalid_ratio_window,
         loglevel=logging.getLogger().getEffectiveLevel(),
@@ -252,7 +253,11 @@ def _start_one_process(
     """Everything in this process (FLOWAUDIT_PIPELINE_PROCESS=false)."""
     store = AuditStore(settings.resolved_clickhouse_url, policy, chain_key)
     store.connect()
-    sink = ClickHouseSink(store, settings.insert_retry_max_seconds)
+    sink = ClickHouseSink(
+        store,
+        settings.insert_retry_max_seconds,
+        consent_delay_seconds=settings.consent_write_delay_seconds,
+    )
     ledger = StreamLedger()
     processors = batch_processors(
         input_kinds(),

@@ -56,7 +56,7 @@ from flowaudit.sinks.consents import (
     NOTICES_SQL,
     ConsentAuditRecord,
     ConsentBatch,
-    build_consent_batch,
+    build_consent_batches,
     notice_parameters,
 )
 from flowaudit.sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
@@ -489,9 +489,18 @@ class AuditStore:
         self, records: Sequence[ConsentAuditRecord], ingested_at_ms: int | None = None
     ) -> ConsentBatch:
         """The rows of the records the store does not hold yet (one lookup by event id)."""
+        batch, _ = self.prepare_consent_requests([records], ingested_at_ms)
+        return batch
+
+    def prepare_consent_requests(
+        self, requests: Sequence[Sequence[ConsentAuditRecord]], ingested_at_ms: int | None = None
+    ) -> tuple[ConsentBatch, list[tuple[int, int]]]:
+        """One batch of the rows of several requests that the store does not hold yet (one lookup
+        by event id for all), and each request's (rows written, already present)."""
         ingested = ingested_at_ms if ingested_at_ms is not None else int(time.time() * 1000)
-        held = self.stored_event_ids(sorted({r.event.event_id for r in records}), CONSENT_TABLE)
-        return build_consent_batch(records, held, ingested, self.policy.version)
+        ids = sorted({record.event.event_id for records in requests for record in records})
+        held = self.stored_event_ids(ids, CONSENT_TABLE)
+        return build_consent_batches(requests, held, ingested, self.policy.version)
 
     def insert_consents(self, batch: ConsentBatch) -> None:
         """One INSERT of the batch's consent rows (none: nothing). Raises StoreError."""

@@ -146,20 +146,39 @@ def build_consent_batch(
     """The rows of the records whose event id is not in `held` (each event id once), and every
     withdrawal of the batch (notices are idempotent, so a withdrawal held already is notified again
     harmlessly, which covers a crash between writing it and writing its notices)."""
+    batch, _ = build_consent_batches([records], held, ingested_at_ms, policy_version)
+    return batch
+
+
+def build_consent_batches(
+    requests: Sequence[Sequence[ConsentAuditRecord]],
+    held: Collection[str],
+    ingested_at_ms: int,
+    policy_version: str,
+) -> tuple[ConsentBatch, list[tuple[int, int]]]:
+    """One batch for several requests (written in one insert, notified in one statement), and each
+    request's (rows written, already present): a record is present when `held` has its event id or
+    an earlier record of these requests had it."""
     seen: set[str] = set(held)
-    rows = []
-    withdrawals = []
-    for record in records:
-        event = record.event
-        if not event.granted and event not in withdrawals:
-            withdrawals.append(event)
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
-        rows.append(consent_row(record, ingested_at_ms, policy_version))
+    rows: list[tuple[Any, ...]] = []
+    withdrawals: list[ConsentEvent] = []
+    counts: list[tuple[int, int]] = []
+    for records in requests:
+        written = 0
+        for record in records:
+            event = record.event
+            if not event.granted and event not in withdrawals:
+                withdrawals.append(event)
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+            rows.append(consent_row(record, ingested_at_ms, policy_version))
+            written += 1
+        counts.append((written, len(records) - written))
     # the token names the rows: a retry of the same batch is dropped by ClickHouse if it had landed
     token = hashlib.sha256("|".join(sorted(str(row[0]) for row in rows)).encode()).hexdigest()
-    return ConsentBatch(rows, f"consent:{token}", len(records) - len(rows), withdrawals)
+    present = sum(len(records) for records in requests) - len(rows)
+    return ConsentBatch(rows, f"consent:{token}", present, withdrawals), counts
 
 
 def notice_parameters(withdrawals: Sequence[ConsentEvent], recorded_at_ms: int) -> dict[str, Any]:
@@ -183,6 +202,7 @@ __all__ = [
     "ConsentAuditRecord",
     "ConsentBatch",
     "build_consent_batch",
+    "build_consent_batches",
     "consent_row",
     "notice_parameters",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
@@ -195,8 +196,10 @@ def create_app(
     for processor in processors:
         topic_name = input_topic(settings, processor.kind)
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", partitions=None)
-        on_durable = _table_writer(table) if INPUT_KINDS[processor.kind].role == CONSENT_ROLE else None
-        agent = _make_agent(app, processor, settings, observer, on_durable)
+        consents = INPUT_KINDS[processor.kind].role == CONSENT_ROLE
+        on_durable = _table_writer(table) if consents else None
+        in_flight = consent_batches_in_flight(settings) if consents else MAX_BATCHES_IN_FLIGHT
+        agent = _make_agent(app, processor, settings, observer, on_durable, in_flight)
         app.agent(topic, name=f"flowaudit.{processor.kind}")(agent)
 
     inputs = frozenset(input_topic(settings, processor.kind) for processor in processors)
@@ -290,12 +293,21 @@ def _chains_follow_partitions(app: FlowauditApp, store: AuditStoreOwner, inputs:
 MAX_BATCHES_IN_FLIGHT = 2
 
 
+def consent_batches_in_flight(settings: Settings) -> int:
+    """The consent agent's: its batches wait in the sink to be written together
+    (FLOWAUDIT_CONSENT_WRITE_DELAY_SECONDS), and it keeps reading and applying consents meanwhile,
+    so that the wait does not hold the ledger back."""
+    waiting = math.ceil(settings.consent_write_delay_seconds / settings.batch_max_seconds)
+    return MAX_BATCHES_IN_FLIGHT + waiting
+
+
 def _make_agent(
     app: FlowauditApp,
     processor: BatchRunner,
     settings: Settings,
     observer: BatchObserver | None,
     on_durable: Callable[[BatchResult], None] | None = None,
+    in_flight: int = MAX_BATCHES_IN_FLIGHT,
 ) -> Callable[[Any], Any]:
     async def agent(stream: Any) -> None:
         inflight: set[asyncio.Future[None]] = set()
@@ -306,7 +318,7 @@ def _make_agent(
                 task = asyncio.ensure_future(_process_batch(app, processor, events, observer, on_durable))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
-                if len(inflight) >= MAX_BATCHES_IN_FLIGHT:
+                if len(inflight) >= in_flight:
                     await asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED)
         finally:
             if inflight:

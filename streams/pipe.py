@@ -47,6 +47,7 @@ class PipelineConfig:
     invalid_ratio_window: int
     loglevel: int
     consent_max_periods: int = DEFAULT_MAX_PERIODS
+    consent_write_delay_seconds: float = 0.0
 
 
 def portable(error: BaseException) -> BaseException:

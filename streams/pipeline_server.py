@@ -88,7 +88,9 @@ def serve(connection: Connection, config: PipelineConfig) -> None:
         connection.send(StartFailed(portable(exc)))
         connection.close()
         return
-    sink = ClickHouseSink(store, config.insert_retry_max_seconds)
+    sink = ClickHouseSink(
+        store, config.insert_retry_max_seconds, consent_delay_seconds=config.consent_write_delay_seconds
+    )
     ledger = StreamLedger(config.consent_max_periods)
     processors = batch_processors(
         config.kinds, policy, sink, config.invalid_ratio_limit, config.invalid_ratio_window, ledger

@@ -34,6 +34,7 @@ BAD_VALUES: dict[str, str] = {
     "batch_max_rows": "-1",
     "batch_max_seconds": "inf",
     "commit_interval_seconds": "nan",
+    "consent_write_delay_seconds": "-1",
     "session_timeout_seconds": "1",
     "insert_retry_max_seconds": "0",
     "invalid_ratio_limit": "1.5",

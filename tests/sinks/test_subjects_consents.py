@@ -220,3 +220,44 @@ def test_the_withdrawals_of_one_batch_are_notified_in_one_statement_each_with_it
         )
     )
     assert [(w[-2:], f[-2:]) for w, f in rows] == [("c2", "01"), ("c2", "02")]
+
+
+def test_consent_requests_queued_together_share_one_lookup_insert_and_notices_statement(
+    store_factory: Any, policy: Policy
+) -> None:
+    """Handed over while the store is busy: consent batches are written together, after the flow
+    batches queued with them; each caller still gets its own counts (a repeat across them counts
+    as present for the later one)."""
+    store = store_factory()
+    batches = flow_batches(policy)
+    grant, withdrawal = consent_records(policy)
+    sink = ClickHouseSink(store, max_backoff=0.01)
+    calls: Counter[str] = Counter()
+    for name in ("prepare_consent_requests", "insert_consents", "record_withdrawal_notices", "insert"):
+        original = getattr(store, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        setattr(store, name, counted)
+
+    async def main() -> tuple[Any, ...]:
+        return tuple(
+            await asyncio.gather(
+                sink.write_consents([grant]),
+                sink.write(batches[1]),
+                sink.write_consents([withdrawal, grant]),  # the grant again: present
+            )
+        )
+
+    try:
+        first, flows, second = asyncio.run(main())
+    finally:
+        sink.executor.shutdown(wait=True)
+    assert first == (1, 0) and second == (1, 1) and flows == (len(batches[1]), 0)
+    assert calls == {
+        "prepare_consent_requests": 1, "insert_consents": 1, "record_withdrawal_notices": 1, "insert": 1
+    }
+    # the withdrawal's notices see the flows queued after the grant's batch, written before them
+    assert notices(store) == [("Strava", "01"), ("Strava", "02")]

@@ -102,3 +102,66 @@ def test_inserts_do_not_wait_for_a_whole_verify(store_factory: Any, policy: Poli
     assert ok
     assert write_done < verify_done  # the insert ran between two verify windows
     assert verify_store(store).ok
+
+
+class CallLog:
+    """A store double that records its calls: audit inserts and consent calls, in order."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, Any] = {}
+        self.calls: list[tuple[str, int, float]] = []  # (what, records, when)
+
+    def prepare(self, records: Any) -> PreparedBatch:
+        return PreparedBatch(b"x", "token", len(records), 0)
+
+    def insert_with_retry(self, batch: PreparedBatch, **_: Any) -> None:
+        self.calls.append(("audit", batch.rows, time.monotonic()))
+
+    def prepare_consent_requests(self, requests: Any) -> Any:
+        self.calls.append(("consents", sum(map(len, requests)), time.monotonic()))
+        return None, [(len(records), 0) for records in requests]
+
+    def insert_consents(self, batch: Any) -> None:
+        pass
+
+    def record_withdrawal_notices(self, batch: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_consent_batches_wait_to_be_written_together_while_flow_batches_do_not(policy: Policy) -> None:
+    records = generated(policy, 4)
+    store = CallLog()
+
+    async def run() -> list[Any]:
+        sink = ClickHouseSink(store, consent_delay_seconds=0.4)  # type: ignore[arg-type]
+        started = time.monotonic()
+        first = asyncio.ensure_future(sink.write_consents(["c1", "c2"]))  # type: ignore[list-item]
+        await asyncio.sleep(0.1)
+        flows = await sink.write(records)  # not held back by the consents waiting
+        flows_at = time.monotonic() - started
+        second = asyncio.ensure_future(sink.write_consents(["c3"]))  # type: ignore[list-item]
+        results = [await first, await second, flows]
+        return [*results, flows_at, store.calls[-1][2] - started]
+
+    first, second, flows, flows_at, consents_at = asyncio.run(run())
+    assert (first, second, flows) == ((2, 0), (1, 0), (4, 0))
+    assert [(what, n) for what, n, _ in store.calls] == [("audit", 4), ("consents", 3)]  # one call for both
+    assert flows_at < 0.3 and 0.35 <= consents_at < 1.0
+
+
+def test_waiting_consent_batches_are_written_at_once_when_the_sink_stops(policy: Policy) -> None:
+    store = CallLog()
+
+    async def run() -> tuple[tuple[int, int], float]:
+        sink = ClickHouseSink(store, consent_delay_seconds=30.0)  # type: ignore[arg-type]
+        started = time.monotonic()
+        writing = asyncio.ensure_future(sink.write_consents(["c1"]))  # type: ignore[list-item]
+        await asyncio.sleep(0.05)
+        await asyncio.get_running_loop().run_in_executor(None, sink.stop)  # as the pipeline process does
+        return await asyncio.wait_for(writing, 2.0), time.monotonic() - started
+
+    written, elapsed = asyncio.run(run())
+    assert written == (1, 0) and elapsed < 2.0
