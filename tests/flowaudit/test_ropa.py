@@ -270,14 +270,20 @@ def test_text_that_looks_like_a_formula_stays_text(policy: Policy) -> None:
     ],
 )
 def test_bad_requests_are_one_line_errors(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # refused before any store is opened: the data directory does not even exist
-    os.environ["FLOWAUDIT_DATA_DIR"] = str(tmp_path / "nowhere")
+    monkeypatch.setenv("FLOWAUDIT_DATA_DIR", str(tmp_path / "nowhere"))
+    umask = os.umask(0o022)  # main() sets the CLI's umask: give the test process its own back
+    os.umask(umask)
     try:
         assert cli.main(["ropa", *args]) == 2
     finally:
-        del os.environ["FLOWAUDIT_DATA_DIR"]
+        os.umask(umask)
     err = capsys.readouterr().err
     assert err == f"flowaudit: {message}\n"
     assert not (tmp_path / "nowhere").exists()
