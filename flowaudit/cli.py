@@ -17,6 +17,7 @@ from flowaudit.domain.policy.model import Era
 
 if TYPE_CHECKING:
     from flowaudit.sinks.clickhouse import AuditStore
+    from flowaudit.sinks.reports import Report
 
 
 def _load_policy_or_exit(directory: Path) -> Policy:
@@ -183,10 +184,33 @@ def _store_or_worker(settings: Settings, policy: Policy) -> AuditStore | tuple[s
         return worker
 
 
-def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+def _query_report(
+    settings: Settings, policy: Policy, report: Report, parameters: dict[str, object]
+) -> tuple[list[str], list[tuple[object, ...]]]:
+    """A report's columns and rows, from the store or from the worker that holds it. Raises StoreError."""
     from flowaudit.sinks.clickhouse import StoreError, qualify
-    from flowaudit.sinks.reports import ReportError, load_reports, render, report_parameters
     from flowaudit.webapi import fetch_json
+
+    target = _store_or_worker(settings, policy)
+    if isinstance(target, tuple):
+        url, token = target
+        answer = fetch_json(f"{url}/flowaudit/report/{report.name}/", parameters, token)
+        return answer["columns"], [tuple(row) for row in answer["rows"]]
+    try:
+        if target.missing_columns:  # a store no worker of this version has opened yet
+            raise StoreError(
+                f"the audit table {target.table} predates row format 2 (it lacks "
+                f"{', '.join(target.missing_columns)}): the reports need those columns, which "
+                "a worker of this version adds at start-up; `flowaudit verify` reads it as it is"
+            )
+        return target.query(qualify(report.sql, target.table), parameters)
+    finally:
+        target.close()
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.sinks.clickhouse import StoreError
+    from flowaudit.sinks.reports import ReportError, load_reports, render, report_parameters
 
     reports = load_reports()
     if args.list or not args.name:
@@ -203,26 +227,34 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     try:
         parameters = report_parameters(report, args.since, args.until, args.user, args.recipient)
         policy = _load_policy_or_exit(settings.policy_dir)
-        target = _store_or_worker(settings, policy)
-        if isinstance(target, tuple):
-            url, token = target
-            answer = fetch_json(f"{url}/flowaudit/report/{report.name}/", parameters, token)
-            columns, rows = answer["columns"], [tuple(row) for row in answer["rows"]]
-        else:
-            try:
-                if target.missing_columns:  # a store no worker of this version has opened yet
-                    raise StoreError(
-                        f"the audit table {target.table} predates row format 2 (it lacks "
-                        f"{', '.join(target.missing_columns)}): the reports need those columns, which "
-                        "a worker of this version adds at start-up; `flowaudit verify` reads it as it is"
-                    )
-                columns, rows = target.query(qualify(report.sql, target.table), parameters)
-            finally:
-                target.close()
+        columns, rows = _query_report(settings, policy, report, parameters)
     except (ReportError, StoreError) as exc:
         print(f"flowaudit: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(render(columns, rows, args.format))
+    return 0
+
+
+def _cmd_ropa(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from flowaudit import ropa
+    from flowaudit.sinks.clickhouse import StoreError
+    from flowaudit.sinks.reports import ReportError, as_records, load_reports, report_parameters
+
+    try:
+        ropa.check_format(args.format, args.out)
+        report = load_reports()[ropa.REPORT]
+        parameters = report_parameters(report, args.since, args.until, None)
+        policy = _load_policy_or_exit(settings.policy_dir)
+        columns, rows = _query_report(settings, policy, report, parameters)
+        plain = [list(record.values()) for record in as_records(columns, rows)]  # as the web API gives them
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        record = ropa.build_record(policy, columns, plain, parameters["since"], parameters["until"], now)
+        ropa.write(ropa.render(record, args.format), args.out)
+    except (ropa.RopaError, ReportError, StoreError) as exc:
+        print(f"flowaudit: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -313,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--recipient", help="recipient (canonical name, any case), for subject-exposure")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.set_defaults(handler=_cmd_report)
+
+    ropa = sub.add_parser("ropa", help="the GDPR Art. 30(1) record of processing: policy and audit store")
+    ropa.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
+    ropa.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
+    ropa.add_argument("--format", default="md", help="md (default), html, csv or xlsx")
+    ropa.add_argument("--out", type=Path, help="write to this file (default: standard output; xlsx needs it)")
+    ropa.set_defaults(handler=_cmd_ropa)
 
     verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
     verify.add_argument("--json", action="store_true")

@@ -1,8 +1,9 @@
 """The policy: its files, their loading and validation, and the compiled model the decision core reads.
 
-A policy directory holds seven YAML files (taxonomy, register, subcontractors, zones, countries, rules,
-exceptions). `load_policy` reads them, validates each against its schema, checks the references
-between files, and compiles the result into a `Policy` of frozen lookup tables. Any problem raises
+A policy directory holds nine YAML files (taxonomy, register, subcontractors, zones, countries, rules,
+exceptions, adequacy, and controllers: the Art. 30 record's controllers, data subjects and recipients).
+`load_policy` reads them, validates each against its schema, checks the references between files, and
+compiles the result into a `Policy` of frozen lookup tables. Any problem raises
 `PolicyError` naming the file and the entry at fault.
 
 Modules, each importing only those before it:
@@ -20,26 +21,32 @@ from flowaudit.domain.policy.load import POLICY_FILES, load_policy
 from flowaudit.domain.policy.model import (
     EVENT_TYPES,
     Category,
+    Controller,
     LegalBasis,
     Policy,
     PolicyError,
     PolicyException,
     Purpose,
+    RecipientCategory,
     Rule,
     Subcontractor,
+    SubjectCategory,
 )
 
 __all__ = [
     "EVENT_TYPES",
     "POLICY_FILES",
     "Category",
+    "Controller",
     "LegalBasis",
     "Policy",
     "PolicyError",
     "PolicyException",
     "Purpose",
+    "RecipientCategory",
     "Rule",
     "Subcontractor",
+    "SubjectCategory",
     "load_policy",
     "load_yaml",
 ]

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from flowaudit.domain.policy.checks import CHECKS
@@ -271,6 +279,94 @@ class AdequacyFile(FileHeader):
     decisions: dict[str, DatedDef]
     frameworks: dict[Literal["scc", "bcr", "dpf"], FrameworkDef] = {}
     zone_membership: dict[str, dict[str, DatedDef]] = {}
+
+
+# --- controllers (the Art. 30(1) record) --------------------------------------------------------------
+
+
+def _iso_duration(value: str | None) -> str | None:
+    if value is not None and (not _ISO_DURATION.match(value) or value == "P"):
+        raise ValueError(f"not an ISO-8601 duration such as P10Y: {value!r}")
+    return value
+
+
+Duration = Annotated[str | None, AfterValidator(_iso_duration)]
+
+
+class DpoDef(_Strict):
+    title: str
+    postal: str | None = None
+    email: str | None = None
+    source: Source
+
+
+class AuthorityDef(_Strict):
+    name: str
+    address: str | None = None
+    source: Source
+
+
+class NoticeDef(_Strict):
+    """The privacy notice the controller's facts are read from."""
+
+    seed: str
+    reference: str | None = None
+    updated: date
+    superseded: bool = False
+
+
+class HistoryDef(_Strict):
+    """An earlier fact kept for the record (an old address, a CNIL declaration): never decided on."""
+
+    address: str
+    cnil_declaration: str | None = None
+    source: Source
+
+
+class ControllerDef(_Strict):
+    id: str
+    name: str = Field(min_length=1)
+    serves: StorageDef  # whose flows are this controller's, by the subject's user_country
+    address: str | None
+    email: str | None
+    dpo: DpoDef | None
+    supervisory_authority: AuthorityDef | None
+    legal_framework: str | None = None
+    parent: str | None = None
+    hosting: StorageDef
+    erasure_within: Duration = None
+    inactive_account_after: Duration = None
+    notice: NoticeDef
+    history: list[HistoryDef] = []
+    source: Source
+    sources: dict[str, Source] = {}
+
+
+class DataSubjectCategoryDef(_Strict):
+    id: str
+    description: str
+    controllers: list[str] = []  # empty: every controller
+    purposes: list[str] = Field(min_length=1)  # [any]: every purpose
+    source: Source
+    sources: dict[str, Source] = {}
+
+
+class RecipientCategoryDef(_Strict):
+    id: str
+    description: str
+    controllers: list[str] = []  # empty: every controller
+    purposes: list[str] = []  # empty: not tied to a purpose
+    recipient_types: list[str] = []  # the sharing recipient types it covers
+    source: Source
+    sources: dict[str, Source] = {}
+
+
+class ControllersFile(FileHeader):
+    kind: Literal["controllers"]
+    schema_version: Literal[1]
+    controllers: list[ControllerDef] = Field(min_length=1)
+    data_subject_categories: list[DataSubjectCategoryDef] = Field(min_length=1)
+    recipient_categories: list[RecipientCategoryDef] = []
 
 
 # --- reading ------------------------------------------------------------------------------------------

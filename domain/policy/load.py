@@ -20,11 +20,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic
 
+from flowaudit.domain.kinds import RECIPIENT_TYPES
 from flowaudit.domain.policy.checks import CHECKS
 from flowaudit.domain.policy.files import (
     ALL_CATEGORIES,
     ANY_PURPOSE,
     AdequacyFile,
+    ControllerDef,
+    ControllersFile,
     CountriesFile,
     DatedDef,
     ExceptionScope,
@@ -41,13 +44,16 @@ from flowaudit.domain.policy.files import (
 )
 from flowaudit.domain.policy.model import (
     Category,
+    Controller,
     Era,
     Policy,
     PolicyError,
     PolicyException,
     Purpose,
+    RecipientCategory,
     Rule,
     Subcontractor,
+    SubjectCategory,
     Timeline,
 )
 
@@ -82,6 +88,9 @@ class _Draft:
     flags: list[Rule] = field(default_factory=list)  # enabled ones
     exceptions: list[PolicyException] = field(default_factory=list)  # enabled ones
     disabled_exceptions: list[str] = field(default_factory=list)
+    controllers: list[Controller] = field(default_factory=list)
+    subject_categories: list[SubjectCategory] = field(default_factory=list)
+    recipient_categories: list[RecipientCategory] = field(default_factory=list)
 
 
 # --- the compilers, in stage order --------------------------------------------------------------------
@@ -473,6 +482,113 @@ def _check_known_country(code: str, entry: str, draft: _Draft, fail: Fail) -> No
         raise fail(entry, f"unknown country code {code!r}")
 
 
+def _compile_controllers(doc: ControllersFile, draft: _Draft, fail: Fail) -> None:
+    """The controllers of the Art. 30 record: who serves which user countries (no country twice), and
+    the categories of data subjects and recipients, each checked against controllers and purposes."""
+    served_by: dict[str, str] = {}
+    for index, controller in enumerate(doc.controllers):
+        entry = f"controllers[{index}]({controller.id})"
+        if not _IDENTIFIER.match(controller.id):
+            raise fail(entry, "controller ids are lower_snake_case")
+        if any(known.id == controller.id for known in draft.controllers):
+            raise fail(entry, f"duplicate controller id {controller.id!r}")
+        serves, serves_label = _storage(controller.serves, f"{entry}.serves", draft, fail)
+        for code in sorted(serves):
+            if code in served_by:
+                raise fail(f"{entry}.serves", f"{code} is already served by {served_by[code]!r}")
+            served_by[code] = controller.id
+        _, hosting = _storage(controller.hosting, f"{entry}.hosting", draft, fail)
+        draft.controllers.append(_controller(controller, serves, serves_label, hosting))
+    ids = {controller.id for controller in draft.controllers}
+    for index, subjects in enumerate(doc.data_subject_categories):
+        entry = f"data_subject_categories[{index}]({subjects.id})"
+        _check_category_scope(subjects.id, subjects.controllers, subjects.purposes, entry, ids, draft, fail)
+        purposes = () if subjects.purposes == [ANY_PURPOSE] else subjects.purposes
+        draft.subject_categories.append(
+            SubjectCategory(
+                subjects.id,
+                subjects.description,
+                frozenset(subjects.controllers),
+                frozenset(purposes),
+                subjects.source,
+            )
+        )
+    for index, recipients in enumerate(doc.recipient_categories):
+        entry = f"recipient_categories[{index}]({recipients.id})"
+        _check_category_scope(
+            recipients.id, recipients.controllers, recipients.purposes, entry, ids, draft, fail
+        )
+        for kind in recipients.recipient_types:
+            if kind not in RECIPIENT_TYPES:
+                raise fail(f"{entry}.recipient_types", f"unknown recipient type {kind!r}")
+        draft.recipient_categories.append(
+            RecipientCategory(
+                recipients.id,
+                recipients.description,
+                frozenset(recipients.controllers),
+                frozenset(recipients.purposes),
+                frozenset(recipients.recipient_types),
+                recipients.source,
+            )
+        )
+
+
+def _check_category_scope(
+    category_id: str,
+    controllers: list[str],
+    purposes: list[str],
+    entry: str,
+    known_controllers: set[str],
+    draft: _Draft,
+    fail: Fail,
+) -> None:
+    """A subject or recipient category: a unique lower_snake_case id, known controllers, and purposes of
+    the register (or `any`, alone)."""
+    if not _IDENTIFIER.match(category_id):
+        raise fail(entry, "category ids are lower_snake_case")
+    section = entry.split("[", 1)[0]
+    taken = draft.subject_categories if section == "data_subject_categories" else draft.recipient_categories
+    if any(known.id == category_id for known in taken):
+        raise fail(entry, f"duplicate id {category_id!r}")
+    for controller_id in controllers:
+        if controller_id not in known_controllers:
+            raise fail(f"{entry}.controllers", f"unknown controller {controller_id!r}")
+    if purposes:
+        _served_purposes(purposes, f"{entry}.purposes", draft, fail)
+
+
+def _controller(doc: ControllerDef, serves: frozenset[str], serves_label: str, hosting: str) -> Controller:
+    dpo = doc.dpo
+    authority = doc.supervisory_authority
+    notice = doc.notice
+    return Controller(
+        id=doc.id,
+        name=doc.name,
+        serves=serves,
+        serves_label=serves_label,
+        address=doc.address,
+        email=doc.email,
+        dpo=None if dpo is None else "; ".join(p for p in (dpo.title, dpo.postal, dpo.email) if p),
+        supervisory_authority=(
+            None if authority is None else ", ".join(p for p in (authority.name, authority.address) if p)
+        ),
+        legal_framework=doc.legal_framework,
+        parent=doc.parent,
+        hosting=hosting,
+        notice=" ".join(
+            part
+            for part in (
+                f"seed {notice.seed}",
+                notice.reference or "",
+                f"updated {notice.updated.isoformat()}",
+                "(superseded by later versions)" if notice.superseded else "",
+            )
+            if part
+        ),
+        source=doc.source,
+    )
+
+
 # --- the file table -----------------------------------------------------------------------------------
 
 
@@ -490,7 +606,8 @@ class PolicyFile(Generic[M]):
 # in `Policy.file_versions`. Do not reorder: every policy's version would change. `stage` is the order
 # they are compiled in, each against what lower stages produced: countries (named by zones,
 # subcontractors and exceptions), taxonomy, zones, register (names categories), subcontractors (zones,
-# countries, purposes), rules (categories, purposes, zones), exceptions (rules and all of the above).
+# countries, purposes), rules (categories, purposes, zones), exceptions (rules and all of the above),
+# controllers (zones, countries, purposes; added last, so it changed every version once).
 POLICY_TABLE: tuple[PolicyFile[Any], ...] = (
     PolicyFile("taxonomy.yaml", TaxonomyFile, _compile_taxonomy, stage=2),
     PolicyFile("register.yaml", RegisterFile, _compile_register, stage=5),
@@ -500,6 +617,7 @@ POLICY_TABLE: tuple[PolicyFile[Any], ...] = (
     PolicyFile("rules.yaml", RulesFile, _compile_rules, stage=7),
     PolicyFile("exceptions.yaml", ExceptionsFile, _compile_exceptions, stage=8),
     PolicyFile("adequacy.yaml", AdequacyFile, _compile_adequacy, stage=4),
+    PolicyFile("controllers.yaml", ControllersFile, _compile_controllers, stage=9),
 )
 POLICY_FILES = tuple(spec.name for spec in POLICY_TABLE)
 
@@ -537,6 +655,9 @@ def load_policy(directory: str | Path) -> Policy:
         direct_identifiers=draft.direct_identifiers,
         flags=tuple(draft.flags),
         timeline=draft.timeline,
+        controllers=tuple(draft.controllers),
+        subject_categories=tuple(draft.subject_categories),
+        recipient_categories=tuple(draft.recipient_categories),
     )
 
 

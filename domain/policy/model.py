@@ -140,6 +140,59 @@ class Timeline:
 
 
 @dataclass(frozen=True, slots=True)
+class Controller:
+    """A controller of the Art. 30(1) record. `serves`: the user countries whose flows are its own
+    (no country is served by two). The other fields are the record's header, as text."""
+
+    id: str
+    name: str
+    serves: frozenset[str]
+    serves_label: str  # the zone id (upper-case) or the countries, as the file gives them
+    address: str | None
+    email: str | None
+    dpo: str | None
+    supervisory_authority: str | None
+    legal_framework: str | None
+    parent: str | None
+    hosting: str
+    notice: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectCategory:
+    """A category of data subjects (Art. 30(1)(c)). Empty `controllers`: every controller; empty
+    `purposes`: every purpose (`[any]` in the file)."""
+
+    id: str
+    description: str
+    controllers: frozenset[str]
+    purposes: frozenset[str]
+    source: str
+
+    def concerns(self, controller: str, purpose: str) -> bool:
+        return (not self.controllers or controller in self.controllers) and (
+            not self.purposes or purpose in self.purposes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientCategory:
+    """A category of recipients (Art. 30(1)(d)). Empty `purposes`: not tied to a purpose;
+    `recipient_types`: the sharing recipient types it covers for its purposes."""
+
+    id: str
+    description: str
+    controllers: frozenset[str]
+    purposes: frozenset[str]
+    recipient_types: frozenset[str]
+    source: str
+
+    def for_controller(self, controller: str) -> bool:
+        return not self.controllers or controller in self.controllers
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The loaded policy: lookup tables ready for the decision core. Immutable."""
 
@@ -164,9 +217,20 @@ class Policy:
     direct_identifiers: frozenset[str] = frozenset()
     flags: tuple[Rule, ...] = ()  # enabled advisory flags (never block)
     timeline: Timeline = Timeline((), ())
+    controllers: tuple[Controller, ...] = ()  # the Art. 30(1) record's controllers (controllers.yaml)
+    subject_categories: tuple[SubjectCategory, ...] = ()
+    recipient_categories: tuple[RecipientCategory, ...] = ()
 
     def find_subcontractor(self, name: str) -> Subcontractor | None:
         return self.subcontractors.get(name.strip().lower())
+
+    def controller_for(self, user_country: str | None) -> Controller | None:
+        """The controller whose record a flow of a subject living in `user_country` belongs to
+        (None: no controller serves that country, or the flow names none)."""
+        for controller in self.controllers:
+            if user_country is not None and user_country in controller.serves:
+                return controller
+        return None
 
     @property
     def special_reported_categories(self) -> frozenset[str]:

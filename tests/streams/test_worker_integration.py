@@ -6,6 +6,8 @@ produces with `flowaudit produce` (kafka-python) or raw records, and reads the o
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -167,6 +169,10 @@ def test_events_flow_through_the_gate_with_correct_decisions(
     assert report.returncode == 0, report.stderr
     assert b"held by the running worker" in report.stderr
     assert any(row["recipient"] == "(platform: device sync)" for row in json.loads(report.stdout))
+    record = run_cli(env, "ropa", "--format", "csv")  # the Art. 30 record, its rows from the worker
+    assert record.returncode == 0 and b"held by the running worker" in record.stderr, record.stderr
+    lines = list(csv.DictReader(io.StringIO(record.stdout.decode())))
+    assert sum(int(r["events"]) for r in lines if r["record"] in ("purpose", "unassigned")) == len(expected)
     verify = run_cli(env, "verify")
     assert verify.returncode == 0 and b"OK" in verify.stdout, verify.stdout + verify.stderr
     _web_api_refuses_strangers(env)

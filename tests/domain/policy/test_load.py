@@ -131,6 +131,8 @@ def test_minimal_passing_fixture_loads() -> None:
     assert [rule.id for rule in loaded.rules] == ["medical-leaves-alps", "consent-missing"]  # one disabled
     assert [exc.id for exc in loaded.exceptions] == ["lab-in-us"]
     assert "NO" in loaded.countries
+    assert [c.id for c in loaded.controllers] == ["alpine_ag"]
+    assert loaded.controller_for("AT") is loaded.controllers[0] and loaded.controller_for("US") is None
 
 
 def test_missing_directory_and_missing_file(tmp_path: Path) -> None:
@@ -176,6 +178,7 @@ def test_version_hashes_the_files_in_their_historical_order(policy: Policy) -> N
         "rules",
         "exceptions",
         "adequacy",
+        "controllers",  # added with the Art. 30 record: after the others, so their order stands
     )
     digest = hashlib.sha256()
     for name in (f"{stem}.yaml" for stem in order):
@@ -198,6 +201,7 @@ def test_the_file_table_compiles_each_file_once_in_dependency_order() -> None:
         "subcontractors.yaml",
         "rules.yaml",
         "exceptions.yaml",
+        "controllers.yaml",
     ]
 
 
@@ -211,3 +215,24 @@ def test_every_file_is_schema_checked_before_any_is_compiled(tmp_path: Path) -> 
     with pytest.raises(PolicyError) as caught:
         load_policy(copy)
     assert caught.value.file.endswith("rules.yaml") and caught.value.entry == "schema_version"
+
+
+def test_shipped_controllers_split_the_flows_by_user_country(policy: Policy) -> None:
+    """EEA residents are Withings SA's, US residents Withings Inc.'s; a Swiss or an unnamed subject
+    is neither's (the ROPA shows such flows apart)."""
+    assert [(c.id, c.name) for c in policy.controllers] == [
+        ("withings_sa", "Withings SA"),
+        ("withings_inc", "Withings, Inc."),
+    ]
+    sa, inc = policy.controllers
+    assert sa.serves == policy.protected_countries and "NO" in sa.serves
+    assert inc.serves == {"US"}
+    assert policy.controller_for("DE") is sa and policy.controller_for("US") is inc
+    assert policy.controller_for("CH") is None and policy.controller_for(None) is None
+    assert sa.supervisory_authority is not None and "CNIL" in sa.supervisory_authority
+    assert inc.dpo is None  # not stated in seed 001
+    assert all(c.source for c in (*policy.subject_categories, *policy.recipient_categories))
+    every_purpose = [s for s in policy.subject_categories if not s.purposes and not s.controllers]
+    assert [s.id for s in every_purpose] == ["users", "general_public_incl_minors"]
+    us_only = {s.id for s in policy.subject_categories if s.controllers == {"withings_inc"}}
+    assert us_only == {"us_consumers", "california_residents", "ecg_activation_users", "patient_users"}
