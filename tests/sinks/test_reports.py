@@ -26,6 +26,7 @@ EXPECTED = {
     "consent-withdrawals",
     "subject-exposure",
     "destinations",
+    "flow-map",
 }
 
 
