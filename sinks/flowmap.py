@@ -12,9 +12,10 @@ What the drawing shows, from the graph alone:
 - node height and edge width grow with the square root of their events (areas stay comparable);
   every node says its events and blocked events, every node and edge has them in its tooltip;
 - an edge's allowed events and its blocked ones are drawn as two edges: allowed grey (orange when
-  the flow left the protected zone), blocked red and dashed, labelled with the count;
-- an edge outside the protected zone (the EEA as it stood when each flow happened) is labelled with
-  its transfer mechanism; a country reached that way is drawn orange;
+  the flow left the protected zone), blocked red and dashed;
+- an edge into a country is labelled: outside the protected zone (the EEA as it stood when each flow
+  happened) with its transfer mechanism and count, and with its blocked count; a country reached
+  outside the zone is drawn orange. Edges before it carry their counts in their tooltips only;
 - a legend, and a title with the period, the totals and the policy versions that decided the events.
 
 SVG element ids are the graph's own: `<layer>:<name>` for a node, `<source>-><target>|<zone or
@@ -100,7 +101,15 @@ def _size(events: int, largest: int, span: float) -> float:
 def flow_map_dot(graph: FlowGraph, loaded_policy: str | None = None) -> graphviz.Digraph:
     """The DOT graph of the map (`render_svg` lays it out)."""
     dot = graphviz.Digraph("flowmap", encoding="utf-8")
-    dot.attr(rankdir="LR", ranksep="1.6", nodesep="0.18", fontname="DejaVu Sans", labelloc="t", fontsize="16")
+    dot.attr(
+        rankdir="LR",
+        ranksep="2.2",
+        nodesep="0.12",
+        forcelabels="true",
+        fontname="DejaVu Sans",
+        labelloc="t",
+        fontsize="16",
+    )
     dot.attr(label=_label(title_text(graph, loaded_policy)))
     dot.attr("node", shape="box", style="rounded,filled", fontname="DejaVu Sans", fontsize="11")
     dot.attr("edge", fontname="DejaVu Sans", fontsize="9", arrowsize="0.6")
@@ -143,7 +152,7 @@ def _draw_node(dot: graphviz.Digraph, name: str, node: Node, largest: int) -> No
         tooltip=graphviz.escape(f"{node.name}: {counts}{where}"),
         fillcolor=OUTSIDE_FILL if node.outside else LAYER_FILL[node.layer],
         color=BLOCKED_COLOUR if node.blocked else "#555555",
-        height=f"{0.42 + _size(node.events, largest, 1.1):.2f}",
+        height=f"{0.36 + _size(node.events, largest, 0.8):.2f}",
         **{"class": classes},
     )
 
@@ -155,8 +164,7 @@ def _draw_edge(dot: graphviz.Digraph, tail: str, head: str, edge: Edge, largest:
         if count == 0:
             continue
         blocked = part == "blocked"
-        text = f"{edge.mechanism}: " if edge.outside else ""
-        label = f"{text}{count:,} blocked" if blocked else (f"{text}{count:,}" if edge.outside else "")
+        label = _edge_label(edge, count, blocked)
         colour = BLOCKED_COLOUR if blocked else OUTSIDE_COLOUR if edge.outside else ALLOWED_COLOUR
         attributes = {
             "id": graphviz.escape(f"{edge.source}->{edge.target}|{zone}|{part}"),
@@ -170,8 +178,20 @@ def _draw_edge(dot: graphviz.Digraph, tail: str, head: str, edge: Edge, largest:
             "style": "dashed" if blocked else "solid",
         }
         if label:
-            attributes["label"] = _label(label)
+            attributes["xlabel"] = _label(label)
         dot.edge(tail, head, **attributes)
+
+
+def _edge_label(edge: Edge, count: int, blocked: bool) -> str:
+    """Only an edge into a country is labelled (its mechanism outside the EEA, its blocked count):
+    labels on every edge made the demo's map three times as tall and unreadable; the nodes say
+    their blocked counts and every edge has its counts in its tooltip."""
+    if not edge.target.startswith("country:"):
+        return ""
+    mechanism = f"{edge.mechanism}: " if edge.outside else ""
+    if blocked:
+        return f"{mechanism}{count:,} blocked"
+    return f"{mechanism}{count:,}" if edge.outside else ""
 
 
 def _legend() -> str:
@@ -179,7 +199,7 @@ def _legend() -> str:
     rows = [
         (ALLOWED_COLOUR, "━━", "allowed flow (width: events)"),
         (OUTSIDE_COLOUR, "━━", "allowed flow outside the EEA, labelled with its transfer mechanism"),
-        (BLOCKED_COLOUR, "╍╍", "blocked flow (stopped by the gate), labelled with the count"),
+        (BLOCKED_COLOUR, "╍╍", "blocked flow (stopped by the gate); into a country, labelled with its count"),
         (OUTSIDE_FILL, "██", "country reached outside the EEA"),
     ]
     cells = "".join(

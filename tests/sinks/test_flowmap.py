@@ -71,11 +71,14 @@ def test_every_node_and_edge_part_is_drawn_with_its_counts_and_marks() -> None:
             expected_edges[f"{edge.source}->{edge.target}|{zone}|allowed"] = (
                 [f"{prefix}{edge.allowed}"] if edge.outside else []
             )
-        if edge.blocked:
-            expected_edges[f"{edge.source}->{edge.target}|{zone}|blocked"] = [
-                f"{prefix}{edge.blocked} blocked"
-            ]
+        if edge.blocked:  # labelled only into a country
+            labelled = edge.target.startswith("country:")
+            expected_edges[f"{edge.source}->{edge.target}|{zone}|blocked"] = (
+                [f"{prefix}{edge.blocked} blocked"] if labelled else []
+            )
     assert edges == expected_edges
+    assert edges["category:health->purpose:ecg_review|inside|blocked"] == []
+    assert edges["recipient:Cardiology practice Lyon->country:FR|inside|blocked"] == ["1 blocked"]
     assert edges["recipient:Strava->country:US|consent_derogation|blocked"] == [
         "consent_derogation: 1 blocked"
     ]
