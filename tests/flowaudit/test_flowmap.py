@@ -169,6 +169,12 @@ def test_the_map_through_the_worker_in_a_browser_and_from_the_store(
         assert screenshot.exists() and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
         if os.environ.get("FLOWAUDIT_MAP_SCREENSHOT"):
             shutil.copy(screenshot, os.environ["FLOWAUDIT_MAP_SCREENSHOT"])
+        # a wrong token: the worker refuses, the page says so and asks for one
+        refused = chromium(tmp_path / "profile", "--dump-dom", page.replace(token, "w" * len(token)))
+        denied = DrawnMap()
+        denied.feed(refused.stdout)
+        assert denied.state == "error" and denied.nodes == {}, refused.stdout[-2000:]
+        assert "The worker answered 401" in refused.stdout and '<label id="token-field">' in refused.stdout
         assert token not in worker.log_path.read_text()  # the fragment never reaches the server
     finally:
         worker.ensure_stopped()
@@ -201,6 +207,7 @@ def _from_the_store(env: dict[str, str], tmp_path: Path, events: int) -> None:
             ["--since", "2025-12-01", "--until", "2025-11-01"],
             "flowaudit: --since 2025-12-01 is after --until",
         ),
+        ([], "flowaudit: no chain key"),  # no store in that data directory
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, arguments: list[str], error: str) -> None:
