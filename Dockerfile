@@ -1,6 +1,9 @@
 # The flowaudit worker image (used by docker-compose.yml).
 FROM python:3.11-slim
 WORKDIR /app
+# Graphviz's dot draws the data-flow map the worker serves at /flowaudit/map/ (sinks/flowmap.py)
+RUN apt-get update && apt-get install -y --no-install-recommends graphviz \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY flowaudit ./flowaudit
 COPY common ./common

@@ -257,6 +257,13 @@ def _cmd_ropa(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     return 0
 
+def _cmd_map(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.flowmap import run_map
+
+    policy = _load_policy_or_exit(settings.policy_dir)
+    target = lambda: _store_or_worker(settings, policy)  # noqa: E731 - opened once the arguments check
+    return run_map(args.since, args.until, args.out, target, policy.version)
+
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.sinks.clickhouse import StoreError
@@ -352,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     ropa.add_argument("--format", default="md", help="md (default), html, csv or xlsx")
     ropa.add_argument("--out", type=Path, help="write to this file (default: standard output; xlsx needs it)")
     ropa.set_defaults(handler=_cmd_ropa)
+
+    flow_map = sub.add_parser(
+        "map", help="draw the data-flow map: categories -> purposes -> recipients -> countries"
+    )
+    flow_map.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
+    flow_map.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
+    flow_map.add_argument("--out", type=Path, help="FILE.svg, .html, .dot or .json (default: SVG to stdout)")
+    flow_map.set_defaults(handler=_cmd_map)
 
     verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
     verify.add_argument("--json", action="store_true")

@@ -6,19 +6,40 @@ or a token the worker makes at start-up and keeps in its owner-only `worker.json
 constant time. The `Host` header must name this server (an address it binds or an allowed host
 name): a page elsewhere cannot reach the API through DNS rebinding. Verify runs in windows on the
 store's thread, so inserts keep going while it runs (`ClickHouseSink.verify`).
+
+The data-flow map for the DPO's browser: `/flowaudit/map/` is a static page (Host-checked, no token,
+no data) whose script reads the token from the URL's fragment (`#token=…`, never sent to a server,
+so never in a log) or a form, and fetches `/flowaudit/map/svg/?since=…&until=…` with the bearer
+header: the `flow-map` report drawn by Graphviz (domain/flowmap.py, sinks/flowmap.py). The page
+allows only its own script (Content-Security-Policy), so nothing in the drawing can run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from flowaudit.sinks.reports import ReportError, as_records, load_reports, report_parameters
+from flowaudit.domain.flowmap import FlowMapError, build_flow_graph, row_from_record
+from flowaudit.sinks.flowmap import MapRenderError, render_svg
+from flowaudit.sinks.reports import Report, ReportError, as_records, load_reports, report_parameters
 from flowaudit.sinks.verify import VerifyReport
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# the map's page: its own script and style only; the SVG is inserted as data
+MAP_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+MAP_ASSETS = {  # path under /flowaudit/map/ -> (file in static/, content type)
+    "": ("flowmap.html", "text/html"),
+    "flowmap.js": ("flowmap.js", "text/javascript"),
+    "flowmap.css": ("flowmap.css", "text/css"),
+}
 
 
 class WebApp(Protocol):
@@ -133,3 +154,51 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard) -> None:
     async def health_view(web: Any, request: Any) -> Any:
         denied = refused(web, request, needs_token=False)
         return denied if denied is not None else web.json({"ok": True})
+
+    add_map_views(app, store, reports["flow-map"], refused)
+
+
+def add_map_views(app: WebApp, store: StoreViews, report: Report, refused: Callable[..., Any]) -> None:
+    """The map's page and assets (Host-checked, no token) and its SVG (token required)."""
+    for asset, (filename, content_type) in MAP_ASSETS.items():
+        _add_map_asset(app, asset, (STATIC_DIR / filename).read_text(), content_type, refused)
+
+    @app.page("/flowaudit/map/svg/")
+    async def map_svg_view(web: Any, request: Any) -> Any:
+        denied = refused(web, request)
+        if denied is not None:
+            return denied
+        since, until = request.query.get("since"), request.query.get("until")
+        try:
+            parameters = report_parameters(report, since, until, None)
+            columns, rows = await store.query(report.sql, parameters)
+            graph = build_flow_graph(
+                (row_from_record(r) for r in as_records(columns, rows)), since or None, until or None
+            )
+            svg = await asyncio.to_thread(render_svg, graph)
+        except ReportError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        except (ViewsUnavailable, MapRenderError) as exc:
+            return web.json({"error": str(exc)}, status=503)
+        except FlowMapError as exc:
+            return web.json({"error": str(exc)}, status=500)
+        headers = {"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'"}
+        return web.bytes(svg.encode(), content_type="image/svg+xml", headers=headers)
+
+
+def _add_map_asset(
+    app: WebApp, asset: str, text: str, content_type: str, refused: Callable[..., Any]
+) -> None:
+    headers = {
+        "Content-Security-Policy": MAP_PAGE_POLICY,
+        "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-cache",
+    }
+
+    @app.page(f"/flowaudit/map/{asset}")
+    async def map_asset_view(web: Any, request: Any) -> Any:
+        denied = refused(web, request, needs_token=False)
+        if denied is not None:
+            return denied
+        return web.text(text, content_type=content_type, headers=headers)  # aiohttp adds the charset

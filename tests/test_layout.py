@@ -182,6 +182,9 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
         "flowaudit/policy/rules.yaml",
         "flowaudit/schemas/sql/audit.sql",
         "flowaudit/schemas/reports/user-disclosures.sql",
+        "flowaudit/streams/static/flowmap.html",
+        "flowaudit/streams/static/flowmap.js",
+        "flowaudit/streams/static/flowmap.css",
         "flowaudit/data/catalog.yaml",
     ):
         assert expected in names

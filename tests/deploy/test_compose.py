@@ -236,6 +236,9 @@ def test_dockerfile_installs_the_package_and_runs_the_worker() -> None:
     assert "pip install" in text and 'CMD ["flowaudit", "worker"]' in text
     for package in ("flowaudit", "streams", "sinks", "schemas", "policy"):
         assert f"COPY {package} ./{package}" in text
+    # the worker draws /flowaudit/map/ with Graphviz's dot, a Debian package of the image
+    runs = [arguments for kind, arguments in _dockerfile_instructions() if kind == "RUN"]
+    assert any("apt-get install" in run and " graphviz" in run for run in runs), runs
 
 
 def test_the_topic_creator_makes_every_topic_the_worker_checks(tmp_path: Path) -> None:

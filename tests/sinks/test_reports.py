@@ -27,6 +27,8 @@ EXPECTED = {
     "subject-exposure",
     "destinations",
     "ropa-flows",
+
+    "flow-map",
 }
 
 

@@ -1,0 +1,109 @@
+"""`flowaudit map`: the data-flow map of the audit store, to a file or standard output.
+
+The rows are the `flow-map` report's (schemas/reports/flow-map.sql), read from the store, or from
+the running worker's web API when that worker holds the embedded store (the same report view
+`flowaudit report` uses); the graph is `domain/flowmap.py`'s, the drawing `sinks/flowmap.py`'s.
+The output's format follows the file's suffix: `.svg` (Graphviz's SVG), `.html` (a standalone
+page with the SVG inline), `.dot` (the Graphviz source, drawable elsewhere) or `.json` (the graph:
+nodes, edges, counts); without `--out`, the SVG goes to standard output. A missing `dot`, a bad
+period or an unwritable file is one line on standard error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowaudit.domain.flowmap import (
+    LAYERS,
+    FlowGraph,
+    FlowMapError,
+    build_flow_graph,
+    graph_as_dict,
+    row_from_record,
+)
+from flowaudit.sinks.flowmap import MapRenderError, flow_map_dot, render_html, render_svg
+from flowaudit.sinks.reports import Report, ReportError, as_records, load_reports, report_parameters
+
+if TYPE_CHECKING:
+    from flowaudit.sinks.clickhouse import AuditStore
+
+REPORT = "flow-map"
+FORMATS = (".svg", ".html", ".dot", ".json")
+
+
+def report_rows(
+    target: AuditStore | tuple[str, str], report: Report, parameters: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The report's rows as records, from the store (closed afterwards) or the worker (URL, token)."""
+    from flowaudit.sinks.clickhouse import StoreError, qualify
+    from flowaudit.webapi import fetch_json
+
+    if isinstance(target, tuple):
+        url, token = target
+        answer = fetch_json(f"{url}/flowaudit/report/{report.name}/", parameters, token)
+        columns, rows = answer["columns"], [tuple(row) for row in answer["rows"]]
+        return as_records(columns, rows)
+    try:
+        if target.missing_columns:
+            raise StoreError(
+                f"the audit table {target.table} predates row format 2 (it lacks "
+                f"{', '.join(target.missing_columns)}): the map needs those columns, which a worker "
+                "of this version adds at start-up"
+            )
+        columns, rows = target.query(qualify(report.sql, target.table), parameters)
+    finally:
+        target.close()
+    return as_records(columns, rows)
+
+
+def draw(graph: FlowGraph, suffix: str, loaded_policy: str) -> str:
+    if suffix == ".json":
+        return json.dumps(graph_as_dict(graph), indent=2, ensure_ascii=False) + "\n"
+    if suffix == ".dot":
+        return str(flow_map_dot(graph, loaded_policy).source)
+    if suffix == ".html":
+        return render_html(graph, loaded_policy)
+    return render_svg(graph, loaded_policy)
+
+
+def run_map(
+    since: str | None,
+    until: str | None,
+    out: Path | None,
+    open_target: Callable[[], AuditStore | tuple[str, str]],
+    loaded_policy: str,
+) -> int:
+    """Draw the map of [since, until) to `out` (by its suffix) or standard output (SVG)."""
+    from flowaudit.sinks.clickhouse import StoreError
+
+    suffix = out.suffix.lower() if out is not None else ".svg"
+    if suffix not in FORMATS:
+        print(f"flowaudit: --out {out}: name a {', '.join(FORMATS)} file", file=sys.stderr)
+        return 2
+    report = load_reports()[REPORT]
+    try:
+        parameters = report_parameters(report, since, until, None)
+        records = report_rows(open_target(), report, parameters)
+        graph = build_flow_graph((row_from_record(r) for r in records), since or None, until or None)
+        text = draw(graph, suffix, loaded_policy)
+    except (ReportError, StoreError, FlowMapError, MapRenderError) as exc:
+        print(f"flowaudit: {exc}", file=sys.stderr)
+        return 2
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            out.write_text(text)
+        except OSError as exc:
+            print(f"flowaudit: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    layers = ("categories", "purposes", "recipients", "countries")
+    sizes = ", ".join(f"{len(graph.layer(layer))} {name}" for layer, name in zip(LAYERS, layers, strict=True))
+    target = f" -> {out}" if out is not None else ""
+    summary = f"map of {graph.events:,} events ({graph.blocked:,} blocked): {sizes}{target}"
+    print(f"flowaudit: {summary}", file=sys.stderr)
+    return 0
