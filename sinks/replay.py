@@ -351,7 +351,10 @@ def summary_lines(result: ReplayResult) -> list[str]:
     not_exact = s["not_exact"]
     lines.append(
         f"  not reproduced under their own policy {s['not_reproduced']:,} (unexplained by a consent recorded "
-        f"after the decision: {s['not_reproduced_unexplained']:,}); not exact: row format 1 "
+        f"after the decision: {s['not_reproduced_unexplained']:,})"
+    )
+    lines.append(
+        f"  not exact: row format 1 "
         f"{not_exact['row_format_1']:,}, decided under another policy version (not checked) "
         f"{not_exact['other_policy_version']:,}, citing a consent recorded after the decision "
         f"{not_exact['consent_recorded_after_decision']:,}; consent events read {s['consent_events']:,}"
