@@ -296,6 +296,12 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if result["problems"] else 2 if result.get("error") else 0
 
 
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from flowaudit.replay import run_replay
+
+    return run_replay(settings, args.policy, args.since, args.until, args.format)
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.runtime import run_worker
 
@@ -371,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(handler=_cmd_verify)
+
+    replay = sub.add_parser(
+        "replay", help="re-decide the stored history under another policy; list what changes (reads only)"
+    )
+    replay.add_argument("--policy", type=Path, required=True, help="the what-if policy directory")
+    replay.add_argument("--since", help="flows from this UTC date/time (ISO-8601), inclusive")
+    replay.add_argument("--until", help="flows until this UTC date/time (ISO-8601), exclusive")
+    replay.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    replay.set_defaults(handler=_cmd_replay)
 
     worker = sub.add_parser(
         "worker", help="run the stream service (embedded broker when FLOWAUDIT_KAFKA_URL is unset)"
