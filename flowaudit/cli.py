@@ -54,13 +54,29 @@ def _policy_summary(policy: Policy) -> dict[str, object]:
         "direct_identifiers": sorted(policy.direct_identifiers),
         "purposes": {
             pid: {
+                "description": p.description,
                 "legal_basis": p.legal_basis,
                 "special_category_condition": p.special_category_condition,
                 "declares": sorted(p.data_categories),
+                "retention": p.retention,
+                "retention_period": p.retention_period,
                 "source": p.source,
             }
             for pid, p in policy.purposes.items()
         },
+        "controllers": [
+            {
+                "id": c.id,
+                "name": c.name,
+                "serves": c.serves_label,
+                "address": c.address,
+                "email": c.email,
+                "dpo": c.dpo,
+                "supervisory_authority": c.supervisory_authority,
+                "source": c.source,
+            }
+            for c in policy.controllers
+        ],
         "subcontractors": [_subcontractor_summary(s) for s in policy.subcontractor_list],
         "protected_zone": {"id": policy.protected_zone, "countries": sorted(policy.protected_countries)},
         "adequacy_in_force_now": sorted(_era_now(policy).adequate) if policy.timeline.eras else [],
@@ -111,6 +127,9 @@ def _cmd_policy_show(args: argparse.Namespace, settings: Settings) -> int:
         special = "  [Art. 9 special category]" if info["special_category"] else ""
         print(f"  {name:<14} {len(info['fields']):>3} fields{special}")
     print(f"  unknown fields -> {policy.unclassified_category}, treated as {policy.unclassified_treated_as}")
+    print(f"controllers ({len(policy.controllers)}):")
+    for controller in policy.controllers:
+        print(f"  {controller.name:<26} residents of {controller.serves_label}  ({controller.source})")
     print(f"purposes ({len(policy.purposes)}):")
     for pid, purpose in policy.purposes.items():
         condition = purpose.special_category_condition or "no health data"
@@ -194,7 +213,9 @@ def _query_report(
     target = _store_or_worker(settings, policy)
     if isinstance(target, tuple):
         url, token = target
-        answer = fetch_json(f"{url}/flowaudit/report/{report.name}/", parameters, token)
+        # the flags only: the worker adds the facts of its own policy (sinks.reports.policy_parameters)
+        flags = {name: value for name, value in parameters.items() if name in report.parameters}
+        answer = fetch_json(f"{url}/flowaudit/report/{report.name}/", flags, token)
         return answer["columns"], [tuple(row) for row in answer["rows"]]
     try:
         if target.missing_columns:  # a store no worker of this version has opened yet
@@ -225,8 +246,8 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     try:
-        parameters = report_parameters(report, args.since, args.until, args.user, args.recipient)
         policy = _load_policy_or_exit(settings.policy_dir)
+        parameters = report_parameters(report, args.since, args.until, args.user, args.recipient, policy)
         columns, rows = _query_report(settings, policy, report, parameters)
     except (ReportError, StoreError) as exc:
         print(f"flowaudit: {exc}", file=sys.stderr)
@@ -256,6 +277,7 @@ def _cmd_ropa(args: argparse.Namespace, settings: Settings) -> int:
         print(f"flowaudit: {exc}", file=sys.stderr)
         return 2
     return 0
+
 
 def _cmd_map(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.flowmap import run_map

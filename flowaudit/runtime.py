@@ -168,6 +168,7 @@ def build_runtime(
         web_views=views,
         ledger=ledger,
         ledger_partitions=partitions,
+        policy=policy,
     )
     if isinstance(store_owner, PipelineProcess):
         store_owner.on_death = functools.partial(crash_from_thread, app)

@@ -3,7 +3,14 @@
 Each file starts with `-- name:`, `-- description:` and `-- parameters:` lines. Parameters use
 ClickHouse's `{name:Type}` syntax, so a DPO can paste the same file into clickhouse-client with
 `--param_name=value`. A parameter listed with a trailing `?` (`user?`) is optional: left out, it is
-passed as '' and the SQL reads '' as "all". `recipient` (subject-exposure) is matched on the
+passed as '' and the SQL reads '' as "all".
+
+A `-- policy: retention` line asks for facts of the loaded policy as parameters: the register's
+purposes and, in the same order, their retention as the privacy documents state it and its
+ISO-8601 period ('' where none is stated), as `{retention_purposes:Array(String)}`,
+`{retention_texts:Array(String)}` and `{retention_periods:Array(String)}`. They describe the policy
+in force when the report runs (GDPR Art. 15(1)(d): the period envisaged now). Without a policy they
+are empty and the SQL says the register was not given. `recipient` (subject-exposure) is matched on the
 registry's canonical name, case-insensitively, by the SQL.
 """
 
@@ -19,13 +26,18 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from flowaudit.domain.policy import Policy
 from flowaudit.schemas import SCHEMA_DIR
 
 REPORT_DIR = SCHEMA_DIR / "reports"
 # the whole range of DateTime64 (1900 to 2299): rows dated outside 1970-2100 are reported too
 DEFAULT_SINCE = "1900-01-01 00:00:00"
 DEFAULT_UNTIL = "2299-12-31 23:59:59"
-_HEADER = re.compile(r"^--\s*(name|description|parameters):\s*(.*)$")
+_HEADER = re.compile(r"^--\s*(name|description|parameters|policy):\s*(.*)$")
+# the facts of the policy a report can ask for (`-- policy:`), and the parameters each becomes
+POLICY_INPUTS: dict[str, tuple[str, ...]] = {
+    "retention": ("retention_purposes", "retention_texts", "retention_periods"),
+}
 
 
 class ReportError(ValueError):
@@ -40,6 +52,7 @@ class Report:
     sql: str
     path: Path
     optional: frozenset[str] = frozenset()
+    policy_inputs: tuple[str, ...] = ()
 
 
 def load_reports(directory: Path = REPORT_DIR) -> dict[str, Report]:
@@ -56,8 +69,12 @@ def load_reports(directory: Path = REPORT_DIR) -> dict[str, Report]:
         listed = [p.strip() for p in header.get("parameters", "").split(",") if p.strip()]
         parameters = tuple(p.rstrip("?") for p in listed)
         optional = frozenset(p.rstrip("?") for p in listed if p.endswith("?"))
+        inputs = tuple(p.strip() for p in header.get("policy", "").split(",") if p.strip())
+        if unknown := [p for p in inputs if p not in POLICY_INPUTS]:
+            known = ", ".join(POLICY_INPUTS)
+            raise ReportError(f"{path}: unknown policy input {unknown[0]!r} (known: {known})")
         reports[name] = Report(
-            name, header.get("description", ""), parameters, path.read_text(), path, optional
+            name, header.get("description", ""), parameters, path.read_text(), path, optional, inputs
         )
     return reports
 
@@ -82,8 +99,12 @@ def report_parameters(
     until: str | None,
     user: str | None,
     recipient: str | None = None,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
-    values: dict[str, Any] = {}
+    """The report's query parameters from the command's flags (and, for a report that asks for
+    them, from the policy); raises ReportError for a flag the report does not take, a malformed
+    time, --since after --until, or a missing required parameter."""
+    values: dict[str, Any] = policy_parameters(report, policy)
     given = {"since": since, "until": until, "user": user, "recipient": recipient}
     for name, value in given.items():
         if value not in (None, "") and name not in report.parameters:
@@ -105,6 +126,19 @@ def report_parameters(
         if not value and name not in report.optional:
             raise ReportError(f"report {report.name} needs {flag}")
         values[name] = value or ""
+    return values
+
+
+def policy_parameters(report: Report, policy: Policy | None) -> dict[str, list[str]]:
+    """The parameters of the policy facts the report asks for (empty lists without a policy)."""
+    values: dict[str, list[str]] = {}
+    if "retention" in report.policy_inputs:
+        register = policy.purposes if policy is not None else {}
+        purposes = sorted(register)
+        names = POLICY_INPUTS["retention"]
+        values[names[0]] = purposes
+        values[names[1]] = [register[p].retention for p in purposes]
+        values[names[2]] = [register[p].retention_period or "" for p in purposes]
     return values
 
 

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 # A queued request: audit records or consent records (each kind coalesced: `_next_group`)
 _Records = Sequence[AuditRecord] | Sequence[ConsentAuditRecord]
 _Request = tuple[_Records, bool, "asyncio.Future[tuple[int, int]]", float]  # ..., when handed over
+# Consent requests wait to be written together only while flow batches keep coming: when no request
+# at all has come for this long (flow agents hand a batch over at least every FLOWAUDIT_BATCH_MAX_SECONDS,
+# 0.25 s by default, while their topics have records), the flows have paused or a backlog has ended,
+# and the waiting ones are written instead of waiting out FLOWAUDIT_CONSENT_WRITE_DELAY_SECONDS.
+IDLE_SECONDS = 0.3
 
 # Rows verified per step while the worker writes (an insert waits for at most one step): ~0.1-0.2 s
 VERIFY_WINDOW_ROWS = 20_000
@@ -76,6 +81,7 @@ class ClickHouseSink:
         self._draining = False
         self.consent_delay_seconds = consent_delay_seconds
         self._arrived = asyncio.Event()  # a request was handed over, or stop() was called
+        self._idle = False  # no request came while consent requests waited: write them now
         self._loop: asyncio.AbstractEventLoop | None = None
         for chain, head in store.heads.items():
             metrics.CHAIN_HEAD.labels(chain).set(head.seq)
@@ -169,9 +175,9 @@ class ClickHouseSink:
     def _consents_wait(self) -> float:
         """How long the consent requests pending may still wait before they go into a store call
         (0: they go into the next one): until the oldest has waited consent_delay_seconds, and
-        not at all at shutdown."""
+        not at all at shutdown or once the store has been idle for IDLE_SECONDS."""
         oldest = next((handed for _, consent, _, handed in self._pending if consent), None)
-        if oldest is None or self._stopping:
+        if oldest is None or self._stopping or self._idle:
             return 0.0
         return max(0.0, self.consent_delay_seconds - (time.monotonic() - oldest))
 
@@ -208,9 +214,13 @@ class ClickHouseSink:
                 self._arrived.clear()
                 group = self._next_group()
                 if not group:  # only consent requests, not due yet: wait for them or for more requests
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._arrived.wait(), timeout=self._consents_wait())
+                    wait = self._consents_wait()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), timeout=min(wait, IDLE_SECONDS))
+                    except TimeoutError:  # due, or nothing else came: waiting longer only delays them
+                        self._idle = True
                     continue
+                self._idle = False
                 # a slow insert holds consumption back as a failing one does: say so while it lasts
                 slow = asyncio.get_running_loop().call_later(self.slow_seconds, metrics.BACKPRESSURE.set, 1)
                 try:

@@ -34,6 +34,7 @@ from flowaudit.common import metrics
 from flowaudit.common.settings import Settings
 from flowaudit.domain.kinds import CONSENT_ROLE, INPUT_KINDS
 from flowaudit.domain.ledger import Entry, StreamLedger, records_of, table_value
+from flowaudit.domain.policy import Policy
 from flowaudit.sinks.audit import chain_id_for
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.consumer import Transport as ConsumerTransport
@@ -163,6 +164,7 @@ def create_app(
     web_views: StoreViews | None = None,
     ledger: LedgerLoader | None = None,
     ledger_partitions: int | None = None,
+    policy: Policy | None = None,
 ) -> FlowauditApp:
     """The Faust app: an agent per processor (its kind's input topic); with a `ledger`, the consent
     ledger's Faust table (`ledger_partitions`: the consent topic's); with a `web_guard`, the web API
@@ -205,7 +207,7 @@ def create_app(
     inputs = frozenset(input_topic(settings, processor.kind) for processor in processors)
     _chains_follow_partitions(app, store_owner, inputs)
     if web_guard is not None and settings.web_port > 0:
-        add_web_views(app, web_views or store_owner, web_guard)
+        add_web_views(app, web_views or store_owner, web_guard, policy)
     return app
 
 

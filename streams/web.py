@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flowaudit.domain.flowmap import FlowMapError, build_flow_graph, row_from_record
+from flowaudit.domain.policy import Policy
 from flowaudit.sinks.flowmap import MapRenderError, render_svg
 from flowaudit.sinks.reports import Report, ReportError, as_records, load_reports, report_parameters
 from flowaudit.sinks.verify import VerifyReport
@@ -105,8 +106,9 @@ class WebGuard:
         return None
 
 
-def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard) -> None:
-    """Reports and verify over HTTP, guarded; health for probes (Host-checked, no token)."""
+def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard, policy: Policy | None = None) -> None:
+    """Reports and verify over HTTP, guarded; health for probes (Host-checked, no token). Reports
+    that ask for facts of the policy (retention) get them from `policy`, the worker's."""
     reports = load_reports()
 
     def refused(web: Any, request: Any, *, needs_token: bool = True) -> Any:
@@ -128,7 +130,12 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard) -> None:
         query = request.query
         try:
             parameters = report_parameters(
-                report, query.get("since"), query.get("until"), query.get("user"), query.get("recipient")
+                report,
+                query.get("since"),
+                query.get("until"),
+                query.get("user"),
+                query.get("recipient"),
+                policy,
             )
         except ReportError as exc:
             return web.json({"error": str(exc)}, status=400)

@@ -5,7 +5,9 @@
 The compliance dashboard's panels are the report SQL files themselves, with the report parameters
 mapped to Grafana's time range (`$__fromTime`, `$__toTime`) and the `user` and `recipient`
 variables, always interpolated as SQL string literals (`${user:sqlstring}`: Grafana quotes and
-escapes them); the `destinations` report is also drawn as a map and a bar chart. A test checks the
+escapes them); the facts of the policy a report asks for (`-- policy: retention`) are written into
+its panel's SQL as literals, from the shipped policy (policy/): rebuild after a policy change. The
+`destinations` report is also drawn as a map and a bar chart. A test checks the
 committed JSON is what this script builds, that every panel lies in the 24-column grid, that every
 PromQL names a metric the worker exports and that every SQL panel runs against the audit table's DDL.
 
@@ -15,6 +17,8 @@ Grafana provisions none (it used to provision copies of the critical ones, with 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
 import sys
@@ -25,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flowaudit.sinks.reports import load_reports  # noqa: E402
+from flowaudit.domain.policy import load_policy  # noqa: E402
+from flowaudit.sinks.reports import POLICY_INPUTS, load_reports, policy_parameters  # noqa: E402
 
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "clickhouse"}
@@ -195,10 +200,28 @@ def grafana_sql(sql: str) -> str:
     text = "\n".join(lines).strip()
     text = re.sub(r"\{since:[^}]*\}", "$__fromTime", text)
     text = re.sub(r"\{until:[^}]*\}", "$__toTime", text)
+    for name, values in _policy_literals().items():
+        text = text.replace(f"{{{name}:Array(String)}}", values)
     # Grafana's sqlstring format quotes the value and escapes its quotes: never raw text in the SQL
     return text.replace("{user:String}", "${user:sqlstring}").replace(
         "{recipient:String}", "${recipient:sqlstring}"
     )
+
+
+@functools.cache
+def _policy_literals() -> dict[str, str]:
+    """The shipped policy's facts the reports may ask for, as ClickHouse array literals."""
+    policy = load_policy(ROOT / "policy")
+    asks_all = dataclasses.replace(load_reports()["user-disclosures"], policy_inputs=tuple(POLICY_INPUTS))
+    return {
+        name: "[" + ", ".join(_quoted(value) for value in values) + "]"
+        for name, values in policy_parameters(asks_all, policy).items()
+    }
+
+
+def _quoted(value: str) -> str:
+    """A ClickHouse string literal: backslashes and quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _sql_target(sql: str) -> dict[str, Any]:

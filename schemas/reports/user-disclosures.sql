@@ -1,7 +1,9 @@
 -- name: user-disclosures
 -- description: For one data subject (GDPR Art. 15): every recipient of their data with dates, categories, purpose and legal basis, including the bulk transfers that named them among their subjects (via = subjects), and the bulk transfers of the period that named no subjects (via = unattributed: they may hold this subject's records). Blocked rows are attempts that the gate stopped.
 -- parameters: user, since, until
+-- policy: retention
 -- clickhouse-client: --param_user='u-7f3a' --param_since='1970-01-01 00:00:00' --param_until='2100-01-01 00:00:00'
+--   --param_retention_purposes="['marketing']" --param_retention_texts="['3 years']" --param_retention_periods="['P3Y']"
 -- Recipients: the registry's canonical name (counterparty_name; a sharing's recipient). Rows written
 -- before row format 2 have none: they are grouped with it by their counterparty as sent, trimmed and
 -- lower-cased (an alias, such as 'Google Cloud Storage' for GCS, stays a group of its own).
@@ -11,8 +13,23 @@
 -- flagged unattributed-bulk-transfer, or written before row format 2 with no user and more than one
 -- record: whether this subject's records were among them is not known; events counts them, per
 -- recipient). Rows before row format 2 have no subjects: their bulk transfers are 'unattributed'.
+-- transfer_safeguard (Art. 15(2)): the transfer mechanism the decision relied on for a flow that
+-- left the protected zone (adequacy, scc, bcr, consent_derogation, ...), 'none' when it had none
+-- (such flows are blocked), '(not recorded)' for rows written before row format 2, and
+-- '(within EEA)' (the row's protected zone) when the data did not leave it. Bulk transfers found
+-- through the per-subject index take it from their audit row (by event id: the bloom-filter index).
+-- retention, retention_period (Art. 15(1)(d)): the register's, for the purpose, as the policy in
+-- force when the report runs states it (parameters from the loaded policy: sinks/reports.py);
+-- retention_period is ISO-8601, '' where the documents give no duration ("until deletion").
 WITH lower(trimBoth(coalesce(counterparty_name, counterparty, ''))) AS recipient_key
-SELECT * FROM
+SELECT
+    *,
+    transform(purpose, {retention_purposes:Array(String)}, {retention_texts:Array(String)},
+              if(empty({retention_purposes:Array(String)}), '(register not given)', '(not in the register)'))
+        AS retention,
+    transform(purpose, {retention_purposes:Array(String)}, {retention_periods:Array(String)}, '')
+        AS retention_period
+FROM
 (
     SELECT
         argMax(coalesce(counterparty_name, trimBoth(counterparty), '(platform: device sync)'),
@@ -20,6 +37,9 @@ SELECT * FROM
         counterparty_type AS recipient_type,
         event_type,
         destination_country,
+        multiIf(NOT outside_protected_zone, concat('(within ', upper(protected_zone), ')'),
+                transfer_mechanism IS NOT NULL, transfer_mechanism,
+                row_format = 1, '(not recorded)', 'none') AS transfer_safeguard,
         purpose,
         coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
         decision,
@@ -32,7 +52,8 @@ SELECT * FROM
     WHERE user_id = {user:String}
       AND occurred_at >= {since:DateTime64(3, 'UTC')}
       AND occurred_at < {until:DateTime64(3, 'UTC')}
-    GROUP BY recipient_key, recipient_type, event_type, destination_country, purpose, legal_basis, decision
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_safeguard, purpose,
+             legal_basis, decision
     UNION ALL
     SELECT
         argMax(coalesce(counterparty_name, trimBoth(counterparty), '(unnamed)'),
@@ -40,6 +61,9 @@ SELECT * FROM
         counterparty_type AS recipient_type,
         event_type,
         destination_country,
+        multiIf(NOT outside_protected_zone, concat('(within ', upper(protected_zone), ')'),
+                transfer_mechanism IS NOT NULL, transfer_mechanism,
+                row_format = 1, '(not recorded)', 'none') AS transfer_safeguard,
         purpose,
         coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
         decision,
@@ -48,11 +72,17 @@ SELECT * FROM
         min(occurred_at) AS first_disclosed,
         max(occurred_at) AS last_disclosed,
         'subjects' AS via
-    FROM audit_subjects
+    FROM audit_subjects AS s
+    LEFT JOIN (
+        SELECT event_id AS t_event, transfer_mechanism, outside_protected_zone, protected_zone
+        FROM audit_events
+        WHERE event_id IN (SELECT event_id FROM audit_subjects WHERE subject = {user:String})
+    ) AS t ON t.t_event = s.event_id
     WHERE subject = {user:String}
       AND occurred_at >= {since:DateTime64(3, 'UTC')}
       AND occurred_at < {until:DateTime64(3, 'UTC')}
-    GROUP BY recipient_key, recipient_type, event_type, destination_country, purpose, legal_basis, decision
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_safeguard, purpose,
+             legal_basis, decision
     UNION ALL
     SELECT
         argMax(coalesce(counterparty_name, trimBoth(counterparty), '(unnamed)'),
@@ -60,6 +90,9 @@ SELECT * FROM
         counterparty_type AS recipient_type,
         event_type,
         destination_country,
+        multiIf(NOT outside_protected_zone, concat('(within ', upper(protected_zone), ')'),
+                transfer_mechanism IS NOT NULL, transfer_mechanism,
+                row_format = 1, '(not recorded)', 'none') AS transfer_safeguard,
         purpose,
         coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
         decision,
@@ -73,6 +106,7 @@ SELECT * FROM
            OR (row_format = 1 AND user_id IS NULL AND record_count > 1))
       AND occurred_at >= {since:DateTime64(3, 'UTC')}
       AND occurred_at < {until:DateTime64(3, 'UTC')}
-    GROUP BY recipient_key, recipient_type, event_type, destination_country, purpose, legal_basis, decision
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_safeguard, purpose,
+             legal_basis, decision
 )
 ORDER BY via = 'unattributed', decision, last_disclosed DESC, recipient

@@ -126,6 +126,13 @@ def test_policy_show_and_check(policy: Policy) -> None:
     assert shown.returncode == 0 and policy.version.encode() in shown.stdout
     as_json = json.loads(_run("policy", "show", "--json").stdout)
     assert as_json["version"] == policy.version and len(as_json["subcontractors"]) == 19
+    # what a DPO reads off the register: description, retention and source of each purpose
+    marketing = as_json["purposes"]["marketing"]
+    assert marketing["retention"] == policy.purposes["marketing"].retention and marketing["source"]
+    assert marketing["description"] == policy.purposes["marketing"].description
+    assert {c["name"] for c in as_json["controllers"]} == {c.name for c in policy.controllers}
+    assert all(c["serves"] and c["source"] for c in as_json["controllers"])
+    assert b"controllers (2)" in shown.stdout
     assert _run("policy", "check", str(policy.directory)).returncode == 0
     bad = _run("policy", "check", str(DATA_DIR))
     assert bad.returncode == 1 and b"INVALID" in bad.stderr

@@ -102,6 +102,9 @@ test_retried_insert_is_deduplicated_by_token = chdb_suite.test_retried_insert_is
 test_insert_retries_until_the_store_is_back = chdb_suite.test_insert_retries_until_the_store_is_back
 test_insert_gives_up_only_when_stopping = chdb_suite.test_insert_gives_up_only_when_stopping
 test_reports_on_a_known_input = chdb_suite.test_reports_on_a_known_input
+test_user_disclosures_name_the_safeguard_of_each_transfer_and_the_retention_of_each_purpose = (
+    chdb_suite.test_user_disclosures_name_the_safeguard_of_each_transfer_and_the_retention_of_each_purpose
+)
 # consents, notices, the per-subject index and its backfill: the same SQL over HTTP
 test_consents_are_written_once_with_the_notices_known_at_withdrawal = (
     consent_suite.test_consents_are_written_once_with_the_notices_known_at_withdrawal

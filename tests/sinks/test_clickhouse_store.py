@@ -242,9 +242,13 @@ def test_insert_gives_up_only_when_stopping(store_factory: Any, policy: Policy) 
     assert store.heads == {}  # nothing advanced: the records will be read again
 
 
-def _run_report(store: AuditStore, name: str, **kwargs: str) -> list[dict[str, Any]]:
+def _run_report(
+    store: AuditStore, name: str, policy: Policy | None = None, **kwargs: str
+) -> list[dict[str, Any]]:
     report = load_reports()[name]
-    params = report_parameters(report, kwargs.get("since"), kwargs.get("until"), kwargs.get("user"))
+    params = report_parameters(
+        report, kwargs.get("since"), kwargs.get("until"), kwargs.get("user"), None, policy
+    )
     columns, rows = store.query(qualify(report.sql, store.table), params)
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
@@ -320,6 +324,42 @@ def test_reports_on_a_known_input(store_factory: Any, policy: Policy) -> None:
     daily = _run_report(store, "daily-volume", since="2025-11-05", until="2025-11-06")
     assert sum(r["events"] for r in daily if r["category"] == "health") == 2
     assert {str(r["day"]) for r in daily} == {"2025-11-05"}
+
+
+def test_user_disclosures_name_the_safeguard_of_each_transfer_and_the_retention_of_each_purpose(
+    store_factory: Any, policy: Policy
+) -> None:
+    """GDPR Art. 15(1)(d) and 15(2): the period the data will be kept, and the safeguards of a
+    transfer outside the protected zone, on the known input of test_reports_on_a_known_input."""
+    store = store_factory()
+    raws = [
+        json.loads(line) for line in (DATA_DIR / "events" / "report_input.jsonl").read_text().splitlines()
+    ]
+    store.write(records_from(policy, raws))
+    disclosed = _run_report(store, "user-disclosures", policy, user="alice")
+    safeguards = {(r["via"], r["recipient"], r["decision"]): r["transfer_safeguard"] for r in disclosed}
+    assert safeguards == {
+        ("user_id", "Strava", "allowed"): "consent_derogation",
+        ("user_id", "Strava", "blocked"): "consent_derogation",
+        ("user_id", "Cardiology practice Lyon", "blocked"): "(within EEA)",
+        ("user_id", "(platform: device sync)", "allowed"): "(within EEA)",
+        ("unattributed", "HeartBeat Health", "blocked"): "scc",
+    }
+    for row in disclosed:
+        purpose = policy.purposes[row["purpose"]]
+        assert (row["retention"], row["retention_period"]) == (
+            purpose.retention,
+            purpose.retention_period or "",
+        )
+    # her purposes state no duration ("until deletion"): the period column, with one that does
+    report = load_reports()["user-disclosures"]
+    params = report_parameters(report, None, None, "alice", None, policy)
+    params["retention_periods"] = ["P2Y" for _ in params["retention_periods"]]
+    columns, rows = store.query(qualify(report.sql, store.table), params)
+    assert {row[columns.index("retention_period")] for row in rows} == {"P2Y"}
+    # without the policy's register (clickhouse-client without the parameters) it says so
+    bare = _run_report(store, "user-disclosures", user="alice")
+    assert {r["retention"] for r in bare} == {"(register not given)"}
 
 
 def test_a_batch_prepared_on_one_in_flight_inserts_after_it(store_factory: Any, policy: Policy) -> None:

@@ -147,6 +147,15 @@ def test_subject_exposure_and_user_disclosures_count_bulk_transfers(
         ("subjects", "Mailchimp", "allowed"): 2,
         ("unattributed", "Mailchimp", "allowed"): 1,
     })
+    # a bulk transfer found through the per-subject index names its safeguard, from its audit row
+    mailchimp = next(s for s in policy.subcontractor_list if s.name == "Mailchimp")
+    assert mailchimp.transfer_mechanism
+    safeguards = {
+        (row["via"], row["recipient"]): row["transfer_safeguard"]
+        for row in run_report(store, "user-disclosures", user="alice")
+    }
+    assert safeguards[("subjects", "Mailchimp")] == mailchimp.transfer_mechanism
+    assert safeguards[("subjects", "BSO")] == "(within EEA)"
     last = run_report(store, "user-disclosures", user="bob")[-1]
     assert last["via"] == "unattributed"  # the summary comes last
     early = run_report(store, "user-disclosures", user="bob", until="2025-11-07")

@@ -12,7 +12,7 @@ from flowaudit.common import metrics
 from flowaudit.domain.policy import Policy
 from flowaudit.sinks.clickhouse import PreparedBatch, StoreError
 from flowaudit.sinks.verify import verify_store
-from flowaudit.sinks.writer import ClickHouseSink
+from flowaudit.sinks.writer import IDLE_SECONDS, ClickHouseSink
 from tests.sinks.test_clickhouse_store import generated
 
 
@@ -165,3 +165,17 @@ def test_waiting_consent_batches_are_written_at_once_when_the_sink_stops(policy:
 
     written, elapsed = asyncio.run(run())
     assert written == (1, 0) and elapsed < 2.0
+
+
+def test_waiting_consent_batches_are_written_once_nothing_else_comes() -> None:
+    """A pause in the flows (or the end of a backlog): the consents do not wait out the whole delay."""
+    store = CallLog()
+
+    async def run() -> tuple[tuple[int, int], float]:
+        sink = ClickHouseSink(store, consent_delay_seconds=30.0)  # type: ignore[arg-type]
+        started = time.monotonic()
+        written = await asyncio.wait_for(sink.write_consents(["c1"]), 5.0)  # type: ignore[list-item]
+        return written, time.monotonic() - started
+
+    written, elapsed = asyncio.run(run())
+    assert written == (1, 0) and IDLE_SECONDS <= elapsed < IDLE_SECONDS + 1.0

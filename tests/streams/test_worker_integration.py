@@ -168,7 +168,10 @@ def test_events_flow_through_the_gate_with_correct_decisions(
     report = run_cli(env, "report", "user-disclosures", "--user", events[0]["user_id"], "--format", "json")
     assert report.returncode == 0, report.stderr
     assert b"held by the running worker" in report.stderr
-    assert any(row["recipient"] == "(platform: device sync)" for row in json.loads(report.stdout))
+    disclosed = json.loads(report.stdout)
+    assert any(row["recipient"] == "(platform: device sync)" for row in disclosed)
+    # the retention comes from the worker's policy (the CLI sends only its flags)
+    assert [r["retention"] for r in disclosed] == [policy.purposes[r["purpose"]].retention for r in disclosed]
     record = run_cli(env, "ropa", "--format", "csv")  # the Art. 30 record, its rows from the worker
     assert record.returncode == 0 and b"held by the running worker" in record.stderr, record.stderr
     lines = list(csv.DictReader(io.StringIO(record.stdout.decode())))
