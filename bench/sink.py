@@ -20,8 +20,12 @@
    audit_subjects). `--no-subjects-index` drops its materialized view first (the store of the
    code before it): the write rates with and without the index, and its cost, side by side.
 
+4. The Merkle log (issue 17) is on, as in the worker: every batch also writes its chains' tree nodes
+   and one signed checkpoint per link (sinks/merkle_log.py). `--no-merkle` writes the HMAC chain
+   only (the code before it), for the cost per row.
+
 Usage: python bench/sink.py [--records 200000] [--passes 5] [--rows 10000000] [--batch 20000]
-       [--no-subjects-index]
+       [--no-subjects-index] [--no-merkle]
 Targets (issue 4): >= 150,000 rows/s; user-disclosures < 200 ms at 10M rows.
 """
 
@@ -38,6 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from flowaudit.common.tuning import tune_process
+from flowaudit.domain.checkpoint import NoteSigner
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import event_from_mapping
 from flowaudit.domain.policy import load_policy
@@ -187,22 +192,27 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--dir", help="keep the store here (default: a temporary directory)")
     parser.add_argument("--no-subjects-index", action="store_true", help="drop the per-subject index's view")
+    parser.add_argument("--no-merkle", action="store_true", help="no Merkle log: the HMAC chain only")
     args = parser.parse_args()
 
     records = build_records(args.records)
     policy = load_policy(DEFAULT_POLICY_DIR)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.dir or tmp) / "bench-audit"
-        store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_ovl")
+        signer = None if args.no_merkle else NoteSigner("bench.flowaudit", bytes(32))
+        store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_ovl", log_signer=signer)
         store.connect()
         if args.no_subjects_index:
             store.client.command(f"DROP VIEW {qualify(SUBJECTS_VIEW, store.table)}")
         # overlapped first: it is how the worker writes, and it should not share the CPU with the
         # background merges of the other store's parts
         overlapped = measure(write_overlapped, store, records, args.passes, args.batch)
-        sequential_store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_seq")
+        sequential_store = AuditStore(
+            f"chdb://{path}", policy, b"bench-key", database="bench_seq", log_signer=signer
+        )
         sequential_store._client = store.client
         sequential_store.apply_ddl()
+        sequential_store._open_log()
         if args.no_subjects_index:
             sequential_store.client.command(f"DROP VIEW {qualify(SUBJECTS_VIEW, sequential_store.table)}")
         sequential = measure(write_sequential, sequential_store, records, args.passes, args.batch)
@@ -239,6 +249,7 @@ def main() -> None:
         "user_disclosures_ms_max": round(max(disclosures), 1),
         "blocked_health_transfers_ms_median": round(statistics.median(blocked), 1),
         "subjects_index": not args.no_subjects_index,
+        "merkle_log": not args.no_merkle,
         "subjects_index_rows": int(index_rows[0][0]),
         "user_disclosures_of_a_subject_ms_median": round(statistics.median(by_subject), 1),
         "user_disclosures_of_a_subject_ms_max": round(max(by_subject), 1),

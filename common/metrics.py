@@ -174,9 +174,30 @@ CHAIN_HEAD = Gauge(
 )
 POLICY = Info("flowaudit_policy", "Version (content hash) of the loaded policy.", registry=REGISTRY)
 
+# The Merkle log (issue 17): the writer signs one checkpoint per link, the worker publishes them.
+CHECKPOINTS_SIGNED = Counter(
+    "flowaudit_checkpoints_signed_total",
+    "Signed checkpoints (tree size and root of a chain's Merkle log) made durable in the store, "
+    "one per link.",
+    registry=REGISTRY,
+)
+MERKLE_TREE_SIZE = Gauge(
+    "flowaudit_merkle_tree_size",
+    "Leaves of each chain's Merkle log in its latest durable signed checkpoint "
+    "(one chain per input partition).",
+    ["chain"],
+    registry=REGISTRY,
+)
+CHECKPOINTS_PUBLISHED = Counter(
+    "flowaudit_checkpoints_published_total",
+    "Signed checkpoints published to the checkpoints topic before their batch was acknowledged "
+    "(a chain's latest one per batch: the same checkpoint may be published twice).",
+    registry=REGISTRY,
+)
+
 # Kept by the worker's own process when the pipeline runs in a second process (which keeps the others):
 # the worker's /metrics takes these from itself and everything else from the second process.
-WORKER_PROCESS_METRICS = (CONSUMER_LAG, FORWARDED, REBALANCE_REREADS, POLICY)
+WORKER_PROCESS_METRICS = (CONSUMER_LAG, FORWARDED, REBALANCE_REREADS, POLICY, CHECKPOINTS_PUBLISHED)
 
 
 def zero_known_series(kinds: list[str], rules: list[str], flags: list[str]) -> None:
@@ -197,3 +218,39 @@ def zero_known_series(kinds: list[str], rules: list[str], flags: list[str]) -> N
     for action in CONSENT_ACTIONS:
         CONSENTS.labels(action)
     BACKPRESSURE.set(0)
+
+
+# The witness (`flowaudit witness`, a process of its own with its own endpoint): its registry holds
+# its metrics only. Outcomes of a checkpoint read from the checkpoints topic:
+#   cosigned: it extends the latest one witnessed for its chain (consistency proof checked), cosigned;
+#   unchanged: the same tree as the latest (re-published); stale: an older tree, consistent with the
+#   latest (publishes that crossed); fork: same or larger size, inconsistent with the latest; shrink:
+#   a smaller tree that is not a prefix of the latest; bad_signature: not signed by the log's key
+#   for its origin; unprovable: no consistency proof could be read (retried on the next checkpoint).
+WITNESS_OUTCOMES = ("cosigned", "unchanged", "stale", "fork", "shrink", "bad_signature", "unprovable")
+WITNESS_REGISTRY = CollectorRegistry(auto_describe=True)
+WITNESS_CHECKPOINTS = Counter(
+    "flowaudit_witness_checkpoints_total",
+    "Checkpoints the witness read from the checkpoints topic, by outcome (see WITNESS_OUTCOMES).",
+    ["outcome"],
+    registry=WITNESS_REGISTRY,
+)
+WITNESS_CONSISTENCY_FAILURES = Counter(
+    "flowaudit_witness_consistency_failures_total",
+    "Checkpoints that contradict what the witness saw before (fork: another tree of the same or a larger "
+    "size; shrink: a smaller tree that is not a prefix), by chain: the log's history was rewritten.",
+    ["chain"],
+    registry=WITNESS_REGISTRY,
+)
+WITNESS_TREE_SIZE = Gauge(
+    "flowaudit_witness_tree_size",
+    "Leaves of each chain's latest checkpoint the witness has cosigned.",
+    ["chain"],
+    registry=WITNESS_REGISTRY,
+)
+WITNESS_ADVANCED = Gauge(
+    "flowaudit_witness_chain_advanced_timestamp_seconds",
+    "Unix time at which the witness last cosigned a larger tree for each chain.",
+    ["chain"],
+    registry=WITNESS_REGISTRY,
+)

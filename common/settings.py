@@ -24,7 +24,7 @@ ENV_PREFIX = "FLOWAUDIT_"
 # Kafka's legal topic and group characters (kafka.common.internals.Topic), at most 249 of them
 _KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*$")
-_SECRET_FIELDS = frozenset({"chain_key", "web_token"})
+_SECRET_FIELDS = frozenset({"chain_key", "web_token", "checkpoint_key"})
 _URL_FIELDS = frozenset({"kafka_url", "clickhouse_url", "clickhouse_reader_url"})
 # `json_schema_extra` key marking a field `topic_<kind>` as the input topic of event kind <kind>
 _INPUT_TOPIC = "flowaudit_input_topic"
@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     topic_approved: str = "flowaudit.approved"
     topic_blocked: str = "flowaudit.blocked"
     topic_dead_letter: str = "flowaudit.dead-letter"
+    topic_checkpoints: str = Field(
+        default="flowaudit.checkpoints",
+        description="topic the worker publishes every signed checkpoint to (the witness reads it)",
+    )
+    topic_witnessed: str = Field(
+        default="flowaudit.checkpoints.witnessed",
+        description="topic the witness publishes the checkpoints it cosigned to",
+    )
     topic_partitions: int = Field(
         default=4, ge=1, le=10_000, description="partitions of topics the embedded broker creates"
     )
@@ -158,9 +166,31 @@ class Settings(BaseSettings):
         default=None,
         description="bearer token the worker's web API requires for reports and verify (16+ characters)",
     )
+    checkpoint_key: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 signer key of the Merkle log's checkpoints (PRIVATE+KEY+...); "
+        "unset: <data dir>/log.key",
+    )
+    log_name: str = Field(
+        default="flowaudit",
+        description="name of the Merkle log: each chain's checkpoints have the origin "
+        "<log name>/<topic>/<partition>",
+    )
+    witness_state: Path | None = Field(
+        default=None,
+        description="a witness's state file (flowaudit witness --state): receipts prove against "
+        "its checkpoints",
+    )
 
     @field_validator(
-        "kafka_url", "clickhouse_url", "clickhouse_reader_url", "chain_key", "web_token", mode="before"
+        "kafka_url",
+        "clickhouse_url",
+        "clickhouse_reader_url",
+        "chain_key",
+        "web_token",
+        "checkpoint_key",
+        "witness_state",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -171,6 +201,16 @@ class Settings(BaseSettings):
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("a secret of at least 16 characters is required")
+        return value
+
+    @field_validator("checkpoint_key")
+    @classmethod
+    def _signer_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # its Ed25519 content is checked when the key is loaded (sinks/merkle_log.py)
+        if value is not None and not value.get_secret_value().startswith("PRIVATE+KEY+"):
+            raise ValueError(
+                "must be a signer key PRIVATE+KEY+<name>+<key id>+<key> (as in <data dir>/log.key)"
+            )
         return value
 
     @field_validator("kafka_url")
@@ -207,12 +247,26 @@ class Settings(BaseSettings):
         "topic_approved",
         "topic_blocked",
         "topic_dead_letter",
+        "topic_checkpoints",
+        "topic_witnessed",
         "consumer_group",
     )
     @classmethod
     def _kafka_name(cls, value: str) -> str:
         if not _KAFKA_NAME.match(value):
             raise ValueError("must be 1-249 characters of letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("log_name")
+    @classmethod
+    def _log_name(cls, value: str) -> str:
+        if (
+            not value
+            or len(value) > 200
+            or any(c.isspace() or c == "+" for c in value)
+            or not value.isprintable()
+        ):
+            raise ValueError("must be a name without spaces or '+' (a signed note's key name)")
         return value
 
     @field_validator("web_bind", "metrics_bind")
@@ -237,6 +291,13 @@ class Settings(BaseSettings):
         for name in filter(None, (part.strip() for part in value.split(","))):
             if not _is_host(name):
                 raise ValueError(f"{name!r} is not a host name")
+        return value
+
+    @field_validator("witness_state")
+    @classmethod
+    def _state_file(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_dir():
+            raise ValueError("is a directory, not a witness's state file")
         return value
 
     @field_validator("policy_dir")
@@ -272,6 +333,10 @@ class Settings(BaseSettings):
     @property
     def chain_key_value(self) -> str | None:
         return self.chain_key.get_secret_value() if self.chain_key else None
+
+    @property
+    def checkpoint_key_value(self) -> str | None:
+        return self.checkpoint_key.get_secret_value() if self.checkpoint_key else None
 
     @property
     def resolved_clickhouse_url(self) -> str:

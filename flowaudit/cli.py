@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from flowaudit.common.settings import Settings, SettingsError, load_settings
 from flowaudit.domain.policy import Policy, PolicyError, Subcontractor, load_policy
 from flowaudit.domain.policy.model import Era
+from flowaudit.integrity import add_integrity_commands
 
 if TYPE_CHECKING:
     from flowaudit.sinks.clickhouse import AuditStore
@@ -287,37 +288,6 @@ def _cmd_map(args: argparse.Namespace, settings: Settings) -> int:
     return run_map(args.since, args.until, args.out, target, policy.version)
 
 
-def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from flowaudit.sinks.clickhouse import StoreError
-    from flowaudit.sinks.verify import verify_store
-    from flowaudit.webapi import fetch_json
-
-    policy = _load_policy_or_exit(settings.policy_dir)
-    try:
-        target = _store_or_worker(settings, policy)
-        if isinstance(target, tuple):
-            url, token = target
-            result = fetch_json(f"{url}/flowaudit/verify/", {}, token)
-        else:
-            try:
-                result = verify_store(target).as_dict()
-            finally:
-                target.close()
-    except StoreError as exc:
-        print(f"flowaudit: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result))
-    elif result["problems"]:
-        print(f"BROKEN: {result['problems'][0]}")
-    elif result.get("error"):
-        print(f"flowaudit: verify did not finish: {result['error']}", file=sys.stderr)
-    else:
-        print(f"OK: {result['rows']} rows in {result['links']} links of {result['chains']} chains verify")
-    # 1 = tampered (a problem found), 2 = no verdict (the store could not be read)
-    return 1 if result["problems"] else 2 if result.get("error") else 0
-
-
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.replay import run_replay
 
@@ -396,10 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow_map.add_argument("--out", type=Path, help="FILE.svg, .html, .dot or .json (default: SVG to stdout)")
     flow_map.set_defaults(handler=_cmd_map)
 
-    verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
-    verify.add_argument("--json", action="store_true")
-    verify.set_defaults(handler=_cmd_verify)
-
+    add_integrity_commands(sub)  # verify, public-key, witness
     replay = sub.add_parser(
         "replay", help="re-decide the stored history under another policy; list what changes (reads only)"
     )

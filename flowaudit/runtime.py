@@ -22,10 +22,12 @@ from flowaudit.broker import EmbeddedBroker
 from flowaudit.common import metrics
 from flowaudit.common.settings import Settings, kafka_bootstrap
 from flowaudit.common.tuning import tune_process
+from flowaudit.domain.checkpoint import NoteSigner
 from flowaudit.domain.kinds import INPUT_KINDS
 from flowaudit.domain.ledger import StreamLedger
 from flowaudit.domain.policy import Policy, load_policy
 from flowaudit.sinks.clickhouse import AuditStore, StoreError, load_chain_key
+from flowaudit.sinks.merkle_log import LogKeyError, load_log_signer
 from flowaudit.sinks.reader import StoreReader
 from flowaudit.sinks.writer import ClickHouseSink
 from flowaudit.streams.app import (
@@ -98,12 +100,14 @@ def all_topics(settings: Settings) -> list[str]:
         settings.topic_approved,
         settings.topic_blocked,
         settings.topic_dead_letter,
+        settings.topic_checkpoints,
     ]
 
 
 def start_embedded_broker(settings: Settings) -> EmbeddedBroker:
     broker = EmbeddedBroker().start()
-    broker.create_topics(all_topics(settings), settings.topic_partitions)  # one count: co-partitioned
+    # one count: co-partitioned; the witness's topic too (only the witness writes it)
+    broker.create_topics([*all_topics(settings), settings.topic_witnessed], settings.topic_partitions)
     return broker
 
 
@@ -144,10 +148,16 @@ def build_runtime(
         partitions = settings.topic_partitions
     publisher = KafkaPublisher(bootstrap)
     chain_key = load_chain_key(settings.chain_key_value, settings.data_dir)
+    try:
+        signer = load_log_signer(settings.checkpoint_key_value, settings.data_dir, settings.log_name)
+    except LogKeyError as exc:
+        if broker is not None:
+            broker.stop()
+        raise StoreError(str(exc)) from None
     start = _start_two_processes if settings.pipeline_process else _start_one_process
     guard = _web_guard(settings) if web_enabled else None
     try:
-        store_owner, runners, registry, ledger = start(settings, policy, chain_key, publisher)
+        store_owner, runners, registry, ledger = start(settings, policy, (chain_key, signer), publisher)
         try:  # after the writer: it creates the table the reader opens
             reader, views = _web_views(settings, policy, chain_key) if guard is not None else (None, None)
         except Exception:
@@ -200,7 +210,12 @@ def _web_views(
 
 
 def output_topics(settings: Settings) -> Topics:
-    return Topics(settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter)
+    return Topics(
+        settings.topic_approved,
+        settings.topic_blocked,
+        settings.topic_dead_letter,
+        settings.topic_checkpoints,
+    )
 
 
 def check_co_partitioned(settings: Settings, counts: dict[str, int]) -> int:
@@ -226,10 +241,12 @@ def check_co_partitioned(settings: Settings, counts: dict[str, int]) -> int:
 
 
 def _start_two_processes(
-    settings: Settings, policy: Policy, chain_key: bytes, publisher: KafkaPublisher
+    settings: Settings, policy: Policy, keys: tuple[bytes, NoteSigner], publisher: KafkaPublisher
 ) -> tuple[PipelineProcess, list[BatchRunner], CollectorRegistry, LedgerLoader]:
     """The store, deciding and writing in a second process; forwarding here. Metrics: both processes'."""
+    chain_key, signer = keys
     config = PipelineConfig(
+        checkpoint_key=signer.skey,
         kinds=tuple(input_kinds()),
         policy=policy,
         store_url=settings.resolved_clickhouse_url,
@@ -249,10 +266,11 @@ def _start_two_processes(
 
 
 def _start_one_process(
-    settings: Settings, policy: Policy, chain_key: bytes, publisher: KafkaPublisher
+    settings: Settings, policy: Policy, keys: tuple[bytes, NoteSigner], publisher: KafkaPublisher
 ) -> tuple[ClickHouseSink, list[BatchRunner], CollectorRegistry, LedgerLoader]:
     """Everything in this process (FLOWAUDIT_PIPELINE_PROCESS=false)."""
-    store = AuditStore(settings.resolved_clickhouse_url, policy, chain_key)
+    chain_key, signer = keys
+    store = AuditStore(settings.resolved_clickhouse_url, policy, chain_key, log_signer=signer)
     store.connect()
     sink = ClickHouseSink(
         store,

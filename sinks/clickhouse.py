@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 
@@ -59,16 +59,22 @@ from flowaudit.sinks.consents import (
     build_consent_batches,
     notice_parameters,
 )
+from flowaudit.sinks.ddl import split_statements
 from flowaudit.sinks.encoding import CHUNK_ROWS, BatchEncoder, Link
 from flowaudit.sinks.identity import LOOKUP_CHUNK, RecentEventIds, split_known
 from flowaudit.sinks.startup import StartupError, check_chain_key, check_table, table_exists
+
+if TYPE_CHECKING:  # sinks.merkle_log imports this module (split_statements); at run time: connect()
+    from flowaudit.domain.checkpoint import NoteSigner
+    from flowaudit.sinks.merkle_log import LogUpdate, MerkleLog
 
 log = logging.getLogger(__name__)
 
 TABLE = "audit_events"
 # every table and view of the store: SQL names them unqualified, `qualify` points them at a database
 _STORE_TABLES = re.compile(
-    r"\b(audit_events|audit_subjects_mv|audit_subjects|consent_events|consent_withdrawal_notices)\b"
+    r"\b(audit_events|audit_subjects_mv|audit_subjects|consent_events|consent_withdrawal_notices"
+    r"|audit_merkle_nodes|audit_merkle_checkpoints)\b"
 )
 DDL_FILE = SCHEMA_DIR / "sql" / "audit.sql"
 CONSENT_DDL_FILE = SCHEMA_DIR / "sql" / "consent.sql"
@@ -98,21 +104,12 @@ class PreparedBatch:
     event_ids: list[str] = field(default_factory=list)  # of the rows to write
     # (topic, partition, offset) of the records not written: the store already holds their event id
     skipped_at: set[tuple[str, int, int]] = field(default_factory=set)
+    # the Merkle log's share (sinks/merkle_log.py): per chain, the link's nodes and signed checkpoint
+    log_updates: dict[str, LogUpdate] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         return self.rows == 0
-
-
-def split_statements(sql: str) -> list[str]:
-    """Split a DDL file on `;` at line ends, dropping comment-only pieces."""
-    statements = []
-    for piece in sql.split(";\n"):
-        lines = [line for line in piece.strip().splitlines() if not line.strip().startswith("--")]
-        text = "\n".join(lines).strip().rstrip(";")
-        if text:
-            statements.append(text)
-    return statements
 
 
 def load_chain_key(explicit: str | None, data_dir: Path, *, create: bool = True) -> bytes:
@@ -176,8 +173,21 @@ def retry_store(
 
 
 class AuditStore:
-    def __init__(self, url: str, policy: Policy, chain_key: bytes, *, database: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        policy: Policy,
+        chain_key: bytes,
+        *,
+        database: str | None = None,
+        log_signer: NoteSigner | None = None,
+    ) -> None:
+        """`log_signer`: the Merkle log's key (sinks/merkle_log.py); a writer given one keeps the
+        chains' Merkle logs and signs a checkpoint per link, a writer without one (tools, old tests)
+        only the HMAC chain. A reader never signs."""
         self.url = url
+        self.log_signer = log_signer
+        self.log: MerkleLog | None = None
         self.policy = policy
         self.key = chain_key
         self.database = database
@@ -220,12 +230,32 @@ class AuditStore:
             if writer:
                 check_chain_key(self.client, self.table, self.key, self.heads)
                 self.recent.add(self._newest_event_ids(2 * self.recent.generation))
+                self._open_log()
         except (StoreError, StartupError) as exc:
             self.close()
             raise StoreError(f"audit store {self.masked_url}: {exc}") from None
         except Exception as exc:
             self.close()
             raise StoreError(f"cannot open the audit store {self.masked_url}: {exc}") from exc
+
+    def _open_log(self) -> None:
+        """Create the Merkle tables and load (or rebuild: a crash, a migration) every chain's log."""
+        if self.log_signer is None:
+            return
+        from flowaudit.sinks.merkle_log import MerkleLog
+        from flowaudit.sinks.merkle_store import MerkleStore, MerkleStoreError
+
+        merkle = MerkleStore(self.client, self.database)
+        try:
+            merkle.apply_ddl()
+            self.log = MerkleLog(merkle, self.log_signer)
+            self.log.load(self.heads, self.key, self.table)
+        except MerkleStoreError as exc:
+            raise StoreError(f"the Merkle log: {exc}") from None
+
+    def latest_checkpoints(self, chains: Sequence[str]) -> list[str]:
+        """The latest durable signed checkpoint of each of `chains` (none without a Merkle log)."""
+        return self.log.latest_notes(chains) if self.log is not None else []
 
     @property
     def masked_url(self) -> str:
@@ -337,6 +367,22 @@ class AuditStore:
             self.released.discard(chain)
             self.heads.pop(chain, None)
         self.heads.update(fresh)
+        if self.log is not None:
+            self._take_logs(chains, fresh)
+
+    def _take_logs(self, chains: Sequence[str], fresh: dict[str, ChainHead]) -> None:
+        """Reload the taken chains' Merkle logs from the store (the previous owner's), recovering
+        links left without checkpoints. Raises StoreError (the caller retries)."""
+        from flowaudit.sinks.merkle_store import MerkleStoreError
+
+        assert self.log is not None
+        for chain in chains:
+            self.log.compacts.pop(chain, None)
+            self.log.notes.pop(chain, None)
+        try:
+            self.log.load(fresh, self.key, self.table)
+        except MerkleStoreError as exc:
+            raise StoreError(f"the Merkle log: {exc}") from exc
 
     def release_chains(self, chains: Sequence[str]) -> None:
         """Another writer will own `chains` (their partitions were revoked): from now on their
@@ -396,6 +442,7 @@ class AuditStore:
         links: list[Link] = []
         decisions: Counter[str] = Counter()
         new_heads: dict[str, ChainHead] = {}
+        log_updates: dict[str, LogUpdate] = {}
         build = self.rows.contents
         for (topic, partition), chain_records in by_partition.items():
             chain = chain_id_for(topic, partition)
@@ -418,6 +465,9 @@ class AuditStore:
             link = link_hash(self.key, chain, seq, head.link_hash, link_hashes)
             hashes += link_hashes
             links.append(Link(chain, seq, len(fresh), link))
+            if self.log is not None:
+                previous = after.log_updates if after is not None else None
+                log_updates[chain] = self.log.prepare(chain, seq, link_hashes, ingested, previous)
             # the highest offset seen, even when offsets started again below it (a recreated topic)
             new_heads[chain] = ChainHead(seq, link, max(head.last_offset, fresh[-1].offset))
         token = hashlib.sha256(
@@ -432,6 +482,7 @@ class AuditStore:
             rows_by_decision=dict(decisions),
             event_ids=event_ids,
             skipped_at=skipped,
+            log_updates=log_updates,
         )
 
     def insert(self, batch: PreparedBatch) -> None:
@@ -452,6 +503,13 @@ class AuditStore:
             )
         except Exception as exc:
             raise StoreError(f"insert into {self.table} failed: {exc}") from exc
+        if self.log is not None and batch.log_updates:
+            updates = list(batch.log_updates.values())
+            try:  # after the rows: a crash leaves rows without nodes (recovered), never the reverse
+                self.log.insert(updates)
+            except Exception as exc:
+                raise StoreError(f"the Merkle log: {exc}") from exc
+            self.log.commit(updates)
         self.heads.update(batch.heads)
         self.recent.add(batch.event_ids)
 

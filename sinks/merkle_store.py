@@ -49,7 +49,7 @@ from flowaudit.domain.merkle import (
     verify_inclusion,
 )
 from flowaudit.schemas import SCHEMA_DIR
-from flowaudit.sinks.clickhouse import split_statements
+from flowaudit.sinks.ddl import split_statements
 
 NODES_TABLE = "audit_merkle_nodes"
 CHECKPOINTS_TABLE = "audit_merkle_checkpoints"

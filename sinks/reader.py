@@ -14,7 +14,8 @@ from typing import Any
 
 from flowaudit.domain.policy import Policy
 from flowaudit.sinks.clickhouse import AuditStore, qualify
-from flowaudit.sinks.verify import VerifyReport, verify_store
+from flowaudit.sinks.merkle_verify import VerifyOptions, verify_with
+from flowaudit.sinks.verify import VerifyReport
 
 
 class StoreReader:
@@ -32,9 +33,9 @@ class StoreReader:
         )
         return result
 
-    async def verify(self) -> VerifyReport:
+    async def verify(self, options: VerifyOptions | None = None) -> VerifyReport:
         report: VerifyReport = await asyncio.get_running_loop().run_in_executor(
-            self.executor, verify_store, self.store
+            self.executor, verify_with, self.store, options or VerifyOptions()
         )
         return report
 

@@ -17,9 +17,9 @@ was altered no longer matches its hash. A store that no writer of this version h
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from flowaudit.sinks.audit import (
     CONTENT_COLUMNS,
@@ -32,6 +32,21 @@ from flowaudit.sinks.audit import (
     row_hash,
 )
 from flowaudit.sinks.clickhouse import AuditStore
+
+
+class MerkleCheck(Protocol):
+    """The Merkle log's check, fed link by link (`sinks.merkle_verify.MerkleCheck`); each call
+    returns the first problem (one line) or None."""
+
+    witnessed: Any
+    checked_links: int
+
+    def link(self, chain: str, seq: int, row_hashes: list[bytes]) -> str | None: ...
+
+    def end_chain(self, chain: str, last_seq: int) -> str | None: ...
+
+    def missing_chains(self, chains_with_rows: list[str]) -> str | None: ...
+
 
 _WINDOW_ROWS = 200_000
 # Timestamps are read as epoch milliseconds, the form they were hashed in: a stored value outside
@@ -57,6 +72,10 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     # set when the store could not be read to the end: nothing is then said about what was not read
     error: str | None = None
+    # what was checked besides the row hashes: "hmac" (the chain key's links), "merkle" (signed
+    # checkpoints, with the public key), "witness" (against a witness's cosigned trees)
+    checks: list[str] = field(default_factory=list)
+    checkpoints: int = 0  # signed checkpoints verified
 
     @property
     def ok(self) -> bool:
@@ -70,6 +89,8 @@ class VerifyReport:
             "rows": self.rows,
             "problems": self.problems,
             "error": self.error,
+            "checks": self.checks,
+            "checkpoints": self.checkpoints,
         }
 
 
@@ -78,7 +99,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def verify_link_rows(
-    key: bytes, chain: str, seq: int, previous: bytes, expected_rows: int, rows: list[dict[str, Any]]
+    key: bytes | None, chain: str, seq: int, previous: bytes, expected_rows: int, rows: list[dict[str, Any]]
 ) -> tuple[str | None, bytes]:
     """Check one link's rows (ordered by link_index). Returns (problem or None, recomputed link hash)."""
     where = f"chain {chain} link {seq}"
@@ -94,7 +115,9 @@ def verify_link_rows(
             return f"{where}: row {_describe(row)} was altered (its content no longer matches its hash)", b""
         index = int(row["link_index"])
         if index in seen_index:
-            forged = _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"]))
+            forged = (
+                _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"])) if key else row
+            )
             return f"{where}: forged row {_describe(forged)} (a second row claims position {index})", b""
         seen_index[index] = row
         hashes.append(digest)
@@ -112,11 +135,15 @@ def verify_link_rows(
             )
             return f"{where}: row #{position} of {expected_rows} was deleted ({around or 'only row'})", b""
     if len(rows) > expected_rows:
-        forged = _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"]))
+        forged = (
+            _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"])) if key else rows[-1]
+        )
         return (
             f"{where}: forged row {_describe(forged)} (the link was written with {expected_rows} rows)",
             b"",
         )
+    if key is None:  # no chain key (verify with the public key only): the Merkle check covers the links
+        return None, previous
     computed = link_hash(key, chain, seq, previous, hashes)
     stored = {bytes(row["link_hash"]) for row in rows}
     if stored != {computed}:
@@ -135,21 +162,33 @@ def _find_forged(
     return rows[-1]
 
 
-def verify_store(store: AuditStore, window_rows: int = _WINDOW_ROWS) -> VerifyReport:
+def verify_store(
+    store: AuditStore, window_rows: int = _WINDOW_ROWS, merkle: MerkleCheck | None = None
+) -> VerifyReport:
     """Verify the whole store. Never raises: a store that cannot be read sets `error` instead."""
     report = VerifyReport()
-    for _ in verification(store, report, window_rows):
+    for _ in verification(store, report, window_rows, merkle):
         pass
     return report
 
 
-def verification(store: AuditStore, report: VerifyReport, window_rows: int = _WINDOW_ROWS) -> Iterator[None]:
+def verification(
+    store: AuditStore,
+    report: VerifyReport,
+    window_rows: int = _WINDOW_ROWS,
+    merkle: MerkleCheck | None = None,
+) -> Iterator[None]:
     """The verification as steps: each `next()` runs one query (the link index, then one window of
     about `window_rows` rows) and fills `report`. A writer that shares the store's thread runs the
     steps one at a time, so its inserts wait for one window, never for the whole store. The link
     index is read first: links written while it runs are not read (verified by the next verify)."""
+    report.checks = [name for name, on in (("hmac", bool(store.key)), ("merkle", merkle is not None)) if on]
+    if merkle is not None and merkle.witnessed:
+        report.checks.append("witness")
     try:
-        yield from _verify_chains(store, report, window_rows)
+        yield from _verify_chains(store, report, window_rows, merkle)
+        if merkle is not None:
+            report.checkpoints = merkle.checked_links
     except Exception as exc:  # a store that fails mid-way must give a verdict, not a traceback
         report.error = f"the store could not be read to the end: {type(exc).__name__}: {exc}"
 
@@ -176,37 +215,65 @@ def _index_problem(chain: str, links: list[tuple[int, int, int, int, int]]) -> s
     return None
 
 
-def _verify_chains(store: AuditStore, report: VerifyReport, window_rows: int) -> Iterator[None]:
+def _verify_chains(
+    store: AuditStore, report: VerifyReport, window_rows: int, merkle: MerkleCheck | None
+) -> Iterator[None]:
     chains = _link_index(store)
     select = _select_list(store.columns)
     report.chains = len(chains)
     report.links = sum(len(links) for links in chains.values())
     yield
+    problem = merkle.missing_chains(list(chains)) if merkle is not None else None
+    if problem:
+        report.problems.append(problem)
+        return
     for chain, links in chains.items():
         problem = _index_problem(chain, links)
         if problem:
             report.problems.append(problem)
             return
-        previous = GENESIS
-        for window in _windows(links, window_rows):
-            first, last = window[0][0], window[-1][0]
-            rows_by_seq: dict[int, list[dict[str, Any]]] = {}
-            for row in store.stream(
-                f"SELECT {select} FROM {store.table} WHERE chain_id = {{chain:String}} "
-                f"AND chain_seq BETWEEN {{first:UInt64}} AND {{last:UInt64}} "
-                f"ORDER BY chain_seq, link_index, source_offset",
-                {"chain": chain, "first": first, "last": last},
-            ):
-                rows_by_seq.setdefault(int(row["chain_seq"]), []).append(row)
-            for seq, _count, expected_rows, _max, _distinct in window:
-                rows = rows_by_seq.get(seq, [])
-                report.rows += len(rows)
-                problem, computed = verify_link_rows(store.key, chain, seq, previous, expected_rows, rows)
-                if problem:
-                    report.problems.append(problem)
-                    return
-                previous = computed
-            yield
+        if not (yield from _verify_chain(store, report, window_rows, merkle, chain, links, select)):
+            return
+        problem = merkle.end_chain(chain, links[-1][0]) if merkle is not None else None
+        if problem:
+            report.problems.append(problem)
+            return
+
+
+def _verify_chain(
+    store: AuditStore,
+    report: VerifyReport,
+    window_rows: int,
+    merkle: MerkleCheck | None,
+    chain: str,
+    links: list[tuple[int, int, int, int, int]],
+    select: str,
+) -> Generator[None, None, bool]:
+    """One chain's rows, window by window; returns False at the first problem (in the report)."""
+    key = store.key or None
+    previous = GENESIS
+    for window in _windows(links, window_rows):
+        first, last = window[0][0], window[-1][0]
+        rows_by_seq: dict[int, list[dict[str, Any]]] = {}
+        for row in store.stream(
+            f"SELECT {select} FROM {store.table} WHERE chain_id = {{chain:String}} "
+            f"AND chain_seq BETWEEN {{first:UInt64}} AND {{last:UInt64}} "
+            f"ORDER BY chain_seq, link_index, source_offset",
+            {"chain": chain, "first": first, "last": last},
+        ):
+            rows_by_seq.setdefault(int(row["chain_seq"]), []).append(row)
+        for seq, _count, expected_rows, _max, _distinct in window:
+            rows = rows_by_seq.get(seq, [])
+            report.rows += len(rows)
+            problem, computed = verify_link_rows(key, chain, seq, previous, expected_rows, rows)
+            if problem is None and merkle is not None:
+                problem = merkle.link(chain, seq, [bytes(row["row_hash"]) for row in rows])
+            if problem:
+                report.problems.append(problem)
+                return False
+            previous = computed
+        yield
+    return True
 
 
 def _windows(

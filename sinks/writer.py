@@ -25,7 +25,8 @@ from flowaudit.common import metrics
 from flowaudit.sinks.audit import AuditRecord
 from flowaudit.sinks.clickhouse import AuditStore, PreparedBatch, StoreError, qualify, retry_store
 from flowaudit.sinks.consents import ConsentAuditRecord, ConsentBatch
-from flowaudit.sinks.verify import VerifyReport, verification
+from flowaudit.sinks.merkle_verify import VerifyOptions, full_verification
+from flowaudit.sinks.verify import VerifyReport
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class ClickHouseSink:
         self._loop: asyncio.AbstractEventLoop | None = None
         for chain, head in store.heads.items():
             metrics.CHAIN_HEAD.labels(chain).set(head.seq)
+        merkle_log = getattr(store, "log", None)  # test doubles of the store may have none
+        if merkle_log is not None:
+            for chain, compact in merkle_log.compacts.items():
+                metrics.MERKLE_TREE_SIZE.labels(chain).set(compact.size)
 
     def stop(self) -> None:
         """Shutdown: retries end after their current attempt, and consent batches waiting to be
@@ -140,11 +145,12 @@ class ClickHouseSink:
         records of those chains handed over after are not written (the new owner writes them)."""
         await self.run(self.store.release_chains, list(chains))
 
-    async def verify(self) -> VerifyReport:
+    async def verify(self, options: VerifyOptions | None = None) -> VerifyReport:
         """Verify the store one window at a time on the store's thread: inserts queued meanwhile run
-        between two windows instead of waiting for the whole verification."""
+        between two windows instead of waiting for the whole verification. The Merkle log is
+        checked with `options.public_key`, else with this writer's own key."""
         report = VerifyReport()
-        steps = verification(self.store, report, VERIFY_WINDOW_ROWS)
+        steps = full_verification(self.store, report, VERIFY_WINDOW_ROWS, options or VerifyOptions())
         while await self.run(next, steps, False) is not False:
             pass
         return report
@@ -152,6 +158,12 @@ class ClickHouseSink:
     async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
         """Audit rows of `records`: (rows written, rows already present), once durable."""
         return await self._submit(records, consent=False)
+
+    def latest_checkpoints(self, chains: Sequence[str]) -> list[str]:
+        """The latest durable signed checkpoint of each of `chains`: after `write` returned, it
+        covers the rows written (a chain's tree only grows), so publishing it before the batch is
+        acknowledged leaves no acknowledged row outside a published checkpoint."""
+        return self.store.latest_checkpoints(chains)
 
     async def write_consents(self, records: Sequence[ConsentAuditRecord]) -> tuple[int, int]:
         """Consent rows of `records` and the notices of its withdrawals (`sinks.consents`): (rows
@@ -335,3 +347,7 @@ class ClickHouseSink:
         metrics.LAST_AUDIT_WRITE.set(time.time())
         for chain, head in batch.heads.items():
             metrics.CHAIN_HEAD.labels(chain).set(head.seq)
+        if batch.log_updates:
+            metrics.CHECKPOINTS_SIGNED.inc(len(batch.log_updates))
+            for chain, update in batch.log_updates.items():
+                metrics.MERKLE_TREE_SIZE.labels(chain).set(update.checkpoint.size)

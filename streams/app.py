@@ -36,6 +36,7 @@ from flowaudit.domain.kinds import CONSENT_ROLE, INPUT_KINDS
 from flowaudit.domain.ledger import Entry, StreamLedger, records_of, table_value
 from flowaudit.domain.policy import Policy
 from flowaudit.sinks.audit import chain_id_for
+from flowaudit.sinks.merkle_verify import VerifyOptions
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.consumer import Transport as ConsumerTransport
 from flowaudit.streams.deadletter import InvalidRatioExceeded
@@ -77,7 +78,7 @@ class AuditStoreOwner(Protocol):
         self, sql: str, parameters: dict[str, Any]
     ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
-    async def verify(self) -> VerifyReport: ...
+    async def verify(self, options: VerifyOptions | None = None) -> VerifyReport: ...
 
 
 class LedgerLoader(Protocol):

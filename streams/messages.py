@@ -48,3 +48,6 @@ class BatchResult:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     # a consent batch: the ledger's records it changed, for the worker's Faust table (changelog)
     ledger_updates: tuple[LedgerUpdate, ...] = ()
+    # a flow batch: the latest signed checkpoint of each chain it wrote to (sinks/merkle_log.py), to
+    # publish on the checkpoints topic before the batch is acknowledged
+    checkpoints: tuple[str, ...] = ()

@@ -21,11 +21,12 @@ from __future__ import annotations
 import itertools
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeGuard
 
 from flowaudit.domain.ledger import DEFAULT_MAX_PERIODS, Entry
 from flowaudit.domain.policy import Policy
+from flowaudit.sinks.merkle_verify import VerifyOptions
 from flowaudit.streams.messages import BatchResult, InboundMessage
 from flowaudit.streams.route import Routes
 
@@ -48,6 +49,7 @@ class PipelineConfig:
     loglevel: int
     consent_max_periods: int = DEFAULT_MAX_PERIODS
     consent_write_delay_seconds: float = 0.0
+    checkpoint_key: str | None = None  # the Merkle log's signer key string (None: no Merkle log)
 
 
 def portable(error: BaseException) -> BaseException:
@@ -108,6 +110,7 @@ class VerifyRequest:
     """Verify the audit store on its thread; answered with a `VerifyReport`."""
 
     ident: int
+    options: VerifyOptions = field(default_factory=VerifyOptions)
 
 
 @dataclass(frozen=True)

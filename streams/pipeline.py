@@ -35,12 +35,15 @@ from flowaudit.streams.deadletter import InvalidRatioGuard
 from flowaudit.streams.decide import BatchDecider, DecidedBatch
 from flowaudit.streams.measure import BatchMetrics
 from flowaudit.streams.messages import BatchResult, InboundMessage
-from flowaudit.streams.route import Publisher, Routes, Topics, forward_while_writing
+from flowaudit.streams.route import Publisher, Routes, Topics, forward_while_writing, publish_checkpoints
 
 
 class AuditSink(Protocol):
     async def write(self, records: Sequence[AuditRecord]) -> tuple[int, int]:
         """Make the records durable; return (rows written, rows already present). Retries inside."""
+
+    def latest_checkpoints(self, chains: Sequence[str]) -> list[str]:
+        """The latest durable signed checkpoint of each chain that has one (none: no Merkle log)."""
 
 
 class BatchProcessor:
@@ -72,6 +75,8 @@ class BatchProcessor:
 
     async def write(self, decided: DecidedBatch) -> BatchResult:
         result = decided.result(*await self.sink.write(decided.records))
+        chains = list(dict.fromkeys(record.chain_id for record in decided.records))
+        result.checkpoints = tuple(self.sink.latest_checkpoints(chains))
         self.metrics.count(decided, result)
         return result
 
@@ -104,9 +109,11 @@ class LocalPipeline:
 
     async def process(self, messages: Sequence[InboundMessage]) -> BatchResult:
         decided = self.processor.decide(messages)  # may raise: nothing written, nothing forwarded
-        return await forward_while_writing(
+        result = await forward_while_writing(
             self.publisher, self.topics, messages, decided.routes, self.processor.write(decided)
         )
+        await publish_checkpoints(self.publisher, self.topics, result)
+        return result
 
 
 class PipelineSink(AuditSink, ConsentSink, Protocol):

@@ -41,6 +41,7 @@ from flowaudit.common import metrics
 from flowaudit.common.redact import mask_url
 from flowaudit.domain.ledger import Entry
 from flowaudit.sinks.clickhouse import StoreError
+from flowaudit.sinks.merkle_verify import VerifyOptions
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.messages import BatchResult, InboundMessage
 from flowaudit.streams.pipe import (
@@ -67,7 +68,7 @@ from flowaudit.streams.pipe import (
     is_to_worker,
 )
 from flowaudit.streams.pipeline_server import serve
-from flowaudit.streams.route import Publisher, Routes, Topics, forward_while_writing
+from flowaudit.streams.route import Publisher, Routes, Topics, forward_while_writing, publish_checkpoints
 
 # consent records per LoadLedger message (~100 bytes each pickled: ~10 MB a message)
 LEDGER_CHUNK = 100_000
@@ -205,8 +206,11 @@ class PipelineProcess:
         )
         return result
 
-    async def verify(self) -> VerifyReport:
-        report: VerifyReport = await asyncio.wrap_future(self.request(VerifyRequest))
+    async def verify(self, options: VerifyOptions | None = None) -> VerifyReport:
+        chosen = options or VerifyOptions()
+        report: VerifyReport = await asyncio.wrap_future(
+            self.request(lambda ident: VerifyRequest(ident, chosen))
+        )
         return report
 
     async def take_chains(self, chains: Sequence[str]) -> None:
@@ -345,7 +349,9 @@ class RemotePipeline:
         # retrieve a late failure of the write even if this never gets to await it (no "never retrieved")
         written.add_done_callback(lambda future: future.cancelled() or future.exception())
         routes = await routes_ready
-        return await forward_while_writing(self.publisher, self.topics, messages, routes, written)
+        result = await forward_while_writing(self.publisher, self.topics, messages, routes, written)
+        await publish_checkpoints(self.publisher, self.topics, result)
+        return result
 
 
 class PipelineMetrics(Collector):

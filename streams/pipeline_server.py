@@ -27,6 +27,7 @@ from typing import Any, assert_never
 
 from flowaudit.common import metrics
 from flowaudit.common.tuning import tune_process
+from flowaudit.domain.checkpoint import parse_skey
 from flowaudit.domain.ledger import Entry, StreamLedger
 from flowaudit.sinks.clickhouse import AuditStore, StoreError
 from flowaudit.sinks.writer import ClickHouseSink
@@ -81,7 +82,8 @@ def serve(connection: Connection, config: PipelineConfig) -> None:
     )
     policy = config.policy
     zero_policy_series(flow_kinds(config.kinds), policy)
-    store = AuditStore(config.store_url, policy, config.chain_key)
+    signer = parse_skey(config.checkpoint_key) if config.checkpoint_key else None
+    store = AuditStore(config.store_url, policy, config.chain_key, log_signer=signer)
     try:
         store.connect()
     except StoreError as exc:
@@ -171,9 +173,9 @@ class _Server:
             case ChainsRequest(ident=ident, chains=chains, take=take):
                 change = self.sink.take_chains if take else self.sink.release_chains
                 self._on_loop(ident, lambda: change(chains))
-            case VerifyRequest(ident=ident):
+            case VerifyRequest(ident=ident, options=options):
                 # in windows on the store's thread (ClickHouseSink.verify): inserts keep going
-                self._on_loop(ident, self.sink.verify)
+                self._on_loop(ident, lambda: self.sink.verify(options))
             case LoadLedger(ident=ident, records=records, replace=replace):
                 # on the loop, as the batches are decided there: those submitted later read it
                 self._on_loop(ident, lambda: self._load_ledger(records, replace))

@@ -45,6 +45,7 @@ class Topics:
     approved: str
     blocked: str
     dead_letter: str
+    checkpoints: str | None = None  # the signed checkpoints' topic (None: not published)
 
 
 class Publisher(Protocol):
@@ -154,6 +155,26 @@ async def forward_while_writing(
     result = writing.result()
     _count_forwarded(result)
     return result
+
+
+def checkpoint_records(notes: Sequence[str]) -> list[OutboundRecord]:
+    """A signed checkpoint per record, keyed by its origin (`<log name>/<topic>/<partition>`) and
+    sent to the partition of its chain's partition number, so one chain's checkpoints keep their
+    order on the topic (the witness still accepts an older one arriving late: `stale`)."""
+    records = []
+    for note in notes:
+        origin = note.split("\n", 1)[0]
+        partition = origin.rsplit("/", 1)[-1]
+        hint = int(partition) if partition.isdigit() else 0
+        records.append(OutboundRecord(origin.encode(), note.encode(), [], hint))
+    return records
+
+
+async def publish_checkpoints(publisher: Publisher, topics: Topics, result: BatchResult) -> None:
+    """Publish a durable batch's checkpoints; returns once the broker has them (before the ack)."""
+    if result.checkpoints and topics.checkpoints:
+        await publisher.publish(topics.checkpoints, checkpoint_records(result.checkpoints))
+        metrics.CHECKPOINTS_PUBLISHED.inc(len(result.checkpoints))
 
 
 def _count_forwarded(result: BatchResult) -> None:

@@ -17,15 +17,20 @@ allows only its own script (Content-Security-Policy), so nothing in the drawing 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from flowaudit.domain.flowmap import FlowMapError, build_flow_graph, row_from_record
+from flowaudit.domain.merkle import NodeId, consistency_ranges, proof_nodes, range_hash
 from flowaudit.domain.policy import Policy
 from flowaudit.sinks.flowmap import MapRenderError, render_svg
+from flowaudit.sinks.merkle_store import MerkleStore
+from flowaudit.sinks.merkle_verify import VerifyOptions
 from flowaudit.sinks.reports import Report, ReportError, as_records, load_reports, report_parameters
 from flowaudit.sinks.verify import VerifyReport
 
@@ -56,7 +61,7 @@ class StoreViews(Protocol):
         self, sql: str, parameters: dict[str, Any]
     ) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
-    async def verify(self) -> VerifyReport: ...
+    async def verify(self, options: VerifyOptions | None = None) -> VerifyReport: ...
 
 
 class NoReaderViews:
@@ -71,8 +76,21 @@ class NoReaderViews:
     async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
         raise ViewsUnavailable(self.REASON)
 
-    async def verify(self) -> VerifyReport:
+    async def verify(self, options: VerifyOptions | None = None) -> VerifyReport:
         raise ViewsUnavailable(self.REASON)
+
+
+def verify_options(public_key: str | None, witnessed: str | None) -> VerifyOptions:
+    """`?public_key=<vkey>&witnessed=<JSON [[chain, size, base64 root], ...]>`; ValueError when malformed."""
+    heads: list[tuple[str, int, bytes]] = []
+    if witnessed:
+        try:
+            heads = [
+                (str(c), int(n), base64.b64decode(r, validate=True)) for c, n, r in json.loads(witnessed)
+            ]
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"witnessed: want [[chain, size, base64 root], ...] ({exc})") from None
+    return VerifyOptions(public_key or None, tuple(heads))
 
 
 class ViewsUnavailable(Exception):
@@ -152,7 +170,11 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard, policy: Polic
         if denied is not None:
             return denied
         try:
-            report = await store.verify()
+            options = verify_options(request.query.get("public_key"), request.query.get("witnessed"))
+        except ValueError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        try:
+            report = await store.verify(options)
         except ViewsUnavailable as exc:
             return web.json({"error": str(exc)}, status=503)
         return web.json(report.as_dict())
@@ -163,6 +185,40 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard, policy: Polic
         return denied if denied is not None else web.json({"ok": True})
 
     add_map_views(app, store, reports["flow-map"], refused)
+    add_merkle_views(app, store, refused)
+
+
+def add_merkle_views(app: WebApp, store: StoreViews, refused: Callable[..., Any]) -> None:
+    """`/flowaudit/merkle/consistency/?chain=&old=&new=`: a consistency proof from the Merkle tables,
+    for a witness while this worker holds the embedded store (token required; the witness checks it
+    against two signed roots, so it trusts nothing here)."""
+
+    @app.page("/flowaudit/merkle/consistency/")
+    async def consistency_view(web: Any, request: Any) -> Any:
+        denied = refused(web, request)
+        if denied is not None:
+            return denied
+        query = request.query
+        try:
+            chain, old, new = str(query["chain"]), int(query["old"]), int(query["new"])
+            ranges = consistency_ranges(old, new)
+        except (KeyError, ValueError) as exc:
+            return web.json({"error": f"want chain, old and new (0 <= old <= new): {exc}"}, status=400)
+        sql, parameters = MerkleStore(None).nodes_query(chain, proof_nodes(ranges))
+        try:
+            _, rows = await store.query(sql, parameters) if ranges else ([], [])
+        except ViewsUnavailable as exc:
+            return web.json({"error": str(exc)}, status=503)
+        found = {NodeId(int(level), int(position)): _raw(digest) for level, position, digest in rows}
+        try:
+            proof = [range_hash(start, end, found) for start, end in ranges]
+        except KeyError as exc:
+            return web.json({"error": f"chain {chain}: Merkle node {exc} missing"}, status=404)
+        return web.json({"proof": [base64.b64encode(element).decode() for element in proof]})
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
 def add_map_views(app: WebApp, store: StoreViews, report: Report, refused: Callable[..., Any]) -> None:

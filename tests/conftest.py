@@ -53,8 +53,12 @@ def store_factory(chdb_path: Path, policy: Policy) -> Any:
     database = f"t{_DB_COUNTER[0]}"
     opened: list[AuditStore] = []
 
-    def make(key: bytes = b"test-key" * 4, use_policy: Policy | None = None) -> AuditStore:
-        store = AuditStore(f"chdb://{chdb_path}", use_policy or policy, key, database=database)
+    def make(
+        key: bytes = b"test-key" * 4, use_policy: Policy | None = None, log_signer: Any = None
+    ) -> AuditStore:
+        store = AuditStore(
+            f"chdb://{chdb_path}", use_policy or policy, key, database=database, log_signer=log_signer
+        )
         store.connect()
         opened.append(store)
         return store

@@ -34,6 +34,9 @@ class MemorySink:
             written += 1
         return written, replayed
 
+    def latest_checkpoints(self, chains: Sequence[str]) -> list[str]:
+        return []
+
     async def write_consents(self, records: Sequence[ConsentAuditRecord]) -> tuple[int, int]:
         if self.failures > 0:
             self.failures -= 1

@@ -17,6 +17,10 @@ GRANT INSERT, SELECT ON flowaudit.consent_events TO flowaudit_writer;
 GRANT INSERT, SELECT ON flowaudit.consent_withdrawal_notices TO flowaudit_writer;
 GRANT INSERT, SELECT ON flowaudit.audit_subjects TO flowaudit_writer;
 GRANT SELECT ON flowaudit.audit_subjects_mv TO flowaudit_writer;
+-- The Merkle log (schemas/sql/merkle.sql): the writer appends nodes and signed checkpoints, and reads
+-- them back for its right edges, the last checkpoints and the recovery after a crash.
+GRANT INSERT, SELECT ON flowaudit.audit_merkle_nodes TO flowaudit_writer;
+GRANT INSERT, SELECT ON flowaudit.audit_merkle_checkpoints TO flowaudit_writer;
 -- ALTER ADD COLUMN is a column-level privilege: granted for the columns schemas/sql/audit.sql adds.
 -- A later row format that adds columns must list them here too.
 GRANT ALTER ADD COLUMN(row_format, special_category_condition, transfer_mechanism, flags, counterparty_name, subjects)
@@ -27,6 +31,9 @@ GRANT SELECT ON flowaudit.audit_events TO flowaudit_reader;
 GRANT SELECT ON flowaudit.consent_events TO flowaudit_reader;
 GRANT SELECT ON flowaudit.consent_withdrawal_notices TO flowaudit_reader;
 GRANT SELECT ON flowaudit.audit_subjects TO flowaudit_reader;
+-- verify, receipts and the witness's consistency proofs read the Merkle log with this role
+GRANT SELECT ON flowaudit.audit_merkle_nodes TO flowaudit_reader;
+GRANT SELECT ON flowaudit.audit_merkle_checkpoints TO flowaudit_reader;
 
 -- Passwords come from the environment of the init script (see docker-compose.yml).
 CREATE USER IF NOT EXISTS flowaudit_worker IDENTIFIED WITH sha256_password BY '${FLOWAUDIT_WRITER_PASSWORD}'

@@ -46,6 +46,11 @@ BAD_VALUES: dict[str, str] = {
     "metrics_bind": "",
     "chain_key": "short",
     "web_token": "short",
+    "checkpoint_key": "not-a-signer-key",
+    "log_name": "has space",
+    "topic_checkpoints": "a b",
+    "topic_witnessed": "",
+    "witness_state": "/",
 }
 
 

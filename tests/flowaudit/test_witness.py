@@ -1,0 +1,65 @@
+"""`flowaudit witness` and `verify --witness` end to end: a worker on the embedded broker publishes a
+signed checkpoint per batch before acknowledging it, the witness reads them (consistency proofs
+through the worker's web API, as the worker holds the embedded store), cosigns and keeps its
+state, and verify checks the store against it, through the worker and then on its own."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from flowaudit.broker import EmbeddedBroker
+from flowaudit.common.settings import Settings
+from flowaudit.domain.checkpoint import open_checkpoint, parse_vkey
+from flowaudit.domain.policy import Policy
+from flowaudit.generator import EventGenerator
+from flowaudit.runtime import all_topics
+from flowaudit.sinks.merkle_log import chain_verifier
+from tests.helpers import WorkerProcess, read_topic, run_cli, wait_for, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as started:
+        started.create_topics([*all_topics(Settings()), Settings().topic_witnessed], 2)
+        yield started
+
+
+def test_the_witness_cosigns_what_the_worker_publishes_and_verify_uses_it(
+    broker: EmbeddedBroker, tmp_path: Path, policy: Policy
+) -> None:
+    env = worker_env(broker.url, tmp_path / "data")
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        events = list(EventGenerator(policy, seed=5).events(400))
+        source = tmp_path / "events.jsonl"
+        source.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+        assert run_cli(env, "produce", str(source)).returncode == 0
+        wait_for(lambda: worker.metric("flowaudit_audit_rows_total") >= 390, 60, "the rows")
+        wait_for(lambda: worker.metric("flowaudit_checkpoints_published_total") >= 1, 30, "a checkpoint")
+        vkey = run_cli(env, "public-key").stdout.decode().strip()
+        notes = [record.value.decode() for record in read_topic(broker.bootstrap, "flowaudit.checkpoints", 1)]
+        log_key = parse_vkey(vkey)
+        for note in notes:  # each one signed by the log, for its chain
+            origin = note.split("\n", 1)[0]
+            open_checkpoint(note, chain_verifier(log_key, origin.removeprefix(log_key.name + "/")))
+        state = tmp_path / "witness" / "state.json"
+        witnessed = run_cli(env, "witness", "--state", str(state), "--idle-exit", "3", timeout=120)
+        assert witnessed.returncode == 0, witnessed.stderr.decode()[-2000:]
+        kept = json.loads(state.read_text())
+        assert kept["log"] == vkey and kept["chains"] and sum(kept["offsets"].values()) >= len(notes)
+        cosigned = read_topic(broker.bootstrap, Settings().topic_witnessed, len(kept["chains"]))
+        assert {record.key.decode() for record in cosigned} == set(kept["chains"])
+        through_worker = run_cli(env, "verify", "--witness", str(state), "--json")
+        assert through_worker.returncode == 0, through_worker.stdout
+        assert json.loads(through_worker.stdout)["checks"] == ["hmac", "merkle", "witness"]
+    finally:
+        assert worker.stop() == 0
+    alone = run_cli(env, "verify", "--witness", str(state))
+    assert alone.returncode == 0 and b"(checked: hmac, merkle, witness)" in alone.stdout, alone.stdout
