@@ -59,8 +59,8 @@ def missing_store_verdict(
 def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.sinks.clickhouse import StoreError
     from flowaudit.sinks.merkle_verify import VerifyOptions, verify_with
+    from flowaudit.sinks.witness_state import WitnessError, witnessed_heads
     from flowaudit.webapi import fetch_json, running_worker
-    from flowaudit.witness import WitnessError, witnessed_heads
 
     public_key = _public_key(args, settings)
     try:
@@ -189,3 +189,7 @@ def add_integrity_commands(sub: Any) -> None:
     witness.add_argument("--metrics-port", type=int, default=0, help="its metrics endpoint's port (0: off)")
     witness.add_argument("--idle-exit", type=float, help="exit after this many seconds with no checkpoint")
     witness.set_defaults(handler=run_witness_command)
+
+    from flowaudit.receipts import add_receipt_commands
+
+    add_receipt_commands(sub)

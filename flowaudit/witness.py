@@ -34,16 +34,11 @@ from typing import Any
 from flowaudit.common import metrics
 from flowaudit.common.settings import Settings, kafka_bootstrap
 from flowaudit.domain.checkpoint import CheckpointError, CosignatureSigner, NoteVerifier, parse_vkey
-from flowaudit.domain.witness import ALARMS, COSIGNED, Observation, ProofUnavailable, Witness, WitnessedTree
+from flowaudit.domain.witness import ALARMS, COSIGNED, Observation, ProofUnavailable, Witness
 from flowaudit.sinks.merkle_store import MerkleStore, MerkleStoreError
+from flowaudit.sinks.witness_state import WitnessError, load_state, save_state
 
 log = logging.getLogger(__name__)
-
-STATE_FORMAT = 1
-
-
-class WitnessError(Exception):
-    """The witness cannot start (a bad state or key file, no broker); one line."""
 
 
 @dataclass
@@ -76,44 +71,6 @@ def load_signer(files: WitnessFiles, name: str, *, create: bool = True) -> Cosig
         raise WitnessError(f"witness key {path}: {exc}") from None
     files.public_key.write_text(signer.verifier().vkey + "\n")
     return signer
-
-
-def load_state(path: Path) -> tuple[dict[str, WitnessedTree], dict[int, int]]:
-    """The chains' latest witnessed trees and the topic's next offsets (none: no state file yet).
-    Raises WitnessError."""
-    if not path.exists():
-        return {}, {}
-    try:
-        data = json.loads(path.read_text())
-        if data.get("format") != STATE_FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, not {STATE_FORMAT}")
-        trees = {str(chain): WitnessedTree.from_json(tree) for chain, tree in data["chains"].items()}
-        return trees, {int(p): int(o) for p, o in data.get("offsets", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WitnessError(f"witness state {path}: {exc}") from None
-
-
-def save_state(path: Path, witness: Witness, offsets: dict[int, int] | None = None) -> None:
-    """Replace the state file atomically (write, fsync, rename)."""
-    data = {
-        "format": STATE_FORMAT,
-        "log": witness.log_key.vkey,
-        "witness": witness.signer.verifier().vkey,
-        "chains": {chain: tree.as_json() for chain, tree in sorted(witness.trees.items())},
-        "offsets": {str(p): o for p, o in sorted((offsets or {}).items())},
-    }
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
-def witnessed_heads(path: Path) -> tuple[tuple[str, int, bytes], ...]:
-    """(chain, size, root) of every chain in a witness's state: what `verify --witness` checks."""
-    return tuple((chain, tree.size, tree.root) for chain, tree in sorted(load_state(path)[0].items()))
 
 
 class StoreProofs:

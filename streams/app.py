@@ -208,7 +208,7 @@ def create_app(
     inputs = frozenset(input_topic(settings, processor.kind) for processor in processors)
     _chains_follow_partitions(app, store_owner, inputs)
     if web_guard is not None and settings.web_port > 0:
-        add_web_views(app, web_views or store_owner, web_guard, policy)
+        add_web_views(app, web_views or store_owner, web_guard, policy, settings.witness_state)
     return app
 
 

@@ -31,8 +31,10 @@ from flowaudit.domain.policy import Policy
 from flowaudit.sinks.flowmap import MapRenderError, render_svg
 from flowaudit.sinks.merkle_store import MerkleStore
 from flowaudit.sinks.merkle_verify import VerifyOptions
+from flowaudit.sinks.receipts import EARLIEST_MS, LATEST_MS, ReceiptBuildError, build_receipt, parse_moment
 from flowaudit.sinks.reports import Report, ReportError, as_records, load_reports, report_parameters
 from flowaudit.sinks.verify import VerifyReport
+from flowaudit.sinks.witness_state import WitnessError, witnessed_notes
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -124,9 +126,16 @@ class WebGuard:
         return None
 
 
-def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard, policy: Policy | None = None) -> None:
+def add_web_views(
+    app: WebApp,
+    store: StoreViews,
+    guard: WebGuard,
+    policy: Policy | None = None,
+    witness_state: Path | None = None,
+) -> None:
     """Reports and verify over HTTP, guarded; health for probes (Host-checked, no token). Reports
-    that ask for facts of the policy (retention) get them from `policy`, the worker's."""
+    that ask for facts of the policy (retention) get them from `policy`, the worker's. Receipts
+    prove against the trees of the witness whose state is `witness_state`, if any."""
     reports = load_reports()
 
     def refused(web: Any, request: Any, *, needs_token: bool = True) -> Any:
@@ -186,6 +195,48 @@ def add_web_views(app: WebApp, store: StoreViews, guard: WebGuard, policy: Polic
 
     add_map_views(app, store, reports["flow-map"], refused)
     add_merkle_views(app, store, refused)
+    add_receipt_view(app, store, refused, witness_state)
+
+
+def add_receipt_view(
+    app: WebApp, store: StoreViews, refused: Callable[..., Any], witness_state: Path | None
+) -> None:
+    """`/flowaudit/receipt/?user=U[&since=&until=][&witnessed=]`: the subject's receipt
+    (sinks/receipts.py) for an authenticated caller (the bearer token: the DPO's tooling answering
+    an Art. 15 request), proved against the caller's witnessed trees, else FLOWAUDIT_WITNESS_STATE's."""
+
+    @app.page("/flowaudit/receipt/")
+    async def receipt_view(web: Any, request: Any) -> Any:
+        denied = refused(web, request)
+        if denied is not None:
+            return denied
+        query = request.query
+        user = str(query.get("user") or "").strip()
+        try:
+            if not user:
+                raise ValueError("user: a data subject's user id is required")
+            since = parse_moment(query.get("since"), EARLIEST_MS, "since")
+            until = parse_moment(query.get("until"), LATEST_MS, "until")
+            given = query.get("witnessed")  # the caller's witness: [[chain, size, cosigned note], ...]
+            witnessed = (
+                {str(c): (int(n), str(note)) for c, n, note in json.loads(given)}
+                if given
+                else witnessed_notes(witness_state)
+            )
+        except (ValueError, TypeError, WitnessError) as exc:
+            return web.json({"error": str(exc)}, status=400)
+        loop = asyncio.get_running_loop()
+
+        def blocking_query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+            return asyncio.run_coroutine_threadsafe(store.query(sql, parameters), loop).result()
+
+        try:
+            receipt = await asyncio.to_thread(build_receipt, blocking_query, user, since, until, witnessed)
+        except ViewsUnavailable as exc:
+            return web.json({"error": str(exc)}, status=503)
+        except ReceiptBuildError as exc:
+            return web.json({"error": str(exc)}, status=409)
+        return web.json(receipt, headers={"Cache-Control": "no-store"})
 
 
 def add_merkle_views(app: WebApp, store: StoreViews, refused: Callable[..., Any]) -> None:

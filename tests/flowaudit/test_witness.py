@@ -59,7 +59,19 @@ def test_the_witness_cosigns_what_the_worker_publishes_and_verify_uses_it(
         through_worker = run_cli(env, "verify", "--witness", str(state), "--json")
         assert through_worker.returncode == 0, through_worker.stdout
         assert json.loads(through_worker.stdout)["checks"] == ["hmac", "merkle", "witness"]
+        subject = next(e["user_id"] for e in events if e.get("user_id") and e.get("event_type") != "consent")
+        receipt = tmp_path / "receipt.json"
+        made = run_cli(env, "receipt", "--user", subject, "--witness", str(state), "--out", str(receipt))
+        assert made.returncode == 0, made.stderr.decode()
     finally:
         assert worker.stop() == 0
     alone = run_cli(env, "verify", "--witness", str(state))
     assert alone.returncode == 0 and b"(checked: hmac, merkle, witness)" in alone.stdout, alone.stdout
+    witness_key = str(state.with_name("state.json.pub"))
+    checked = run_cli(env, "verify-receipt", str(receipt), "--public-key", vkey, "--witness-key", witness_key)
+    assert checked.returncode == 0 and checked.stdout.startswith(b"OK: "), checked.stdout + checked.stderr
+    tampered = json.loads(receipt.read_text())
+    tampered["rows"][0]["content"][2] += 1  # occurred_at moved by a millisecond
+    receipt.write_text(json.dumps(tampered))
+    refused = run_cli(env, "verify-receipt", str(receipt), "--public-key", vkey)
+    assert refused.returncode == 1 and refused.stdout.startswith(b"INVALID: "), refused.stdout

@@ -1,0 +1,178 @@
+"""Building a data subject's receipt from the store (the format and its check: domain/receipt.py).
+
+`build_receipt(query, subject, since_ms, until_ms, witnessed)` reads, through `query` (an
+`AuditStore.query`, or the worker's store thread for the web API: SQL written against the
+unqualified table names):
+1. the subject's rows: their own (`user_id`, a primary-key range) and the bulk transfers that name
+   them (event ids from the per-subject index), with their content in their row format;
+2. per chain, the latest signed checkpoint (the tree every row is proved against) and the tree
+   size at each of the rows' links (a row's leaf index is `tree_size - link_rows + link_index`);
+3. the proof nodes of every row, once each, level by level (one query per level with the level's
+   positions as an array: one query of ~110,000 (level, position) tuples is what a 10,000-row
+   receipt of a 10 M-row store needs, docs/merkle.md);
+4. when a witness's trees are given (its state: chain -> size and cosigned note), the consistency
+   proof from the witnessed tree to the checkpoint.
+Rows are those of the store as it is: one written after the latest checkpoint read here is in the
+next receipt (the checkpoint is read after the rows, so every row read is in it).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from flowaudit.domain.merkle import NodeId, consistency_ranges, inclusion_ranges, perfect_subtrees, range_hash
+from flowaudit.domain.receipt import RECEIPT_FORMAT, node_key
+from flowaudit.sinks.audit import (
+    CONTENT_COLUMNS,
+    CONTENT_COLUMNS_BY_FORMAT,
+    TIMESTAMP_COLUMNS,
+    content_from_stored,
+)
+
+Query = Callable[[str, dict[str, Any]], tuple[list[str], list[tuple[Any, ...]]]]
+
+_LINK = ("chain_id", "chain_seq", "link_rows", "link_index")
+_SELECT = ", ".join(
+    f"toUnixTimestamp64Milli({c}) AS {c}" if c in TIMESTAMP_COLUMNS else c for c in (*CONTENT_COLUMNS, *_LINK)
+)
+# `occurred_at` in the rows' WHERE is the select list's alias (epoch ms), as ClickHouse resolves it
+_WINDOW_MS = "occurred_at >= {since:Int64} AND occurred_at < {until:Int64}"
+_WINDOW = (
+    "occurred_at >= fromUnixTimestamp64Milli({since:Int64}) "
+    "AND occurred_at < fromUnixTimestamp64Milli({until:Int64})"
+)
+ROWS_SQL = f"""SELECT {_SELECT} FROM audit_events WHERE user_id = {{subject:String}} AND {_WINDOW_MS}
+UNION ALL
+SELECT {_SELECT} FROM audit_events WHERE event_id IN (
+    SELECT event_id FROM audit_subjects WHERE subject = {{subject:String}} AND {_WINDOW})
+    AND (user_id IS NULL OR user_id != {{subject:String}})"""
+
+
+class ReceiptBuildError(Exception):
+    """The store cannot give a receipt (no Merkle log, a row without a checkpoint, a node missing)."""
+
+
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("latin-1")
+
+
+def build_receipt(
+    query: Query,
+    subject: str,
+    since_ms: int,
+    until_ms: int,
+    witnessed: Mapping[str, tuple[int, str]] | None = None,
+) -> dict[str, Any]:
+    """The subject's receipt (a JSON-ready dict). `witnessed`: chain -> (size, cosigned note)."""
+    names, rows = query(ROWS_SQL, {"subject": subject, "since": since_ms, "until": until_ms})
+    stored = [dict(zip(names, row, strict=True)) for row in rows]
+    by_chain: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in stored:
+        by_chain[str(row["chain_id"])].append(row)
+    chains: dict[str, Any] = {}
+    receipt_rows: list[dict[str, Any]] = []
+    for chain, chain_rows in sorted(by_chain.items()):
+        entry, indices = _chain_entry(query, chain, chain_rows, (witnessed or {}).get(chain))
+        chains[chain] = entry
+        for row, index in zip(chain_rows, indices, strict=True):
+            content = [list(v) if isinstance(v, tuple) else v for v in content_from_stored(row)]
+            receipt_rows.append({"chain": chain, "leaf_index": index, "content": content})
+    receipt_rows.sort(key=lambda r: (r["content"][2], r["chain"], r["leaf_index"]))  # by occurred_at
+    return {
+        "format": RECEIPT_FORMAT,
+        "subject": subject,
+        "since": since_ms,
+        "until": until_ms,
+        "generated_at": int(time.time() * 1000),
+        "columns": {str(f): list(columns) for f, columns in CONTENT_COLUMNS_BY_FORMAT.items()},
+        "chains": chains,
+        "rows": receipt_rows,
+    }
+
+
+def _chain_entry(
+    query: Query, chain: str, rows: Sequence[dict[str, Any]], witnessed: tuple[int, str] | None
+) -> tuple[dict[str, Any], list[int]]:
+    """One chain's checkpoint, witnessed note, consistency proof and nodes; the rows' leaf indices."""
+    seqs = sorted({int(row["chain_seq"]) for row in rows})
+    _, found = query(
+        "SELECT chain_seq, tree_size FROM audit_merkle_checkpoints WHERE chain_id = {c:String} "
+        "AND chain_seq IN {seqs:Array(UInt64)}",
+        {"c": chain, "seqs": seqs},
+    )
+    sizes = {int(seq): int(size) for seq, size in found}
+    missing = [seq for seq in seqs if seq not in sizes]
+    if missing:
+        raise ReceiptBuildError(f"chain {chain}: link {missing[0]} has no signed checkpoint (no Merkle log?)")
+    indices = [sizes[int(r["chain_seq"])] - int(r["link_rows"]) + int(r["link_index"]) for r in rows]
+    _, latest = query(
+        "SELECT tree_size, argMax(note, tree_size) FROM audit_merkle_checkpoints WHERE chain_id = {c:String} "
+        "GROUP BY tree_size ORDER BY tree_size DESC LIMIT 1",
+        {"c": chain},
+    )
+    size, note = int(latest[0][0]), str(latest[0][1])
+    ranges = [r for index in indices for r in inclusion_ranges(index, size)]
+    consistency: list[tuple[int, int]] = []
+    if witnessed is not None:
+        if witnessed[0] > size:
+            raise ReceiptBuildError(
+                f"chain {chain}: the witness cosigned {witnessed[0]} leaves, the store has {size}"
+            )
+        consistency = consistency_ranges(witnessed[0], size)
+    nodes = read_nodes_by_level(query, chain, ranges + consistency)
+    entry = {
+        "checkpoint": note,
+        "witnessed": witnessed[1] if witnessed is not None else None,
+        "consistency": [base64.b64encode(range_hash(s, e, nodes)).decode() for s, e in consistency],
+        "nodes": {
+            node_key(node): base64.b64encode(digest).decode() for node, digest in sorted(nodes.items())
+        },
+    }
+    return entry, indices
+
+
+def read_nodes_by_level(query: Query, chain: str, ranges: Sequence[tuple[int, int]]) -> dict[NodeId, bytes]:
+    """Every node the ranges' roots fold from, one query per level. Raises ReceiptBuildError."""
+    wanted: dict[int, set[int]] = defaultdict(set)
+    for start, end in set(ranges):
+        for node in perfect_subtrees(start, end):
+            wanted[node.level].add(node.position)
+    nodes: dict[NodeId, bytes] = {}
+    for level, positions in sorted(wanted.items()):
+        _, rows = query(
+            "SELECT DISTINCT node_index, hash FROM audit_merkle_nodes WHERE chain_id = {c:String} "
+            "AND level = {level:UInt8} AND node_index IN {positions:Array(UInt64)}",
+            {"c": chain, "level": level, "positions": sorted(positions)},
+        )
+        for position, digest in rows:
+            node = NodeId(level, int(position))
+            if nodes.setdefault(node, _raw(digest)) != _raw(digest):
+                raise ReceiptBuildError(f"chain {chain}: node {node} is stored with two hashes")
+        if len(rows) < len(positions):
+            raise ReceiptBuildError(f"chain {chain}: Merkle nodes missing at level {level}")
+    return nodes
+
+
+def parse_moment(text: str | None, default_ms: int, what: str) -> int:
+    """Epoch milliseconds of `2025-11-05` or `2025-11-05T10:00:00[Z]` (UTC); ValueError naming `what`."""
+    if not text:
+        return default_ms
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is not a date (2025-11-05 or 2025-11-05T10:00:00Z)") from None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return int(moment.timestamp() * 1000)
+
+
+EARLIEST_MS = -2_208_988_800_000  # 1900-01-01, DateTime64's first day
+LATEST_MS = 10_413_792_000_000  # 2300-01-01
+
+
+__all__ = ["EARLIEST_MS", "LATEST_MS", "ROWS_SQL", "ReceiptBuildError", "build_receipt", "parse_moment"]

@@ -1,0 +1,113 @@
+"""Receipts (`sinks.receipts` builds, `domain.receipt` checks) on a store written with the Merkle log:
+a subject's rows proved against the latest signed tree, linked to the witnessed one; anything
+altered in the file, or a wrong key, fails the offline check."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from flowaudit.domain.checkpoint import CosignatureSigner, NoteSigner
+from flowaudit.domain.receipt import ReceiptError, verify_receipt
+from flowaudit.domain.witness import Witness
+from flowaudit.sinks.clickhouse import AuditStore, qualify
+from flowaudit.sinks.merkle_store import MerkleStore
+from flowaudit.sinks.receipts import EARLIEST_MS, LATEST_MS, build_receipt, parse_moment
+from flowaudit.witness import StoreProofs, observe_all
+from tests.sinks.test_clickhouse_store import generated
+
+pytestmark = pytest.mark.integration
+
+SIGNER = NoteSigner("audit.receipts", bytes(range(32)))
+WITNESS = CosignatureSigner("witness.receipts", bytes(range(3, 35)))
+
+
+@pytest.fixture
+def written(store_factory: Any, policy: Any) -> tuple[AuditStore, Witness, str]:
+    """A store of 1,200 rows in 8 batches, witnessed after the first 6; its busiest subject."""
+    store = store_factory(log_signer=SIGNER)
+    witness = Witness(SIGNER.verifier(), WITNESS)
+    proofs = StoreProofs(MerkleStore(store.client, store.database))
+    records = generated(policy, 1200, seed=23)
+    for number, start in enumerate(range(0, 1200, 150)):
+        store.write(records[start : start + 150])
+        if number < 6:
+            observe_all(witness, store.latest_checkpoints(sorted(store.heads)), proofs)
+    _, rows = store.query(
+        f"SELECT user_id FROM {store.table} WHERE user_id IS NOT NULL "
+        "GROUP BY user_id ORDER BY count() DESC LIMIT 1"
+    )
+    return store, witness, str(rows[0][0])
+
+
+def _receipt(store: AuditStore, subject: str, witness: Witness | None) -> dict[str, Any]:
+    witnessed = {c: (t.size, t.note) for c, t in witness.trees.items()} if witness else None
+    query = lambda sql, parameters: store.query(qualify(sql, store.table), parameters)  # noqa: E731
+    receipt = build_receipt(query, subject, EARLIEST_MS, LATEST_MS, witnessed)
+    return json.loads(json.dumps(receipt))  # as a reader gets it: a file
+
+
+def test_a_subjects_rows_are_proved_and_linked_to_the_witnessed_tree(written: Any) -> None:
+    store, witness, subject = written
+    receipt = _receipt(store, subject, witness)
+    _, count = store.query(f"SELECT count() FROM {store.table} WHERE user_id = {{u:String}}", {"u": subject})
+    assert len(receipt["rows"]) == int(count[0][0]) > 1
+    check = verify_receipt(receipt, SIGNER.verifier(), WITNESS.verifier())
+    assert check.rows == len(receipt["rows"]) and 0 < check.witnessed_rows < check.rows
+    assert verify_receipt(receipt, SIGNER.verifier()).witnessed_rows == 0  # no witness key: log only
+
+
+def _alter_content(receipt: dict[str, Any]) -> None:
+    decision = receipt["columns"]["2"].index("decision")
+    row = receipt["rows"][0]["content"]
+    row[decision] = "allowed" if row[decision] == "blocked" else "blocked"
+
+
+def _alter_index(receipt: dict[str, Any]) -> None:
+    receipt["rows"][0]["leaf_index"] += 1
+
+
+def _drop_a_node(receipt: dict[str, Any]) -> None:
+    nodes = next(iter(receipt["chains"].values()))["nodes"]
+    nodes.pop(sorted(nodes)[0])
+
+
+def _another_subject(receipt: dict[str, Any]) -> None:
+    receipt["subject"] = "u-someone-else"
+
+
+def _unwitnessed(receipt: dict[str, Any]) -> None:
+    next(iter(receipt["chains"].values()))["witnessed"] = None
+
+
+@pytest.mark.parametrize(
+    "alter", [_alter_content, _alter_index, _drop_a_node, _another_subject, _unwitnessed]
+)
+def test_anything_altered_in_the_receipt_fails_the_check(written: Any, alter: Any) -> None:
+    store, witness, subject = written
+    receipt = _receipt(store, subject, witness)
+    altered = copy.deepcopy(receipt)
+    alter(altered)
+    with pytest.raises(ReceiptError):
+        verify_receipt(altered, SIGNER.verifier(), WITNESS.verifier())
+
+
+def test_a_receipt_checked_with_another_key_fails(written: Any) -> None:
+    store, witness, subject = written
+    receipt = _receipt(store, subject, witness)
+    with pytest.raises(ReceiptError, match="not the log's"):
+        verify_receipt(receipt, NoteSigner("audit.receipts", bytes(32)).verifier())
+    other_witness = CosignatureSigner("witness.receipts", bytes(32)).verifier()
+    with pytest.raises(ReceiptError, match="witnessed checkpoint does not verify"):
+        verify_receipt(receipt, SIGNER.verifier(), other_witness)
+
+
+def test_moments_parse_as_utc() -> None:
+    assert parse_moment("1970-01-02", 0, "since") == 86_400_000
+    assert parse_moment("1970-01-01T00:00:01Z", 0, "since") == 1000
+    assert parse_moment(None, 7, "since") == 7
+    with pytest.raises(ValueError, match="until"):
+        parse_moment("yesterday", 0, "until")
