@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from flowaudit.common.metrics import REGISTRY
+from flowaudit.common.metrics import REGISTRY, WITNESS_REGISTRY
 
 
 def require_tool(name: str) -> str:
@@ -21,7 +21,7 @@ def require_tool(name: str) -> str:
 
 
 def exported_metrics() -> dict[str, set[str]]:
-    """Every sample name the worker can export, with its label names."""
+    """Every sample name the worker (or the witness, `flowaudit witness`) can export, with its labels."""
     names: dict[str, set[str]] = {}
     suffixes = {
         "counter": ["_total"],
@@ -29,7 +29,7 @@ def exported_metrics() -> dict[str, set[str]]:
         "gauge": [""],
         "info": ["_info"],
     }
-    for collector in list(REGISTRY._collector_to_names):
+    for collector in [*REGISTRY._collector_to_names, *WITNESS_REGISTRY._collector_to_names]:
         describe = collector.describe() if hasattr(collector, "describe") else []
         for family in describe:
             labels = set(getattr(collector, "_labelnames", ()))

@@ -22,6 +22,9 @@ EXPECTED = {
     "FlowauditDeadLetterRateHigh",
     "FlowauditNoEvents",
     "FlowauditConsumerLagGrowing",
+    "FlowauditAuditLogForked",
+    "FlowauditCheckpointsNotWitnessed",
+    "FlowauditChainNotAdvancing",
 }
 
 
