@@ -159,6 +159,7 @@ def run_witness_command(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.witness import run_witness
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # one line per connection otherwise
     if args.metrics_port:
         from prometheus_client import start_http_server
 

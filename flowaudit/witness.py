@@ -195,12 +195,21 @@ def run_witness(settings: Settings, state: Path, public_key: str | None, idle_ex
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.update(now=True))
     log.info("witness of %s (key %s)", witness.log_key.name, witness.signer.verifier().vkey)
+    before = _outcome_counts()
     try:
         _consume(settings, bootstrap, witness, proofs, state, idle_exit, stop)
     except WitnessError as exc:
         print(f"flowaudit witness: {exc}", file=sys.stderr)
         return 2
+    counts = {o: n - before[o] for o, n in _outcome_counts().items() if n - before[o]}
+    seen = ", ".join(f"{outcome} {count}" for outcome, count in counts.items()) or "none"
+    chains = len(witness.trees)
+    print(f"flowaudit witness: checkpoints read: {seen}; {chains} chains witnessed, state in {state}")
     return 0
+
+
+def _outcome_counts() -> dict[str, float]:
+    return {o: metrics.WITNESS_CHECKPOINTS.labels(o)._value.get() for o in metrics.WITNESS_OUTCOMES}
 
 
 def _consume(
