@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flowaudit.domain.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_checkpoint
+from flowaudit.domain.checkpoint import CheckpointError, NoteVerifier, open_checkpoint
 from flowaudit.domain.merkle import CompactRange, leaf_hashes
 from flowaudit.sinks.clickhouse import AuditStore
 from flowaudit.sinks.merkle_log import LogKeyError, chain_verifier, read_public_key
@@ -153,10 +153,6 @@ class MerkleCheck:
                 "the chain, its partition or the table was deleted"
             )
         return None
-
-
-def witnessed_heads(checkpoints: Mapping[str, Checkpoint]) -> dict[str, WitnessedHead]:
-    return {chain: WitnessedHead(c.size, c.root) for chain, c in checkpoints.items()}
 
 
 def _raw(value: bytes | str) -> bytes:

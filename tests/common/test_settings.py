@@ -170,3 +170,16 @@ def test_output_topics_are_not_input_topics() -> None:
     outputs = {settings.topic_approved, settings.topic_blocked, settings.topic_dead_letter}
     assert outputs.isdisjoint(settings.input_topics.values())
     assert settings.consent_topic not in outputs
+
+
+def test_the_checkpoint_key_is_a_secret_masked_by_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flowaudit.domain.checkpoint import NoteSigner
+
+    skey = NoteSigner("audit.example", bytes(range(32))).skey
+    monkeypatch.setenv("FLOWAUDIT_CHECKPOINT_KEY", skey)
+    assert Settings().checkpoint_key_value == skey
+    assert cli.main(["config"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed)["checkpoint_key"] == "***" and skey.split("+")[-1] not in printed

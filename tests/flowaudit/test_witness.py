@@ -75,3 +75,30 @@ def test_the_witness_cosigns_what_the_worker_publishes_and_verify_uses_it(
     receipt.write_text(json.dumps(tampered))
     refused = run_cli(env, "verify-receipt", str(receipt), "--public-key", vkey)
     assert refused.returncode == 1 and refused.stdout.startswith(b"INVALID: "), refused.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["verify", "--witness", "{tmp}/no-state.json"], "holds no chain"),
+        (["witness", "--state", "{tmp}/state.json"], "the log's public key is needed"),
+        (["witness", "--state", "{tmp}/state.json", "--public-key", "not+a+key"], "public key"),
+        (["verify-receipt", "{tmp}/none.json", "--public-key", "x"], "flowaudit: "),
+        (["public-key"], "no checkpoint key"),
+        (["receipt", "--user", "u-1", "--since", "yesterday"], "--since"),
+    ],
+    ids=["no witness state", "no public key", "bad public key", "no receipt", "no key yet", "bad date"],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flowaudit import cli
+
+    monkeypatch.setenv("FLOWAUDIT_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main([arg.replace("{tmp}", str(tmp_path)) for arg in args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines

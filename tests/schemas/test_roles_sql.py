@@ -40,3 +40,15 @@ def test_every_statement_parses(store_factory: Any) -> None:
             "${FLOWAUDIT_READER_PASSWORD}", "r"
         )
         assert store.query(f"EXPLAIN AST {text}")[1], statement
+
+
+def test_the_merkle_tables_are_appended_and_read_never_altered() -> None:
+    """Every table of schemas/sql/merkle.sql: INSERT and SELECT for the writer, SELECT for the reader."""
+    created = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", (SCHEMA_DIR / "sql" / "merkle.sql").read_text())
+    assert created == ["audit_merkle_nodes", "audit_merkle_checkpoints"]
+    grants = [" ".join(s.split()) for s in ROLES if s.startswith("GRANT")]
+    for table in created:
+        assert [g for g in grants if f".{table} " in g] == [
+            f"GRANT INSERT, SELECT ON flowaudit.{table} TO flowaudit_writer",
+            f"GRANT SELECT ON flowaudit.{table} TO flowaudit_reader",
+        ]

@@ -135,3 +135,17 @@ def test_keys_in_the_data_directory(tmp_path: Path) -> None:
         load_log_signer(None, tmp_path / "elsewhere", "audit.example", create=False)
     with pytest.raises(LogKeyError, match="FLOWAUDIT_CHECKPOINT_KEY"):
         load_log_signer("PRIVATE+KEY+x+00000000+AAAA", tmp_path, "audit.example")
+
+
+def test_a_chain_taken_over_continues_the_previous_owners_tree(store_factory: Any, policy: Any) -> None:
+    """One writer per chain (rebalance): the new owner reads the tree where the old one left it."""
+    records = generated(policy, 800)
+    first, second = store_factory(log_signer=SIGNER), store_factory(log_signer=SIGNER)
+    _write(first, records[:400], 100)
+    chains = sorted(first.heads)
+    first.release_chains(chains)
+    second.take_chains(chains)
+    _write(second, records[400:], 100)
+    assert second.log is not None and {c.size for c in second.log.compacts.values()} == {400}
+    report = verify_store(second, merkle=_check(second))
+    assert report.ok and report.checkpoints == report.links == 16, report.problems
