@@ -152,9 +152,9 @@ def read_nodes_by_level(query: Query, chain: str, ranges: Sequence[tuple[int, in
             {"c": chain},
         )
         for position, digest in rows:
-            node = NodeId(level, int(position))
-            if nodes.setdefault(node, _raw(digest)) != _raw(digest):
-                raise ReceiptBuildError(f"chain {chain}: node {node} is stored with two hashes")
+            value = digest if isinstance(digest, bytes) else _raw(digest)
+            if nodes.setdefault(NodeId(level, int(position)), value) != value:
+                raise ReceiptBuildError(f"chain {chain}: node ({level}, {position}) is stored with two hashes")
         if len(rows) < len(positions):
             raise ReceiptBuildError(f"chain {chain}: Merkle nodes missing at level {level}")
     return nodes
