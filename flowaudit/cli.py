@@ -264,7 +264,7 @@ def _cmd_ropa(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.sinks.reports import ReportError, as_records, load_reports, report_parameters
 
     try:
-        ropa.check_format(args.format, args.out)
+        fmt = ropa.check_format(args.format, args.out)
         report = load_reports()[ropa.REPORT]
         parameters = report_parameters(report, args.since, args.until, None)
         policy = _load_policy_or_exit(settings.policy_dir)
@@ -272,7 +272,7 @@ def _cmd_ropa(args: argparse.Namespace, settings: Settings) -> int:
         plain = [list(record.values()) for record in as_records(columns, rows)]  # as the web API gives them
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         record = ropa.build_record(policy, columns, plain, parameters["since"], parameters["until"], now)
-        ropa.write(ropa.render(record, args.format), args.out)
+        ropa.write(ropa.render(record, fmt), args.out)
     except (ropa.RopaError, ReportError, StoreError) as exc:
         print(f"flowaudit: {exc}", file=sys.stderr)
         return 2
@@ -367,7 +367,7 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     ropa = sub.add_parser("ropa", help="the GDPR Art. 30(1) record of processing: policy and audit store")
     _add_period(ropa)
-    ropa.add_argument("--format", default="md", help="md (default), html, csv or xlsx")
+    ropa.add_argument("--format", help="md, html, csv or xlsx (default: the suffix of --out, else md)")
     ropa.add_argument("--out", type=Path, help="write to this file (default: standard output; xlsx needs it)")
     ropa.set_defaults(handler=_cmd_ropa)
 

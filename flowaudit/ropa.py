@@ -50,11 +50,22 @@ class RopaError(ValueError):
     """A request `flowaudit ropa` cannot fulfil (format, output file, the report's rows)."""
 
 
-def check_format(fmt: str, out: Path | None) -> None:
+def check_format(fmt: str | None, out: Path | None) -> str:
+    """The format to write: --format, else the suffix of --out (md without either); raises RopaError
+    for an unknown format, a suffix that is not a format when --format is not given, a --format that
+    contradicts the suffix, or xlsx to standard output."""
+    suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+    if fmt is None:
+        if out is not None and suffix not in FORMATS:
+            raise RopaError(f"--out {out}: name a {', '.join(FORMATS)} file, or give --format")
+        fmt = suffix or "md"
     if fmt not in FORMATS:
         raise RopaError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
+    if suffix in FORMATS and suffix != fmt:
+        raise RopaError(f"--format {fmt} but --out {out} names a .{suffix} file")
     if fmt == "xlsx" and out is None:
         raise RopaError("--format xlsx writes a binary file: give it with --out FILE.xlsx")
+    return fmt
 
 
 def build_record(

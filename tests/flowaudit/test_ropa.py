@@ -267,6 +267,8 @@ def test_text_that_looks_like_a_formula_stays_text(policy: Policy) -> None:
             "--since 2025-12-01 is after --until 2025-11-01",
         ),
         (["--since", "last tuesday"], "not an ISO-8601 date or time: 'last tuesday'"),
+        (["--out", "record.pdf"], "--out record.pdf: name a md, html, csv, xlsx file, or give --format"),
+        (["--format", "md", "--out", "r.xlsx"], "--format md but --out r.xlsx names a .xlsx file"),
     ],
 )
 def test_bad_requests_are_one_line_errors(
@@ -321,3 +323,11 @@ def test_the_command_over_a_server_store(clickhouse_http: str, policy: Policy, t
     assert out.read_bytes()[:2] == b"PK"  # a zip: the xlsx container
     listed = run_cli(env, "report", "ropa-flows", *period, "--format", "json")
     assert sum(row["events"] for row in json.loads(listed.stdout)) == len(KNOWN["events"]) - 2
+
+
+def test_the_format_follows_the_suffix_of_out_when_not_given() -> None:
+    assert ropa.check_format(None, Path("record.xlsx")) == "xlsx"
+    assert ropa.check_format(None, Path("RECORD.HTML")) == "html"
+    assert ropa.check_format(None, None) == "md"
+    assert ropa.check_format("csv", Path("record.csv")) == "csv"
+    assert ropa.check_format("md", Path("record.txt")) == "md"  # a suffix that is no format: --format rules
