@@ -282,8 +282,11 @@ def _tally_row(tally: Tally) -> dict[str, object]:
 _CSS = """
 body { font: 10pt/1.35 system-ui, sans-serif; margin: 1.5em; color: #111; }
 h1 { font-size: 16pt; } h2 { font-size: 13pt; margin-top: 1.5em; }
-table { border-collapse: collapse; width: 100%; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #999; padding: 3px 5px; vertical-align: top; text-align: left; }
+table { border-collapse: collapse; width: 100%; margin: 0.5em 0 1em; table-layout: fixed; }
+th, td { border: 1px solid #999; padding: 3px 5px; vertical-align: top; text-align: left;
+         overflow-wrap: anywhere; }
+table.purpose th { width: 26%; }
+h3 { font-size: 11pt; margin: 1.2em 0 0.2em; }
 th { background: #e8e8e8; }
 td.n { text-align: right; }
 dl.details { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; }
@@ -294,7 +297,8 @@ dl.details dd { margin: 0; }
   body { margin: 0; font-size: 8pt; }
   section.controller, section.drift { break-before: page; page-break-before: always; }
   thead { display: table-header-group; }
-  tr, dl.details { break-inside: avoid; page-break-inside: avoid; }
+  tr, dl.details, h3 { break-inside: avoid; page-break-inside: avoid; }
+  h3 { break-after: avoid; page-break-after: avoid; }
   th { background: #e8e8e8 !important; print-color-adjust: exact; -webkit-print-color-adjust: exact; }
 }
 """
@@ -336,9 +340,15 @@ def render_html(record: Record) -> bytes:
     for section in record.controllers:
         out += ['<section class="controller">', f"<h2>{_e(section.controller.name)}</h2>"]
         out += _html_details(controller_details(section, record))
-        out += _html_table(
-            [h for _, h, _ in columns], ([v(e) for _, _, v in columns] for e in section.entries)
-        )
+        # one card per purpose, as in the markdown: the record has some 20 columns, which no page
+        # holds side by side (a table of them was cut off at the right edge when printed)
+        for entry in section.entries:
+            out += [f"<h3>{_e(entry.purpose)}</h3>", '<table class="purpose"><tbody>']
+            for _, heading, value in columns[1:]:
+                cell = value(entry)
+                shown = f'<td class="n">{cell}</td>' if isinstance(cell, int) else f"<td>{_e(cell)}</td>"
+                out.append(f"<tr><th>{_e(heading)}</th>{shown}</tr>")
+            out += ["</tbody></table>"]
         out.append("</section>")
     out += ['<section class="drift">', "<h2>Flows no controller serves</h2>"]
     out += _html_table(UNASSIGNED_HEADINGS, (unassigned_cells(g) for g in record.unassigned))

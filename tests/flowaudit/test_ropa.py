@@ -24,7 +24,7 @@ from flowaudit.sinks.audit import AuditRecord
 from flowaudit.sinks.clickhouse import AuditStore, qualify
 from flowaudit.sinks.reports import as_records, load_reports, report_parameters
 from tests.conftest import read_data
-from tests.helpers import run_cli
+from tests.helpers import CHROMIUM, chromium, run_cli
 
 KNOWN = read_data("ropa/known.yaml")
 NOW = "2025-12-02T00:00:00Z"
@@ -190,7 +190,8 @@ def test_each_format_renders_the_record(known: Record) -> None:
     page = _Html()
     page.feed(ropa.render(known, "html").decode())
     assert page.sections == ["controller", "controller", "drift"]
-    assert page.tags.count("thead") == 2 + 3  # a table per controller, unassigned and both drifts
+    assert page.tags.count("thead") == 3  # unassigned and both drifts; a purpose is a card of rows
+    assert page.tags.count("h3") == 2 * 23 + 1  # a card per purpose of each controller
     assert page.external == []  # self-contained
     assert "@media print" in page.style and "display: table-header-group" in page.style
     assert "page-break-before: always" in page.style
@@ -202,6 +203,27 @@ def test_each_format_renders_the_record(known: Record) -> None:
     assert marketing["transfers"] == "Mailgun: US (scc); Mailchimp: US (scc)" and marketing["events"] == "2"
     assert [r["purpose"] for r in rows if r["record"] == "unassigned"] == ["backup", "health_data_display"]
     assert len([r for r in rows if r["record"] == "drift"]) == len(known.drift)
+
+
+# A4 landscape less the page's 12 mm margins, in CSS pixels (96 per inch): what a printed page holds
+PRINTED_WIDTH_PX = round((297 - 2 * 12) / 25.4 * 96)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/install-system-tools.sh)")
+def test_the_html_record_fits_the_width_of_a_printed_page(known: Record, tmp_path: Path) -> None:
+    """Laid out by a real browser as wide as an A4 landscape page's print area, nothing sticks out
+    to the right (on the demo's store, a table of the record's columns side by side needed 2,177 px,
+    and printed cut off)."""
+    page = ropa.render(known, "html").decode()
+    probe = (
+        "<script>document.body.dataset.overflow = "
+        "String(document.documentElement.scrollWidth - window.innerWidth)</script>"
+    )
+    path = tmp_path / "ropa.html"
+    path.write_text(page.replace("</body>", probe + "</body>"))
+    shown = chromium(tmp_path / "profile", "--dump-dom", path.as_uri(), window=f"{PRINTED_WIDTH_PX},900")
+    assert 'data-overflow="0"' in shown.stdout, shown.stdout[-500:] + shown.stderr[-500:]
 
 
 @pytest.mark.integration
