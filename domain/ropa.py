@@ -336,7 +336,8 @@ def _counted(tallies: Mapping[str, Tally]) -> tuple[str, ...]:
     """ "label: N events[, M blocked]", most events first."""
     ordered = sorted(tallies.items(), key=lambda kv: (-kv[1].events, kv[0]))
     return tuple(
-        f"{label}: {t.events} events" + (f", {t.blocked} blocked" if t.blocked else "")
+        f"{label}: {t.events} {'event' if t.events == 1 else 'events'}"
+        + (f", {t.blocked} blocked" if t.blocked else "")
         for label, t in ordered
     )
 

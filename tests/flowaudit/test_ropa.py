@@ -92,14 +92,14 @@ def test_every_column_of_a_purpose_from_the_policy_and_the_store(known: Record, 
     )
     assert marketing.observed_categories == ("identity",)
     assert marketing.observed_recipients == (
-        "Facebook (social_network): 1 events",
-        "Mailchimp (Sending emails (backup solution)): 1 events",
+        "Facebook (social_network): 1 event",
+        "Mailchimp (Sending emails (backup solution)): 1 event",
     )
-    assert marketing.observed_transfers == ("US via consent_derogation: 1 events", "US via scc: 1 events")
+    assert marketing.observed_transfers == ("US via consent_derogation: 1 event", "US via scc: 1 event")
     display = _entry(known, "Withings SA", "health_data_display")
     assert display.special_category_condition == "explicit_consent"
     assert display.observed_recipients == ("(platform: device sync): 3 events, 1 blocked",)
-    assert display.observed_transfers == ("US via none: 1 events, 1 blocked",)
+    assert display.observed_transfers == ("US via none: 1 event, 1 blocked",)
 
 
 @pytest.mark.integration
