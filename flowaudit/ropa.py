@@ -7,14 +7,17 @@ them) and the policy into a `domain.ropa.Record` (the assembly and the drift are
 - `md`: per controller its details, then one block per purpose (declared, then observed); then the
   flows no controller serves and the drift, both ways;
 - `html`: one self-contained page (no external resource) that prints well: A4 landscape, each
-  controller on a new page, table headers repeated on every printed page, rows not split;
-- `csv`: one table, the column `record` telling a `purpose` line, an `unassigned` line (a flow no
-  controller serves) and a `drift` line; lists joined with "; ";
+  controller on a new page, one card per purpose (the record's columns side by side do not fit a
+  page), table headers repeated on every printed page, rows not split;
+- `csv`: one table, the column `record` telling a `controller` line (one detail of its identity, in
+  `kind` and `what`), a `purpose` line, an `unassigned` line (a flow no controller serves) and a
+  `drift` line; lists joined with "; ";
 - `xlsx` (openpyxl): a sheet `About` (period, policy version, each controller's details), one sheet
   per controller, `No controller`, and `Drift`; header row frozen and bold, column widths set, text
   wrapped.
 
-`check_format(fmt, out)` refuses what cannot be written (an unknown format, xlsx without `--out`)
+`check_format(fmt, out)` picks the format (--format, else the suffix of --out, else md) and refuses
+what cannot be written (an unknown format, a suffix that contradicts it, xlsx without `--out`)
 before any store is opened; `write(data, out)` writes to the file or to standard output.
 """
 
@@ -244,6 +247,17 @@ def render_csv(record: Record) -> bytes:
     writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for section in record.controllers:
+        # the controller's identity first (Art. 30(1)(a)): one row per detail, as `kind` and `what`
+        for label, detail in controller_details(section, record):
+            _write_inert(
+                writer,
+                {
+                    "record": "controller",
+                    "controller": section.controller.name,
+                    "kind": label,
+                    "what": detail,
+                },
+            )
         for entry in section.entries:
             row = {name: value(entry) for name, _, value in columns}
             _write_inert(writer, {"record": "purpose", "controller": section.controller.name, **row})

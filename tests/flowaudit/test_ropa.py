@@ -203,6 +203,10 @@ def test_each_format_renders_the_record(known: Record) -> None:
     assert marketing["transfers"] == "Mailgun: US (scc); Mailchimp: US (scc)" and marketing["events"] == "2"
     assert [r["purpose"] for r in rows if r["record"] == "unassigned"] == ["backup", "health_data_display"]
     assert len([r for r in rows if r["record"] == "drift"]) == len(known.drift)
+    identity = {(r["controller"], r["kind"]): r["what"] for r in rows if r["record"] == "controller"}
+    assert identity[("Withings SA", "supervisory authority")].startswith("Commission Nationale")
+    assert identity[("Withings SA", "address")] == known.controllers[0].controller.address
+    assert ("Withings, Inc.", "data protection officer") in identity
 
 
 # A4 landscape less the page's 12 mm margins, in CSS pixels (96 per inch): what a printed page holds
