@@ -203,7 +203,15 @@ class _Drifts:
             tally.add(flow)
 
     def sorted(self) -> tuple[Drift, ...]:
-        return tuple(Drift(*key, tally) for key, tally in sorted(self.lines.items(), key=lambda kv: kv[0]))
+        """By controller and direction, the lines with allowed events first (a blocked attempt is a
+        drift the gate already stopped), then by kind, purpose and subject."""
+
+        def order(line: tuple[tuple[str, str, str, str, str], Tally]) -> tuple[object, ...]:
+            (controller, direction, kind, purpose, subject), tally = line
+            only_blocked = tally.events > 0 and tally.events == tally.blocked
+            return (controller, direction, only_blocked, kind, purpose, subject)
+
+        return tuple(Drift(*key, tally) for key, tally in sorted(self.lines.items(), key=order))
 
 
 def assemble(
