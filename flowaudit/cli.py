@@ -284,7 +284,10 @@ def _cmd_map(args: argparse.Namespace, settings: Settings) -> int:
 
     policy = _load_policy_or_exit(settings.policy_dir)
     target = lambda: _store_or_worker(settings, policy)  # noqa: E731 - opened once the arguments check
-    return run_map(args.since, args.until, args.out, target, policy.version)
+    if args.min_events < 0:
+        print(f"flowaudit: --min-events {args.min_events}: give a count of 0 or more", file=sys.stderr)
+        return 2
+    return run_map(args.since, args.until, args.out, target, policy.version, args.min_events)
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -376,6 +379,12 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     _add_period(flow_map)
     flow_map.add_argument("--out", type=Path, help="FILE.svg, .html, .dot or .json (default: SVG to stdout)")
+    flow_map.add_argument(
+        "--min-events",
+        type=int,
+        default=0,
+        help="leave out flows (category set, purpose, recipient, country) of fewer events; the title says so",
+    )
     flow_map.set_defaults(handler=_cmd_map)
 
     verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
