@@ -348,6 +348,49 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _add_period(command: argparse.ArgumentParser, what: str = "") -> None:
+    """--since and --until, as every command over the store reads them."""
+    command.add_argument("--since", help=f"{what}from this UTC date/time (ISO-8601), inclusive")
+    command.add_argument("--until", help=f"{what}until this UTC date/time (ISO-8601), exclusive")
+
+
+def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that read the audit store: report, ropa, map, replay, verify."""
+    report = sub.add_parser("report", help="run a compliance report against the audit store")
+    report.add_argument("name", nargs="?", help="report name (see --list)")
+    report.add_argument("--list", action="store_true", help="list the reports")
+    _add_period(report)
+    report.add_argument("--user", help="data subject (user id), for user-disclosures, consent-withdrawals")
+    report.add_argument("--recipient", help="recipient (canonical name, any case), for subject-exposure")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.set_defaults(handler=_cmd_report)
+
+    ropa = sub.add_parser("ropa", help="the GDPR Art. 30(1) record of processing: policy and audit store")
+    _add_period(ropa)
+    ropa.add_argument("--format", default="md", help="md (default), html, csv or xlsx")
+    ropa.add_argument("--out", type=Path, help="write to this file (default: standard output; xlsx needs it)")
+    ropa.set_defaults(handler=_cmd_ropa)
+
+    flow_map = sub.add_parser(
+        "map", help="draw the data-flow map: categories -> purposes -> recipients -> countries"
+    )
+    _add_period(flow_map)
+    flow_map.add_argument("--out", type=Path, help="FILE.svg, .html, .dot or .json (default: SVG to stdout)")
+    flow_map.set_defaults(handler=_cmd_map)
+
+    verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_cmd_verify)
+
+    replay = sub.add_parser(
+        "replay", help="re-decide the stored history under another policy; list what changes (reads only)"
+    )
+    replay.add_argument("--policy", type=Path, required=True, help="the what-if policy directory")
+    _add_period(replay, "flows ")
+    replay.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    replay.set_defaults(handler=_cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowaudit", description="Audit trail of personal-data flows: decide, gate and record."
@@ -371,43 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("directory", type=Path)
     check.set_defaults(handler=_cmd_policy_check)
 
-    report = sub.add_parser("report", help="run a compliance report against the audit store")
-    report.add_argument("name", nargs="?", help="report name (see --list)")
-    report.add_argument("--list", action="store_true", help="list the reports")
-    report.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
-    report.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
-    report.add_argument("--user", help="data subject (user id), for user-disclosures, consent-withdrawals")
-    report.add_argument("--recipient", help="recipient (canonical name, any case), for subject-exposure")
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    report.set_defaults(handler=_cmd_report)
-
-    ropa = sub.add_parser("ropa", help="the GDPR Art. 30(1) record of processing: policy and audit store")
-    ropa.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
-    ropa.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
-    ropa.add_argument("--format", default="md", help="md (default), html, csv or xlsx")
-    ropa.add_argument("--out", type=Path, help="write to this file (default: standard output; xlsx needs it)")
-    ropa.set_defaults(handler=_cmd_ropa)
-
-    flow_map = sub.add_parser(
-        "map", help="draw the data-flow map: categories -> purposes -> recipients -> countries"
-    )
-    flow_map.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
-    flow_map.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
-    flow_map.add_argument("--out", type=Path, help="FILE.svg, .html, .dot or .json (default: SVG to stdout)")
-    flow_map.set_defaults(handler=_cmd_map)
-
-    verify = sub.add_parser("verify", help="recompute the audit chain; exit 1 naming the first broken link")
-    verify.add_argument("--json", action="store_true")
-    verify.set_defaults(handler=_cmd_verify)
-
-    replay = sub.add_parser(
-        "replay", help="re-decide the stored history under another policy; list what changes (reads only)"
-    )
-    replay.add_argument("--policy", type=Path, required=True, help="the what-if policy directory")
-    replay.add_argument("--since", help="flows from this UTC date/time (ISO-8601), inclusive")
-    replay.add_argument("--until", help="flows until this UTC date/time (ISO-8601), exclusive")
-    replay.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    replay.set_defaults(handler=_cmd_replay)
+    _add_store_commands(sub)
 
     worker = sub.add_parser(
         "worker", help="run the stream service (embedded broker when FLOWAUDIT_KAFKA_URL is unset)"
