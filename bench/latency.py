@@ -178,14 +178,28 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             timed = {event: at for event, at in producer.sent.items() if event not in warm}
             _settle(watcher, timed)
             producer.close()
-            dead = system.metric("flowaudit_dead_letters_total") if args.system == "worker" else None
+            inserts = _inserts(system, len(producer.sent), seconds) if args.system == "worker" else None
         finally:
             if watcher is not None:
                 watcher.stop()
             if system is not None:
                 stop_system(system)
             server.stop()
-    return summary(args, timed, watcher, seconds, dead)
+    return summary(args, timed, watcher, seconds, inserts)
+
+
+def _inserts(worker: WorkerProcess, rows: int, seconds: float) -> dict[str, Any]:
+    """The worker's own account of its inserts over the whole run (warm-up included): how many, how
+    long each took, the rows per insert, and the dead letters."""
+    count = worker.metric("flowaudit_audit_insert_seconds_count")
+    spent = worker.metric("flowaudit_audit_insert_seconds_sum")
+    return {
+        "inserts": int(count),
+        "mean_insert_seconds": round(spent / count, 3) if count else None,
+        "rows_per_insert": round(rows / count) if count else None,
+        "insert_seconds_per_second_of_sending": round(spent / seconds, 2),
+        "dead_lettered": worker.metric("flowaudit_dead_letters_total"),
+    }
 
 
 def _watcher_once(store_url: str, poll: float) -> RowWatcher | None:
@@ -222,7 +236,7 @@ def summary(
     timed: dict[str, float],
     watcher: RowWatcher | None,
     seconds: float,
-    dead: float | None,
+    inserts: dict[str, Any] | None,
 ) -> dict[str, Any]:
     seen = watcher.seen if watcher is not None else {}
     latencies = [seen[event] - at for event, at in timed.items() if event in seen]
@@ -241,7 +255,7 @@ def summary(
         "events": len(timed),
         "audited": len(latencies),
         "without_row": len(timed) - len(latencies),
-        "dead_lettered_by_worker": dead,
+        "worker_store": inserts,
         "poll_interval_seconds": args.poll,
         "poll_median_seconds": round(statistics.median(watcher.poll_seconds), 3) if watcher else None,
         "latency_seconds": {
