@@ -239,14 +239,18 @@ def run_full(
 
 
 def store_rows(url: str, policy: Any, data_dir: Path) -> int:
-    """The audit rows in a run's store, counted after the run by a reader of its own: the check that
-    every decided event was written."""
+    """The rows in a run's store (audit rows and consent rows), counted after the run by a reader of
+    its own: the check that every decided record was written."""
     from flowaudit.sinks.clickhouse import AuditStore
 
     store = AuditStore(url, policy, bytes(32))
     store.connect(writer=False)
+    consents = store.table.replace("audit_events", "consent_events")
     try:
-        return store.count()
+        _, rows = store.query(
+            f"SELECT (SELECT count() FROM {store.table}) + (SELECT count() FROM {consents})"
+        )
+        return int(rows[0][0])
     finally:
         store.close()
 
