@@ -3,8 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# the quix-streams peer of bench/stream.py --peers: its own environment (it pins an older confluent-kafka)
+PEERS_VENV ?= .venv-peers
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-peers peers-venv install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +15,14 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+$(PEERS_VENV)/bin/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e '.[peers]'
+	touch $@
+
+peers-venv: $(PEERS_VENV)/bin/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/flowaudit demo
@@ -33,5 +43,9 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/sink.py
 	$(BIN)/python bench/stream.py
 
+bench-peers: $(BIN)/.installed $(PEERS_VENV)/bin/.installed
+	$(BIN)/python bench/stream.py --peers
+	$(BIN)/python bench/latency.py
+
 clean:
-	rm -rf $(VENV) .flowaudit .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) .flowaudit .pytest_cache .mypy_cache .ruff_cache *.egg-info

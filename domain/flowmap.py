@@ -80,6 +80,9 @@ class FlowGraph:
     since: str | None = None  # the period, as asked (None: from the beginning, to the end)
     until: str | None = None
     policy_versions: tuple[str, ...] = ()  # the versions that decided the map's events
+    min_events: int = 0  # flows (rows) of fewer events were left out of the drawing
+    left_out_events: int = 0  # their events (not in `events`)
+    left_out_flows: int = 0
 
     def layer(self, name: str) -> tuple[Node, ...]:
         return tuple(node for node in self.nodes if node.layer == name)
@@ -129,14 +132,19 @@ def row_from_record(record: Mapping[str, Any]) -> FlowRow:
 
 
 def build_flow_graph(
-    rows: Iterable[FlowRow], since: str | None = None, until: str | None = None
+    rows: Iterable[FlowRow], since: str | None = None, until: str | None = None, min_events: int = 0
 ) -> FlowGraph:
-    """The map of these rows (see the module's docstring for what it counts)."""
+    """The map of these rows (see the module's docstring for what it counts), without the rows of
+    fewer than `min_events` events (counted as left out, so the map says what it does not show)."""
     nodes: dict[str, _Tally] = {}
     edges: dict[tuple[str, str, bool, str | None], _Tally] = {}
     versions: set[str] = set()
-    events = blocked = 0
+    events = blocked = left_out_events = left_out_flows = 0
     for row in rows:
+        if row.events < min_events:
+            left_out_events += row.events
+            left_out_flows += 1
+            continue
         events += row.events
         blocked += row.blocked
         versions.update(row.policy_versions)
@@ -159,6 +167,9 @@ def build_flow_graph(
         since=since,
         until=until,
         policy_versions=tuple(sorted(versions)),
+        min_events=min_events,
+        left_out_events=left_out_events,
+        left_out_flows=left_out_flows,
     )
 
 

@@ -203,7 +203,15 @@ class _Drifts:
             tally.add(flow)
 
     def sorted(self) -> tuple[Drift, ...]:
-        return tuple(Drift(*key, tally) for key, tally in sorted(self.lines.items(), key=lambda kv: kv[0]))
+        """By controller and direction, the lines with allowed events first (a blocked attempt is a
+        drift the gate already stopped), then by kind, purpose and subject."""
+
+        def order(line: tuple[tuple[str, str, str, str, str], Tally]) -> tuple[object, ...]:
+            (controller, direction, kind, purpose, subject), tally = line
+            only_blocked = tally.events > 0 and tally.events == tally.blocked
+            return (controller, direction, only_blocked, kind, purpose, subject)
+
+        return tuple(Drift(*key, tally) for key, tally in sorted(self.lines.items(), key=order))
 
 
 def assemble(
@@ -336,7 +344,8 @@ def _counted(tallies: Mapping[str, Tally]) -> tuple[str, ...]:
     """ "label: N events[, M blocked]", most events first."""
     ordered = sorted(tallies.items(), key=lambda kv: (-kv[1].events, kv[0]))
     return tuple(
-        f"{label}: {t.events} events" + (f", {t.blocked} blocked" if t.blocked else "")
+        f"{label}: {t.events} {'event' if t.events == 1 else 'events'}"
+        + (f", {t.blocked} blocked" if t.blocked else "")
         for label, t in ordered
     )
 

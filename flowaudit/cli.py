@@ -265,7 +265,7 @@ def _cmd_ropa(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.sinks.reports import ReportError, as_records, load_reports, report_parameters
 
     try:
-        ropa.check_format(args.format, args.out)
+        fmt = ropa.check_format(args.format, args.out)
         report = load_reports()[ropa.REPORT]
         parameters = report_parameters(report, args.since, args.until, None)
         policy = _load_policy_or_exit(settings.policy_dir)
@@ -273,7 +273,7 @@ def _cmd_ropa(args: argparse.Namespace, settings: Settings) -> int:
         plain = [list(record.values()) for record in as_records(columns, rows)]  # as the web API gives them
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         record = ropa.build_record(policy, columns, plain, parameters["since"], parameters["until"], now)
-        ropa.write(ropa.render(record, args.format), args.out)
+        ropa.write(ropa.render(record, fmt), args.out)
     except (ropa.RopaError, ReportError, StoreError) as exc:
         print(f"flowaudit: {exc}", file=sys.stderr)
         return 2
@@ -285,7 +285,10 @@ def _cmd_map(args: argparse.Namespace, settings: Settings) -> int:
 
     policy = _load_policy_or_exit(settings.policy_dir)
     target = lambda: _store_or_worker(settings, policy)  # noqa: E731 - opened once the arguments check
-    return run_map(args.since, args.until, args.out, target, policy.version)
+    if args.min_events < 0:
+        print(f"flowaudit: --min-events {args.min_events}: give a count of 0 or more", file=sys.stderr)
+        return 2
+    return run_map(args.since, args.until, args.out, target, policy.version, args.min_events)
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -318,6 +321,54 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _add_period(command: argparse.ArgumentParser, what: str = "") -> None:
+    """--since and --until, as every command over the store reads them."""
+    command.add_argument("--since", help=f"{what}from this UTC date/time (ISO-8601), inclusive")
+    command.add_argument("--until", help=f"{what}until this UTC date/time (ISO-8601), exclusive")
+
+
+def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that read the audit store: report, ropa, map, replay, and those of tamper
+    evidence (flowaudit/integrity.py: verify, public-key, witness, receipt, verify-receipt)."""
+    report = sub.add_parser("report", help="run a compliance report against the audit store")
+    report.add_argument("name", nargs="?", help="report name (see --list)")
+    report.add_argument("--list", action="store_true", help="list the reports")
+    _add_period(report)
+    report.add_argument("--user", help="data subject (user id), for user-disclosures, consent-withdrawals")
+    report.add_argument("--recipient", help="recipient (canonical name, any case), for subject-exposure")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.set_defaults(handler=_cmd_report)
+
+    ropa = sub.add_parser("ropa", help="the GDPR Art. 30(1) record of processing: policy and audit store")
+    _add_period(ropa)
+    ropa.add_argument("--format", help="md, html, csv or xlsx (default: the suffix of --out, else md)")
+    ropa.add_argument("--out", type=Path, help="write to this file (default: standard output; xlsx needs it)")
+    ropa.set_defaults(handler=_cmd_ropa)
+
+    flow_map = sub.add_parser(
+        "map", help="draw the data-flow map: categories -> purposes -> recipients -> countries"
+    )
+    _add_period(flow_map)
+    flow_map.add_argument("--out", type=Path, help="FILE.svg, .html, .dot or .json (default: SVG to stdout)")
+    flow_map.add_argument(
+        "--min-events",
+        type=int,
+        default=0,
+        help="leave out flows (category set, purpose, recipient, country) of fewer events; the title says so",
+    )
+    flow_map.set_defaults(handler=_cmd_map)
+
+    add_integrity_commands(sub)  # verify, public-key, witness, receipt, verify-receipt
+
+    replay = sub.add_parser(
+        "replay", help="re-decide the stored history under another policy; list what changes (reads only)"
+    )
+    replay.add_argument("--policy", type=Path, required=True, help="the what-if policy directory")
+    _add_period(replay, "flows ")
+    replay.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    replay.set_defaults(handler=_cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowaudit", description="Audit trail of personal-data flows: decide, gate and record."
@@ -341,40 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("directory", type=Path)
     check.set_defaults(handler=_cmd_policy_check)
 
-    report = sub.add_parser("report", help="run a compliance report against the audit store")
-    report.add_argument("name", nargs="?", help="report name (see --list)")
-    report.add_argument("--list", action="store_true", help="list the reports")
-    report.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
-    report.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
-    report.add_argument("--user", help="data subject (user id), for user-disclosures, consent-withdrawals")
-    report.add_argument("--recipient", help="recipient (canonical name, any case), for subject-exposure")
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    report.set_defaults(handler=_cmd_report)
-
-    ropa = sub.add_parser("ropa", help="the GDPR Art. 30(1) record of processing: policy and audit store")
-    ropa.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
-    ropa.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
-    ropa.add_argument("--format", default="md", help="md (default), html, csv or xlsx")
-    ropa.add_argument("--out", type=Path, help="write to this file (default: standard output; xlsx needs it)")
-    ropa.set_defaults(handler=_cmd_ropa)
-
-    flow_map = sub.add_parser(
-        "map", help="draw the data-flow map: categories -> purposes -> recipients -> countries"
-    )
-    flow_map.add_argument("--since", help="from this UTC date/time (ISO-8601), inclusive")
-    flow_map.add_argument("--until", help="until this UTC date/time (ISO-8601), exclusive")
-    flow_map.add_argument("--out", type=Path, help="FILE.svg, .html, .dot or .json (default: SVG to stdout)")
-    flow_map.set_defaults(handler=_cmd_map)
-
-    add_integrity_commands(sub)  # verify, public-key, witness
-    replay = sub.add_parser(
-        "replay", help="re-decide the stored history under another policy; list what changes (reads only)"
-    )
-    replay.add_argument("--policy", type=Path, required=True, help="the what-if policy directory")
-    replay.add_argument("--since", help="flows from this UTC date/time (ISO-8601), inclusive")
-    replay.add_argument("--until", help="flows until this UTC date/time (ISO-8601), exclusive")
-    replay.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    replay.set_defaults(handler=_cmd_replay)
+    _add_store_commands(sub)
 
     worker = sub.add_parser(
         "worker", help="run the stream service (embedded broker when FLOWAUDIT_KAFKA_URL is unset)"

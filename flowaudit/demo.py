@@ -348,6 +348,8 @@ def _final_summary(
                 f"FLOWAUDIT_DATA_DIR={data_dir} {command} report user-disclosures --user {user}"
                 for (user,) in busiest
             ),
+            f"FLOWAUDIT_DATA_DIR={data_dir} {command} ropa --format html --out {data_dir / 'ropa.html'}",
+            f"FLOWAUDIT_DATA_DIR={data_dir} {command} map --out {data_dir / 'map.html'}",
             f"FLOWAUDIT_DATA_DIR={data_dir} {command} verify",
             'python -c "import clickhouse_connect as c; '
             f"print(c.get_client(dsn='{store.url}').query('SELECT count() FROM audit_events').result_rows)\"",

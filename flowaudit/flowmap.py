@@ -76,6 +76,7 @@ def run_map(
     out: Path | None,
     open_target: Callable[[], AuditStore | tuple[str, str]],
     loaded_policy: str,
+    min_events: int = 0,
 ) -> int:
     """Draw the map of [since, until) to `out` (by its suffix) or standard output (SVG)."""
     from flowaudit.sinks.clickhouse import StoreError
@@ -88,7 +89,8 @@ def run_map(
     try:
         parameters = report_parameters(report, since, until, None)
         records = report_rows(open_target(), report, parameters)
-        graph = build_flow_graph((row_from_record(r) for r in records), since or None, until or None)
+        rows = (row_from_record(r) for r in records)
+        graph = build_flow_graph(rows, since or None, until or None, min_events)
         text = draw(graph, suffix, loaded_policy)
     except (ReportError, StoreError, FlowMapError, MapRenderError) as exc:
         print(f"flowaudit: {exc}", file=sys.stderr)
@@ -105,5 +107,7 @@ def run_map(
     sizes = ", ".join(f"{len(graph.layer(layer))} {name}" for layer, name in zip(LAYERS, layers, strict=True))
     target = f" -> {out}" if out is not None else ""
     summary = f"map of {graph.events:,} events ({graph.blocked:,} blocked): {sizes}{target}"
+    if graph.left_out_flows:
+        summary += f"; left out {graph.left_out_flows:,} flows of fewer than {min_events:,} events"
     print(f"flowaudit: {summary}", file=sys.stderr)
     return 0

@@ -24,6 +24,7 @@ from flowaudit.sinks.replay import (
     CHANGE_COLUMNS,
     RECIPIENT_COLUMNS,
     SUBJECT_COLUMNS,
+    UNREPRODUCED_COLUMNS,
     ReplayResult,
     as_json,
     recipient_rows,
@@ -47,6 +48,8 @@ def render_replay(result: ReplayResult, fmt: str) -> str:
             "changed decisions:\n" + changes,
             "subjects affected:\n" + render(list(SUBJECT_COLUMNS), subject_rows(result), fmt),
             "recipients affected:\n" + render(list(RECIPIENT_COLUMNS), recipient_rows(result), fmt),
+            "not reproduced under their own policy (not counted above: the policy did not change them):\n"
+            + render(list(UNREPRODUCED_COLUMNS), result.unreproduced, fmt),
         )
     )
 

@@ -7,14 +7,17 @@ them) and the policy into a `domain.ropa.Record` (the assembly and the drift are
 - `md`: per controller its details, then one block per purpose (declared, then observed); then the
   flows no controller serves and the drift, both ways;
 - `html`: one self-contained page (no external resource) that prints well: A4 landscape, each
-  controller on a new page, table headers repeated on every printed page, rows not split;
-- `csv`: one table, the column `record` telling a `purpose` line, an `unassigned` line (a flow no
-  controller serves) and a `drift` line; lists joined with "; ";
+  controller on a new page, one card per purpose (the record's columns side by side do not fit a
+  page), table headers repeated on every printed page, rows not split;
+- `csv`: one table, the column `record` telling a `controller` line (one detail of its identity, in
+  `kind` and `what`), a `purpose` line, an `unassigned` line (a flow no controller serves) and a
+  `drift` line; lists joined with "; ";
 - `xlsx` (openpyxl): a sheet `About` (period, policy version, each controller's details), one sheet
   per controller, `No controller`, and `Drift`; header row frozen and bold, column widths set, text
   wrapped.
 
-`check_format(fmt, out)` refuses what cannot be written (an unknown format, xlsx without `--out`)
+`check_format(fmt, out)` picks the format (--format, else the suffix of --out, else md) and refuses
+what cannot be written (an unknown format, a suffix that contradicts it, xlsx without `--out`)
 before any store is opened; `write(data, out)` writes to the file or to standard output.
 """
 
@@ -50,11 +53,22 @@ class RopaError(ValueError):
     """A request `flowaudit ropa` cannot fulfil (format, output file, the report's rows)."""
 
 
-def check_format(fmt: str, out: Path | None) -> None:
+def check_format(fmt: str | None, out: Path | None) -> str:
+    """The format to write: --format, else the suffix of --out (md without either); raises RopaError
+    for an unknown format, a suffix that is not a format when --format is not given, a --format that
+    contradicts the suffix, or xlsx to standard output."""
+    suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+    if fmt is None:
+        if out is not None and suffix not in FORMATS:
+            raise RopaError(f"--out {out}: name a {', '.join(FORMATS)} file, or give --format")
+        fmt = suffix or "md"
     if fmt not in FORMATS:
         raise RopaError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
+    if suffix in FORMATS and suffix != fmt:
+        raise RopaError(f"--format {fmt} but --out {out} names a .{suffix} file")
     if fmt == "xlsx" and out is None:
         raise RopaError("--format xlsx writes a binary file: give it with --out FILE.xlsx")
+    return fmt
 
 
 def build_record(
@@ -233,6 +247,17 @@ def render_csv(record: Record) -> bytes:
     writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for section in record.controllers:
+        # the controller's identity first (Art. 30(1)(a)): one row per detail, as `kind` and `what`
+        for label, detail in controller_details(section, record):
+            _write_inert(
+                writer,
+                {
+                    "record": "controller",
+                    "controller": section.controller.name,
+                    "kind": label,
+                    "what": detail,
+                },
+            )
         for entry in section.entries:
             row = {name: value(entry) for name, _, value in columns}
             _write_inert(writer, {"record": "purpose", "controller": section.controller.name, **row})
@@ -271,8 +296,11 @@ def _tally_row(tally: Tally) -> dict[str, object]:
 _CSS = """
 body { font: 10pt/1.35 system-ui, sans-serif; margin: 1.5em; color: #111; }
 h1 { font-size: 16pt; } h2 { font-size: 13pt; margin-top: 1.5em; }
-table { border-collapse: collapse; width: 100%; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #999; padding: 3px 5px; vertical-align: top; text-align: left; }
+table { border-collapse: collapse; width: 100%; margin: 0.5em 0 1em; table-layout: fixed; }
+th, td { border: 1px solid #999; padding: 3px 5px; vertical-align: top; text-align: left;
+         overflow-wrap: anywhere; }
+table.purpose th { width: 26%; }
+h3 { font-size: 11pt; margin: 1.2em 0 0.2em; }
 th { background: #e8e8e8; }
 td.n { text-align: right; }
 dl.details { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; }
@@ -283,7 +311,8 @@ dl.details dd { margin: 0; }
   body { margin: 0; font-size: 8pt; }
   section.controller, section.drift { break-before: page; page-break-before: always; }
   thead { display: table-header-group; }
-  tr, dl.details { break-inside: avoid; page-break-inside: avoid; }
+  tr, dl.details, h3 { break-inside: avoid; page-break-inside: avoid; }
+  h3 { break-after: avoid; page-break-after: avoid; }
   th { background: #e8e8e8 !important; print-color-adjust: exact; -webkit-print-color-adjust: exact; }
 }
 """
@@ -325,9 +354,15 @@ def render_html(record: Record) -> bytes:
     for section in record.controllers:
         out += ['<section class="controller">', f"<h2>{_e(section.controller.name)}</h2>"]
         out += _html_details(controller_details(section, record))
-        out += _html_table(
-            [h for _, h, _ in columns], ([v(e) for _, _, v in columns] for e in section.entries)
-        )
+        # one card per purpose, as in the markdown: the record has some 20 columns, which no page
+        # holds side by side (a table of them was cut off at the right edge when printed)
+        for entry in section.entries:
+            out += [f"<h3>{_e(entry.purpose)}</h3>", '<table class="purpose"><tbody>']
+            for _, heading, value in columns[1:]:
+                cell = value(entry)
+                shown = f'<td class="n">{cell}</td>' if isinstance(cell, int) else f"<td>{_e(cell)}</td>"
+                out.append(f"<tr><th>{_e(heading)}</th>{shown}</tr>")
+            out += ["</tbody></table>"]
         out.append("</section>")
     out += ['<section class="drift">', "<h2>Flows no controller serves</h2>"]
     out += _html_table(UNASSIGNED_HEADINGS, (unassigned_cells(g) for g in record.unassigned))

@@ -74,9 +74,15 @@ def _short(version: str) -> str:
 
 
 def title_text(graph: FlowGraph, loaded_policy: str | None = None) -> str:
+    left_out = (
+        f" · left out: {graph.left_out_flows:,} flows of fewer than {graph.min_events:,} events "
+        f"({graph.left_out_events:,} events)"
+        if graph.left_out_flows
+        else ""
+    )
     return (
         f"Data-flow map: {period_text(graph.since, graph.until)} · {graph.events:,} events, "
-        f"{graph.blocked:,} blocked · {policy_text(graph.policy_versions, loaded_policy)}"
+        f"{graph.blocked:,} blocked{left_out} · {policy_text(graph.policy_versions, loaded_policy)}"
     )
 
 

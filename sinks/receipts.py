@@ -154,7 +154,7 @@ def read_nodes_by_level(query: Query, chain: str, ranges: Sequence[tuple[int, in
         for position, digest in rows:
             value = digest if isinstance(digest, bytes) else _raw(digest)
             if nodes.setdefault(NodeId(level, int(position)), value) != value:
-                raise ReceiptBuildError(f"chain {chain}: node ({level}, {position}) is stored with two hashes")
+                raise ReceiptBuildError(f"chain {chain}: node ({level}, {position}) has two hashes")
         if len(rows) < len(positions):
             raise ReceiptBuildError(f"chain {chain}: Merkle nodes missing at level {level}")
     return nodes

@@ -11,13 +11,15 @@ Contract:
 - Then the audit rows stream in primary-key order (`user_id, occurred_at, event_id`), block by block
   (`AuditStore.stream`; chDB streams too): memory does not grow with the rows, only with the changes
   found (each is kept for the listing). Each row is rebuilt into its event (`sinks.stored_events`),
-  decided under the what-if policy, and compared with the stored decision on (decision, rules,
-  transfer mechanism). A row that differs is a change: old = what was stored (what happened), new =
-  what the what-if policy decides.
+  decided under the what-if policy and under its own policy, and the two are compared on (decision,
+  rules, transfer mechanism). A row where they differ is a change, the policy's doing: old = what its
+  own policy decides (what was stored, when the row is reproduced), new = what the what-if policy
+  decides. A row whose own policy is not loaded is compared with what was stored.
 - Exactness, counted and never hidden. Each row is also replayed under its own policy when it is one
   of the two loaded (the baseline, `FLOWAUDIT_POLICY_DIR`, or the what-if one) and compared with what
-  was stored: a row that does not come out the same is "not reproduced", and a change on such a row
-  may not be the policy's doing (each change says `reproduced`). The reasons a row may not be
+  was stored: a row that does not come out the same is "not reproduced" (counted and listed apart,
+  with what was stored and what its policy gives now: the policy is not what changed it), and each
+  change says whether its row was reproduced. The reasons a row may not be
   reproducible are counted: decided under another policy version (not checked); row format 1 (written
   before contract v2: no subjects, no transfer mechanism recorded, so compared on decision and rules
   only); a cited consent with an event the store recorded after the flow was decided (the worker's
@@ -67,6 +69,17 @@ CHANGE_COLUMNS: tuple[str, ...] = (
     "rules_removed",
     "subjects",
     "reproduced",
+)
+UNREPRODUCED_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "event_type",
+    "user_id",
+    "stored_decision",
+    "replayed_decision",
+    "stored_rules",
+    "replayed_rules",
+    "consent_recorded_after_decision",
 )
 SUBJECT_COLUMNS = ("subject", "via", "changed", "allowed_to_blocked", "blocked_to_allowed")
 RECIPIENT_COLUMNS = ("recipient", "changed", "allowed_to_blocked", "blocked_to_allowed", "subjects")
@@ -144,6 +157,7 @@ class ReplayResult:
     not_reproduced: int = 0
     not_reproduced_unexplained: int = 0  # of those, rows citing no consent recorded after the decision
     changes: list[tuple[Any, ...]] = field(default_factory=list)
+    unreproduced: list[tuple[Any, ...]] = field(default_factory=list)  # in UNREPRODUCED_COLUMNS order
     subjects: dict[tuple[str, str], _Affected] = field(default_factory=dict)
     recipients: dict[str, _Affected] = field(default_factory=dict)
     unattributed: int = 0  # changed bulk transfers that name no subjects
@@ -181,6 +195,22 @@ class ReplayResult:
         }
 
 
+def _unreproduced(
+    row: dict[str, Any], stored: tuple[Any, ...], own: tuple[Any, ...], late: bool
+) -> tuple[Any, ...]:
+    return (
+        row["event_id"],
+        format_millis(row["occurred_at"]),
+        row["event_type"],
+        row["user_id"],
+        stored[0],
+        own[0],
+        list(stored[1]),
+        list(own[1]),
+        late,
+    )
+
+
 def _direction(old: str, new: str) -> str:
     return "same_decision" if old == new else f"{old}_to_{new}"
 
@@ -212,28 +242,28 @@ class _Replayer:
         )
         if late:
             result.not_exact["consent_recorded_after_decision"] += 1
-        reproduced = self._reproduced(row, event, stored, new_outcome, exact_format)
-        if reproduced is False and not late:
-            result.not_reproduced_unexplained += 1
-        if new_outcome != stored:
-            self._change(row, new, stored, reproduced)
+        own = self._own_outcome(row, event, new_outcome, exact_format)
+        reproduced = None if own is None else own == stored
+        if own is not None and not reproduced:
+            result.not_reproduced += 1
+            result.not_reproduced_unexplained += 0 if late else 1
+            result.unreproduced.append(_unreproduced(row, stored, own, late))
+        reference = stored if own is None else own
+        if new_outcome != reference:
+            self._change(row, new, reference, reproduced)
 
-    def _reproduced(
-        self, row: dict[str, Any], event: Any, stored: tuple[Any, ...], new: tuple[Any, ...], exact: bool
-    ) -> bool | None:
-        """Whether the row's own policy, replayed, gives what was stored (None: not loaded)."""
+    def _own_outcome(
+        self, row: dict[str, Any], event: Any, new: tuple[Any, ...], exact: bool
+    ) -> tuple[Any, ...] | None:
+        """What the row's own policy decides now, replayed (None: that policy is not loaded)."""
         own = self.own.get(row["policy_version"])
         if own is None:
             self.result.not_exact["other_policy_version"] += 1
             return None
         if own is self.whatif:
-            same = new == stored
-        else:
-            again: Decision = own.decide(event)
-            same = (again.decision, again.rules, again.transfer_mechanism if exact else None) == stored
-        if not same:
-            self.result.not_reproduced += 1
-        return same
+            return new
+        again: Decision = own.decide(event)
+        return (again.decision, again.rules, again.transfer_mechanism if exact else None)
 
     def _change(
         self, row: dict[str, Any], new: Decision, stored: tuple[Any, ...], reproduced: bool | None
@@ -246,7 +276,12 @@ class _Replayer:
         removed = tuple(rule for rule in old_rules if rule not in new.rules)
         result.rules_added.update(added)
         result.rules_removed.update(removed)
-        recipient = row["counterparty_name"] or (row["counterparty"] or "").strip() or None
+        # a flow with no named recipient (a device sync) is listed by its counterparty type: "(platform)"
+        recipient = (
+            row["counterparty_name"]
+            or (row["counterparty"] or "").strip()
+            or (f"({row['counterparty_type']})" if row.get("counterparty_type") else None)
+        )
         subjects = tuple(row["subjects"])
         exact = row["row_format"] >= 2
         result.changes.append(
@@ -350,8 +385,8 @@ def summary_lines(result: ReplayResult) -> list[str]:
     )
     not_exact = s["not_exact"]
     lines.append(
-        f"  not reproduced under their own policy {s['not_reproduced']:,} (unexplained by a consent recorded "
-        f"after the decision: {s['not_reproduced_unexplained']:,})"
+        f"  not reproduced under their own policy {s['not_reproduced']:,}, listed apart and not counted as "
+        f"changes (unexplained by a consent recorded after the decision: {s['not_reproduced_unexplained']:,})"
     )
     lines.append(
         f"  not exact: row format 1 "
@@ -382,6 +417,7 @@ def as_json(result: ReplayResult) -> dict[str, Any]:
     return {
         "summary": result.summary(),
         "changes": _records(CHANGE_COLUMNS, result.changes),
+        "not_reproduced": _records(UNREPRODUCED_COLUMNS, result.unreproduced),
         "subjects": _records(SUBJECT_COLUMNS, subject_rows(result)),
         "recipients": _records(RECIPIENT_COLUMNS, recipient_rows(result)),
     }

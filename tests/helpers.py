@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -235,3 +237,37 @@ class SteadyProducer(threading.Thread):
                 time.sleep(delay)
         self.producer.close()
         self.done.set()
+
+
+# Debian's Chromium, for the tests that load a page in a real browser (scripts/install-system-tools.sh)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(
+    profile: Path, *arguments: str, window: str = "1500,950"
+) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium in a session of its own, every process of which is killed afterwards."""
+    assert CHROMIUM is not None
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",  # the tests run as root in CI
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={window}",
+        "--virtual-time-budget=15000",  # virtual time waits while the page's fetch is pending
+        *arguments,
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the browser's helpers too
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

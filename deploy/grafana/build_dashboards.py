@@ -295,33 +295,74 @@ def _destination_map(sql: str) -> dict[str, Any]:
 
 
 def _destination_bars(sql: str) -> dict[str, Any]:
+    return _bars(
+        2,
+        "Events by destination country: allowed and blocked",
+        "destinations",
+        sql,
+        "destination_country",
+        ("outside_protected_zone", "events", "data_subjects", "health_events"),
+        {"x": 14, "y": 0, "w": 10, "h": 12},
+    )
+
+
+# reports drawn as bar charts below the map (report, title, the bars' category, columns left out)
+BAR_REPORTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    (
+        "transfer-mechanisms",
+        "Transfers outside the EEA by mechanism: allowed and blocked",
+        "mechanism",
+        ("events", "data_subjects"),
+    ),
+    ("blocked-by-rule", "Blocked events by rule", "rule", ("data_subjects", "health_events")),
+)
+
+
+def bar_panels(reports: dict[str, Any], top: int) -> list[dict[str, Any]]:
+    """A bar chart of each of BAR_REPORTS, side by side in one row from `top`."""
+    width = 24 // len(BAR_REPORTS)
+    return [
+        _bars(
+            3 + n,
+            title,
+            name,
+            reports[name].sql,
+            x_field,
+            left_out,
+            {"x": n * width, "y": top, "w": width, "h": 10},
+        )
+        for n, (name, title, x_field, left_out) in enumerate(BAR_REPORTS)
+    ]
+
+
+def _bars(
+    panel_id: int,
+    title: str,
+    report: str,
+    sql: str,
+    x_field: str,
+    left_out: tuple[str, ...],
+    grid: dict[str, int],
+) -> dict[str, Any]:
+    """A horizontal, stacked bar chart of a report: a bar per `x_field`, its other columns but
+    `left_out` stacked."""
     return {
-        "id": 2,
-        "title": "Events by destination country: allowed and blocked",
-        "description": "schemas/reports/destinations.sql",
+        "id": panel_id,
+        "title": title,
+        "description": f"schemas/reports/{report}.sql",
         "type": "barchart",
         "datasource": CLICKHOUSE,
-        "gridPos": {"x": 14, "y": 0, "w": 10, "h": 12},
+        "gridPos": grid,
         "fieldConfig": {"defaults": {"unit": "short"}, "overrides": []},
         "options": {
             "orientation": "horizontal",
             "stacking": "normal",
-            "xField": "destination_country",
+            "xField": x_field,
             "showValue": "never",
             "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
         },
         "transformations": [
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {
-                        "outside_protected_zone": True,
-                        "events": True,
-                        "data_subjects": True,
-                        "health_events": True,
-                    }
-                },
-            }
+            {"id": "organize", "options": {"excludeByName": {column: True for column in left_out}}}
         ],
         "targets": [_sql_target(sql)],
     }
@@ -330,6 +371,7 @@ def _destination_bars(sql: str) -> dict[str, Any]:
 def compliance_dashboard() -> dict[str, Any]:
     reports = load_reports()
     panels = destination_panels(reports[MAP_REPORT].sql)
+    panels += bar_panels(reports, top=max(panel["gridPos"]["y"] + panel["gridPos"]["h"] for panel in panels))
     top = max(panel["gridPos"]["y"] + panel["gridPos"]["h"] for panel in panels)  # the tables below
     for index, report in enumerate(reports.values()):
         panels.append(

@@ -13,8 +13,9 @@
 -- flagged unattributed-bulk-transfer, or written before row format 2 with no user and more than one
 -- record: whether this subject's records were among them is not known; events counts them, per
 -- recipient). Rows before row format 2 have no subjects: their bulk transfers are 'unattributed'.
--- transfer_safeguard (Art. 15(2)): the transfer mechanism the decision relied on for a flow that
--- left the protected zone (adequacy, scc, bcr, consent_derogation, ...), 'none' when it had none
+-- transfer_mechanism (Art. 15(2)): what the decision relied on for a flow that left the protected
+-- zone: an adequacy decision, an Art. 46 safeguard (scc, bcr, ...) or an Art. 49 derogation
+-- (consent_derogation), 'none' when it had none
 -- (such flows are blocked), '(not recorded)' for rows written before row format 2, and
 -- '(within EEA)' (the row's protected zone) when the data did not leave it. Bulk transfers found
 -- through the per-subject index take it from their audit row (by event id: the bloom-filter index).
@@ -38,8 +39,8 @@ FROM
         event_type,
         destination_country,
         multiIf(NOT outside_protected_zone, concat('(within ', upper(protected_zone), ')'),
-                transfer_mechanism IS NOT NULL, transfer_mechanism,
-                row_format = 1, '(not recorded)', 'none') AS transfer_safeguard,
+                e.transfer_mechanism IS NOT NULL, e.transfer_mechanism,
+                row_format = 1, '(not recorded)', 'none') AS transfer_mechanism,
         purpose,
         coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
         decision,
@@ -48,11 +49,11 @@ FROM
         min(occurred_at) AS first_disclosed,
         max(occurred_at) AS last_disclosed,
         'user_id' AS via
-    FROM audit_events
+    FROM audit_events AS e
     WHERE user_id = {user:String}
       AND occurred_at >= {since:DateTime64(3, 'UTC')}
       AND occurred_at < {until:DateTime64(3, 'UTC')}
-    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_safeguard, purpose,
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_mechanism, purpose,
              legal_basis, decision
     UNION ALL
     SELECT
@@ -62,8 +63,8 @@ FROM
         event_type,
         destination_country,
         multiIf(NOT outside_protected_zone, concat('(within ', upper(protected_zone), ')'),
-                transfer_mechanism IS NOT NULL, transfer_mechanism,
-                row_format = 1, '(not recorded)', 'none') AS transfer_safeguard,
+                t_mechanism IS NOT NULL, t_mechanism,
+                row_format = 1, '(not recorded)', 'none') AS transfer_mechanism,
         purpose,
         coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
         decision,
@@ -74,14 +75,14 @@ FROM
         'subjects' AS via
     FROM audit_subjects AS s
     LEFT JOIN (
-        SELECT event_id AS t_event, transfer_mechanism, outside_protected_zone, protected_zone
+        SELECT event_id AS t_event, transfer_mechanism AS t_mechanism, outside_protected_zone, protected_zone
         FROM audit_events
         WHERE event_id IN (SELECT event_id FROM audit_subjects WHERE subject = {user:String})
     ) AS t ON t.t_event = s.event_id
     WHERE subject = {user:String}
       AND occurred_at >= {since:DateTime64(3, 'UTC')}
       AND occurred_at < {until:DateTime64(3, 'UTC')}
-    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_safeguard, purpose,
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_mechanism, purpose,
              legal_basis, decision
     UNION ALL
     SELECT
@@ -91,8 +92,8 @@ FROM
         event_type,
         destination_country,
         multiIf(NOT outside_protected_zone, concat('(within ', upper(protected_zone), ')'),
-                transfer_mechanism IS NOT NULL, transfer_mechanism,
-                row_format = 1, '(not recorded)', 'none') AS transfer_safeguard,
+                e.transfer_mechanism IS NOT NULL, e.transfer_mechanism,
+                row_format = 1, '(not recorded)', 'none') AS transfer_mechanism,
         purpose,
         coalesce(legal_basis, '(unknown purpose)') AS legal_basis,
         decision,
@@ -101,12 +102,12 @@ FROM
         min(occurred_at) AS first_disclosed,
         max(occurred_at) AS last_disclosed,
         'unattributed' AS via
-    FROM audit_events
+    FROM audit_events AS e
     WHERE (has(flags, 'unattributed-bulk-transfer')
            OR (row_format = 1 AND user_id IS NULL AND record_count > 1))
       AND occurred_at >= {since:DateTime64(3, 'UTC')}
       AND occurred_at < {until:DateTime64(3, 'UTC')}
-    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_safeguard, purpose,
+    GROUP BY recipient_key, recipient_type, event_type, destination_country, transfer_mechanism, purpose,
              legal_basis, decision
 )
 ORDER BY via = 'unattributed', decision, last_disclosed DESC, recipient

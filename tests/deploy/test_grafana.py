@@ -140,7 +140,8 @@ def test_legal_bases_count_each_event_once() -> None:
 
 
 def test_destinations_are_drawn_as_a_map_and_a_bar_chart() -> None:
-    panels = {panel["type"]: panel for panel in _dashboard("flowaudit-compliance.json")["panels"]}
+    drawn = [p for p in _dashboard("flowaudit-compliance.json")["panels"] if p["type"] != "table"]
+    panels = {panel["type"]: panel for panel in drawn if "destination" in panel["title"].lower()}
     layer = panels["geomap"]["options"]["layers"][0]
     assert layer["location"] == {
         "mode": "lookup",
@@ -225,3 +226,25 @@ def test_compliance_panels_run_against_the_audit_table(store_factory: Any) -> No
         ).replace("${recipient:sqlstring}", "")
         columns, rows = store.query(_as_clickhouse(target["rawSql"], store.table, recipient))
         assert columns and rows, panel["title"]
+        if panel["type"] == "barchart":  # its bars and the columns it leaves out are the report's
+            left_out = set(panel["transformations"][0]["options"]["excludeByName"])
+            assert panel["options"]["xField"] in columns and left_out <= set(columns), panel["title"]
+            assert set(columns) - left_out - {panel["options"]["xField"]}, panel["title"]  # something to draw
+
+
+def test_mechanisms_and_rules_are_drawn_as_bar_charts() -> None:
+    bars = {
+        panel["description"]: panel
+        for panel in _dashboard("flowaudit-compliance.json")["panels"]
+        if panel["type"] == "barchart"
+    }
+    assert set(bars) == {
+        "schemas/reports/destinations.sql",
+        "schemas/reports/transfer-mechanisms.sql",
+        "schemas/reports/blocked-by-rule.sql",
+    }
+    reports = load_reports()
+    for name, x_field in (("transfer-mechanisms", "mechanism"), ("blocked-by-rule", "rule")):
+        panel = bars[f"schemas/reports/{name}.sql"]
+        assert panel["options"]["xField"] == x_field
+        assert panel["targets"][0]["rawSql"] == _builder().grafana_sql(reports[name].sql)

@@ -135,3 +135,15 @@ def test_the_graph_as_json_values() -> None:
         "outside": False,
         "mechanism": None,
     }
+
+
+def test_flows_of_fewer_events_are_left_out_and_counted() -> None:
+    data = read_data("map/rows.yaml")
+    rows = [row_from_record(r) for r in data["rows"]]
+    smallest = min(row.events for row in rows)
+    whole = build_flow_graph(rows)
+    trimmed = build_flow_graph(rows, min_events=smallest + 1)
+    small = [row for row in rows if row.events <= smallest]
+    assert (trimmed.left_out_flows, trimmed.left_out_events) == (len(small), sum(r.events for r in small))
+    assert trimmed.events + trimmed.left_out_events == whole.events
+    assert trimmed.min_events == smallest + 1 and whole.left_out_flows == 0

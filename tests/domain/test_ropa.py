@@ -148,3 +148,11 @@ def test_service_areas_choose_the_recipients_of_each_controller(policy: Policy) 
     names = {sub.name for sub in declared_subcontractors(policy, inc, "logistics")}
     assert "Logistech" in names and "Dimotrans" not in names
     assert "Withings" in names  # the controller's own entry serves every purpose
+
+
+def test_drift_with_allowed_events_comes_before_the_attempts_the_gate_stopped(policy: Policy) -> None:
+    stopped = flow(categories=["identity", "activity"], events=2, blocked=2)  # activity: undeclared
+    allowed = flow(categories=["identity", "location"], events=2, blocked=0)  # location: undeclared
+    record = assemble(policy, [stopped, allowed], "s", "u", "now")
+    ours = [d for d in record.drift if d.controller == "Withings SA" and d.direction == FLOWED_NOT_DECLARED]
+    assert [(d.subject, d.tally.blocked) for d in ours] == [("location", 0), ("activity", 2)]

@@ -76,3 +76,12 @@ def test_demo_accounts_for_every_event(tmp_path: Path) -> None:
             cwd=REPO,
         )
         assert report.returncode == 0 and json.loads(report.stdout), name
+    # the commands the demo prints to look at its store work as printed (the flowaudit ones)
+    printed = [line.split() for line in summary["how_to_query"] if " report " not in line]
+    for words in (w for w in printed if w[0].startswith("FLOWAUDIT_DATA_DIR=")):
+        run = subprocess.run(
+            [sys.executable, "-m", "flowaudit.cli", *words[2:]], env=env, capture_output=True, cwd=REPO
+        )
+        assert run.returncode == 0, (words, run.stderr)
+    assert (tmp_path / "data" / "demo" / "ropa.html").stat().st_size > 0
+    assert b"<svg" in (tmp_path / "data" / "demo" / "map.html").read_bytes()

@@ -11,12 +11,9 @@ scripts/install-system-tools.sh installs as root; without them the test is skipp
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,10 +25,9 @@ from flowaudit.broker import EmbeddedBroker
 from flowaudit.common.settings import Settings
 from flowaudit.runtime import all_topics
 from tests.conftest import DATA_DIR, read_data
-from tests.helpers import WorkerProcess, run_cli, wait_for, worker_env
+from tests.helpers import CHROMIUM, WorkerProcess, chromium, run_cli, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EVENTS = DATA_DIR / "map" / "events.jsonl"
 PERIOD = ("--since", "2025-11-01", "--until", "2025-12-01")
 
@@ -69,34 +65,6 @@ class DrawnMap(HTMLParser):
         lines = next((lines for lines in reversed(self._open) if lines is not None), None)
         if self._in_text and lines is not None:
             lines.append(data)
-
-
-def chromium(profile: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium in a session of its own, every process of which is killed afterwards."""
-    assert CHROMIUM is not None
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",  # the tests run as root in CI
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        "--window-size=1500,950",
-        "--virtual-time-budget=15000",  # virtual time waits while the page's fetch is pending
-        *arguments,
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the browser's helpers too
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def test_json_table_and_csv(history_dir: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     answer = json.loads(done.stdout)
     assert answer["summary"]["changed"] == 4 and answer["summary"]["allowed_to_blocked"] == 1
-    assert [r["recipient"] for r in answer["recipients"]] == ["Runna"]
+    assert [r["recipient"] for r in answer["recipients"]] == ["Runna", "(platform)"]
     table = run_cli(_env(history_dir), "replay", "--policy", WHAT_IF).stdout.decode()
     assert "rows replayed 12  changed 4" in table and "transfer-without-safeguard  added" in table
     assert "subjects affected:" in table and "recipients affected:" in table

@@ -326,19 +326,19 @@ def test_reports_on_a_known_input(store_factory: Any, policy: Policy) -> None:
     assert {str(r["day"]) for r in daily} == {"2025-11-05"}
 
 
-def test_user_disclosures_name_the_safeguard_of_each_transfer_and_the_retention_of_each_purpose(
+def test_user_disclosures_name_the_mechanism_of_each_transfer_and_the_retention_of_each_purpose(
     store_factory: Any, policy: Policy
 ) -> None:
-    """GDPR Art. 15(1)(d) and 15(2): the period the data will be kept, and the safeguards of a
-    transfer outside the protected zone, on the known input of test_reports_on_a_known_input."""
+    """GDPR Art. 15(1)(d) and 15(2): the period the data will be kept, and what each transfer outside
+    the protected zone relied on, on the known input of test_reports_on_a_known_input."""
     store = store_factory()
     raws = [
         json.loads(line) for line in (DATA_DIR / "events" / "report_input.jsonl").read_text().splitlines()
     ]
     store.write(records_from(policy, raws))
     disclosed = _run_report(store, "user-disclosures", policy, user="alice")
-    safeguards = {(r["via"], r["recipient"], r["decision"]): r["transfer_safeguard"] for r in disclosed}
-    assert safeguards == {
+    mechanisms = {(r["via"], r["recipient"], r["decision"]): r["transfer_mechanism"] for r in disclosed}
+    assert mechanisms == {
         ("user_id", "Strava", "allowed"): "consent_derogation",
         ("user_id", "Strava", "blocked"): "consent_derogation",
         ("user_id", "Cardiology practice Lyon", "blocked"): "(within EEA)",

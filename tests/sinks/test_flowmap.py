@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -145,6 +146,9 @@ def test_titles_name_the_period_and_the_policies() -> None:
         "policy sha256:0123456789ab (loaded; no decision in the period)"
     )
     assert title_text(build_flow_graph([])).startswith("Data-flow map: all events ·")
+    trimmed = dataclasses.replace(empty, min_events=5, left_out_flows=3, left_out_events=7)
+    expected = "0 blocked · left out: 3 flows of fewer than 5 events (7 events) · no policy"
+    assert expected in title_text(trimmed)
 
 
 @needs_dot

@@ -129,9 +129,10 @@ def test_a_withdrawal_the_worker_had_not_read_is_counted_not_hidden(
     late = write_history(store, policy, [withdrawal], consents_at_ms=DECIDED_AT_MS + 1000, topic="later")
     assert late == []
     result = _replay(store, policy, policy)
-    [change] = result.changes
-    assert change[0].endswith("000000000003") and change[6:8] == ("allowed", "blocked")
-    assert change[-1] is False  # not reproduced under its own policy: the consent, not the policy
+    # the same policy changes nothing: b3 comes out otherwise because of the consent, not the policy
+    assert result.changes == []
+    [row] = result.unreproduced
+    assert row[0].endswith("000000000003") and row[4:6] == ("allowed", "blocked") and row[-1] is True
     assert result.not_reproduced == 1 and result.not_reproduced_unexplained == 0
     assert result.not_exact["consent_recorded_after_decision"] == 1
 
@@ -166,4 +167,6 @@ def test_a_store_without_a_consent_table_says_so(store_factory: Any, policy: Pol
     result = _replay(store, policy, policy)
     assert result.summary()["consent_table"] is False and result.consent_events == 0
     # b3 cited a withdrawn consent: with no consent known it reads as never granted (allowed, flagged)
-    assert [(c[0][-1], c[6], c[7]) for c in result.changes] == [("3", "blocked", "allowed")]
+    # (not reproduced, and not a change: the same policy judges it so, for want of the consents)
+    assert result.changes == []
+    assert [(r[0][-1], r[4], r[5]) for r in result.unreproduced] == [("3", "blocked", "allowed")]

@@ -26,6 +26,8 @@ EXPECTED = {
     "consent-withdrawals",
     "subject-exposure",
     "destinations",
+    "transfer-mechanisms",
+    "blocked-by-rule",
     "ropa-flows",
 
     "flow-map",

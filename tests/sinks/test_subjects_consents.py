@@ -150,12 +150,12 @@ def test_subject_exposure_and_user_disclosures_count_bulk_transfers(
     # a bulk transfer found through the per-subject index names its safeguard, from its audit row
     mailchimp = next(s for s in policy.subcontractor_list if s.name == "Mailchimp")
     assert mailchimp.transfer_mechanism
-    safeguards = {
-        (row["via"], row["recipient"]): row["transfer_safeguard"]
+    mechanisms = {
+        (row["via"], row["recipient"]): row["transfer_mechanism"]
         for row in run_report(store, "user-disclosures", user="alice")
     }
-    assert safeguards[("subjects", "Mailchimp")] == mailchimp.transfer_mechanism
-    assert safeguards[("subjects", "BSO")] == "(within EEA)"
+    assert mechanisms[("subjects", "Mailchimp")] == mailchimp.transfer_mechanism
+    assert mechanisms[("subjects", "BSO")] == "(within EEA)"
     last = run_report(store, "user-disclosures", user="bob")[-1]
     assert last["via"] == "unattributed"  # the summary comes last
     early = run_report(store, "user-disclosures", user="bob", until="2025-11-07")
