@@ -11,12 +11,13 @@ checkpoint per link (issue 17; docs/merkle.md has the design, README "Trust mode
   INSERT returned, so a crash leaves audit rows without nodes, never nodes without rows.
 - `commit(updates)`: once both returned, the compact ranges and the latest notes advance (with the
   chain heads).
-- `recover(heads)`: at start-up and when chains are taken (a partition assigned here), a chain whose
-  last checkpoint is older than its last link (a crash between the two inserts, or a store written
-  before the Merkle log: the migration) gets the missing leaves, nodes and checkpoints rebuilt from
-  the stored `row_hash` column, link by link, each link's HMAC recomputed from those row hashes
-  first (a row hash that does not match its link refuses the recovery). Content is not re-hashed
-  here: `flowaudit verify` does that.
+- `load(heads, chain key, table)`: at start-up and when chains are taken (a partition assigned
+  here), the chains' compact ranges and last checkpoints are read (the last one must open with this
+  key and match the stored right edge), and a chain whose last checkpoint is older than its last
+  link (a crash between the two inserts, or a store written before the Merkle log: the migration)
+  gets the missing leaves, nodes and checkpoints rebuilt from the stored `row_hash` column, link by
+  link, each link's HMAC recomputed from those row hashes first (a row hash that does not match its
+  link refuses the recovery). Content is not re-hashed here: `flowaudit verify` does that.
 
 Keys (`load_log_signer`): FLOWAUDIT_CHECKPOINT_KEY (a `PRIVATE+KEY+…` signer string) or
 `<data dir>/log.key`, created once (mode 0600); its public half goes to `<data dir>/log.pub` as a
