@@ -253,6 +253,7 @@ def own_topics(
         "FLOWAUDIT_TOPIC_APPROVED": f"flowaudit.approved.{suffix}",
         "FLOWAUDIT_TOPIC_BLOCKED": f"flowaudit.blocked.{suffix}",
         "FLOWAUDIT_TOPIC_DEAD_LETTER": f"flowaudit.dead-letter.{suffix}",
+        "FLOWAUDIT_TOPIC_CHECKPOINTS": f"flowaudit.checkpoints.{suffix}",
     }
     group = f"flowaudit-{suffix}"
     broker.create_topics([*names.values(), ledger_changelog_topic(group)], partitions)

@@ -16,11 +16,14 @@ from typing import Any
 
 import clickhouse_connect
 
+from flowaudit.domain.checkpoint import NoteSigner
 from flowaudit.domain.policy import Policy
 from tests.helpers import WorkerProcess, run_cli, story_of, wait_for, worker_env
 from tests.streams.test_worker_integration import _send_generated
 
 CHAIN_KEY = "partition-moves-chain-key-0123456789"
+# every worker of a store signs with the same Merkle log key, as they share the chain key
+CHECKPOINT_KEY = NoteSigner("flowaudit", bytes(range(32))).skey
 
 
 def shared_env(broker_url: str, store_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -29,6 +32,7 @@ def shared_env(broker_url: str, store_url: str, data_dir: Path, **extra: str) ->
         data_dir,
         FLOWAUDIT_CLICKHOUSE_URL=store_url,
         FLOWAUDIT_CHAIN_KEY=CHAIN_KEY,
+        FLOWAUDIT_CHECKPOINT_KEY=CHECKPOINT_KEY,
         FLOWAUDIT_SESSION_TIMEOUT_SECONDS="6",
         FLOWAUDIT_TOPIC_PARTITIONS="4",
         **extra,
