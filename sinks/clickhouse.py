@@ -249,9 +249,13 @@ class AuditStore:
         try:
             merkle.apply_ddl()
             self.log = MerkleLog(merkle, self.log_signer)
-            self.log.load(self.heads, self.key, self.table)
+            self.log.load(self.heads, self.key, self.table, self._head_now)
         except MerkleStoreError as exc:
             raise StoreError(f"the Merkle log: {exc}") from None
+
+    def _head_now(self, chain: str) -> ChainHead | None:
+        """The chain's last durable link as the store holds it now."""
+        return self.load_heads([chain]).get(chain)
 
     def latest_checkpoints(self, chains: Sequence[str]) -> list[str]:
         """The latest durable signed checkpoint of each of `chains` (none without a Merkle log)."""
@@ -380,7 +384,7 @@ class AuditStore:
             self.log.compacts.pop(chain, None)
             self.log.notes.pop(chain, None)
         try:
-            self.log.load(fresh, self.key, self.table)
+            self.log.load(fresh, self.key, self.table, self._head_now)
         except MerkleStoreError as exc:
             raise StoreError(f"the Merkle log: {exc}") from exc
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -271,12 +271,24 @@ class MerkleLog:
 
     # --- start-up, assignment, recovery ---------------------------------------------------------------
 
-    def load(self, heads: Mapping[str, ChainHead], chain_key: bytes, audit_table: str) -> None:
+    def load(
+        self,
+        heads: Mapping[str, ChainHead],
+        chain_key: bytes,
+        audit_table: str,
+        head_now: Callable[[str], ChainHead | None] | None = None,
+    ) -> None:
         """Read the chains' compact ranges and latest checkpoints, and rebuild what a crash (or a
-        store written before the Merkle log) left without nodes or checkpoints. Raises MerkleStoreError."""
+        store written before the Merkle log) left without nodes or checkpoints. Raises MerkleStoreError.
+
+        A checkpoint past `heads` may be another writer's, written since the heads were read (its
+        rows go in before its checkpoint): the chain's head is read again (`head_now`) before that
+        is called an error. Seen at the start of a worker while another wrote the same store."""
         for chain_id, head in sorted(heads.items()):
             stored = self.merkle.checkpoints(chain_id)
             last = stored[-1] if stored else None
+            if last is not None and last.chain_seq > head.seq and head_now is not None:
+                head = head_now(chain_id) or head
             if last is not None and last.chain_seq > head.seq:
                 raise MerkleStoreError(
                     f"chain {chain_id}: a checkpoint of link {last.chain_seq} but the rows end at "

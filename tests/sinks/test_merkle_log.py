@@ -4,6 +4,7 @@ and the Merkle part of verify with the public key only."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,23 @@ def test_a_chain_taken_over_continues_the_previous_owners_tree(store_factory: An
     assert second.log is not None and {c.size for c in second.log.compacts.values()} == {400}
     report = verify_store(second, merkle=_check(second))
     assert report.ok and report.checkpoints == report.links == 16, report.problems
+
+
+def test_a_checkpoint_written_after_the_heads_were_read_is_another_writers_not_an_error(
+    store_factory: Any, policy: Any
+) -> None:
+    """Seen in the killed-worker test on the real broker: a worker starting while another wrote the
+    store read the chains' heads, then the other wrote a link (rows, then its checkpoint), then the
+    starting worker read that checkpoint, past the heads it held, and refused to start."""
+    from flowaudit.sinks.merkle_log import MerkleLog
+    from flowaudit.sinks.merkle_store import MerkleStoreError
+
+    store = store_factory(log_signer=SIGNER)
+    _write(store, generated(policy, 400), 200)
+    chain, head = next(iter(store.heads.items()))
+    stale = {chain: dataclasses.replace(head, seq=head.seq - 1)}  # as read before the last link
+    fresh = MerkleLog(MerkleStore(store.client, store.database), SIGNER)
+    with pytest.raises(MerkleStoreError, match="but the rows end at"):
+        fresh.load(stale, store.key, store.table)
+    fresh.load(stale, store.key, store.table, lambda c: store.load_heads([c]).get(c))
+    assert fresh.notes[chain] == store.latest_checkpoints([chain])[0]
