@@ -36,9 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from flowaudit.domain.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -53,12 +50,12 @@ from flowaudit.domain.merkle import CompactRange, Extension
 from flowaudit.sinks.audit import GENESIS, ChainHead, link_hash
 from flowaudit.sinks.merkle_store import (
     CHECKPOINT_COLUMNS,
-    NODE_SCHEMA,
     MerkleStore,
     MerkleStoreError,
     StoredCheckpoint,
     extend_chain,
 )
+from flowaudit.sinks.merkle_store import nodes_payload as chain_nodes_payload
 
 log = logging.getLogger(__name__)
 
@@ -153,30 +150,8 @@ class LogUpdate:
 
 def nodes_payload(updates: Sequence[LogUpdate]) -> bytes:
     """The nodes of every update as one Arrow stream in NODE_SCHEMA (one INSERT for all the batch's
-    chains; the chain column is a dictionary of the batch's chains)."""
-    names = list(dict.fromkeys(u.chain_id for u in updates))  # a recovery has one chain's links
-    position = {name: index for index, name in enumerate(names)}
-    runs = [(position[u.chain_id], run) for u in updates for run in u.extension.runs]
-    sizes = [len(run.hashes) for _, run in runs]
-    chains = np.repeat(np.array([index for index, _ in runs], dtype=np.int32), sizes)
-    levels = np.repeat(np.array([run.level for _, run in runs], dtype=np.uint8), sizes)
-    positions = np.concatenate(
-        [np.arange(run.first, run.first + len(run.hashes), dtype=np.uint64) for _, run in runs]
-    )
-    batch = pa.RecordBatch.from_arrays(
-        [
-            pa.DictionaryArray.from_arrays(chains, pa.array(names)),
-            pa.array(levels),
-            pa.array(positions),
-            pa.array([digest for _, run in runs for digest in run.hashes], pa.binary(32)),
-        ],
-        schema=NODE_SCHEMA,
-    )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, NODE_SCHEMA) as writer:
-        writer.write_batch(batch)
-    payload: bytes = sink.getvalue().to_pybytes()
-    return payload
+    chains)."""
+    return chain_nodes_payload([(update.chain_id, update.extension) for update in updates])
 
 
 def updates_token(kind: str, updates: Sequence[LogUpdate]) -> str:

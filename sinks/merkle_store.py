@@ -80,20 +80,27 @@ def extend_chain(compact: CompactRange, row_hashes: Sequence[bytes]) -> Extensio
 
 def node_payload(chain_id: str, extension: Extension) -> bytes:
     """The extension's nodes as an Arrow IPC stream in NODE_COLUMNS order (FORMAT ArrowStream)."""
-    count = extension.count
-    levels = np.repeat(
-        np.arange(len(extension.runs), dtype=np.uint8), [len(run.hashes) for run in extension.runs]
-    )
+    return nodes_payload([(chain_id, extension)])
+
+
+def nodes_payload(extensions: Sequence[tuple[str, Extension]]) -> bytes:
+    """The nodes of several chains' extensions as one Arrow IPC stream in NODE_SCHEMA (one INSERT
+    for a batch's chains; the chain column is a dictionary of their ids)."""
+    names = list(dict.fromkeys(chain_id for chain_id, _ in extensions))
+    position = {name: index for index, name in enumerate(names)}
+    runs = [(position[chain_id], run) for chain_id, extension in extensions for run in extension.runs]
+    sizes = [len(run.hashes) for _, run in runs]
+    chains = np.repeat(np.array([index for index, _ in runs], dtype=np.int32), sizes)
+    levels = np.repeat(np.array([run.level for _, run in runs], dtype=np.uint8), sizes)
     positions = np.concatenate(
-        [np.arange(run.first, run.first + len(run.hashes), dtype=np.uint64) for run in extension.runs]
+        [np.arange(run.first, run.first + len(run.hashes), dtype=np.uint64) for _, run in runs]
     )
-    hashes = [digest for run in extension.runs for digest in run.hashes]
     batch = pa.RecordBatch.from_arrays(
         [
-            pa.DictionaryArray.from_arrays(np.zeros(count, dtype=np.int32), pa.array([chain_id])),
+            pa.DictionaryArray.from_arrays(chains, pa.array(names)),
             pa.array(levels),
             pa.array(positions),
-            pa.array(hashes, pa.binary(32)),
+            pa.array([digest for _, run in runs for digest in run.hashes], pa.binary(32)),
         ],
         schema=NODE_SCHEMA,
     )
