@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowaudit.common.settings import Settings, SettingsError, load_settings
 from flowaudit.domain.policy import Policy, PolicyError, Subcontractor, load_policy
@@ -284,11 +284,14 @@ def _cmd_map(args: argparse.Namespace, settings: Settings) -> int:
     from flowaudit.flowmap import run_map
 
     policy = _load_policy_or_exit(settings.policy_dir)
-    target = lambda: _store_or_worker(settings, policy)  # noqa: E731 - opened once the arguments check
     if args.min_events < 0:
         print(f"flowaudit: --min-events {args.min_events}: give a count of 0 or more", file=sys.stderr)
         return 2
-    return run_map(args.since, args.until, args.out, target, policy.version, args.min_events)
+
+    def query(report: Report, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return _query_report(settings, policy, report, parameters)  # opened once the arguments check
+
+    return run_map(args.since, args.until, args.out, query, policy.version, args.min_events)
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:

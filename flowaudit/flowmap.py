@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowaudit.domain.flowmap import (
     LAYERS,
@@ -28,36 +28,8 @@ from flowaudit.domain.flowmap import (
 from flowaudit.sinks.flowmap import MapRenderError, flow_map_dot, render_html, render_svg
 from flowaudit.sinks.reports import Report, ReportError, as_records, load_reports, report_parameters
 
-if TYPE_CHECKING:
-    from flowaudit.sinks.clickhouse import AuditStore
-
 REPORT = "flow-map"
 FORMATS = (".svg", ".html", ".dot", ".json")
-
-
-def report_rows(
-    target: AuditStore | tuple[str, str], report: Report, parameters: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """The report's rows as records, from the store (closed afterwards) or the worker (URL, token)."""
-    from flowaudit.sinks.clickhouse import StoreError, qualify
-    from flowaudit.webapi import fetch_json
-
-    if isinstance(target, tuple):
-        url, token = target
-        answer = fetch_json(f"{url}/flowaudit/report/{report.name}/", parameters, token)
-        columns, rows = answer["columns"], [tuple(row) for row in answer["rows"]]
-        return as_records(columns, rows)
-    try:
-        if target.missing_columns:
-            raise StoreError(
-                f"the audit table {target.table} predates row format 2 (it lacks "
-                f"{', '.join(target.missing_columns)}): the map needs those columns, which a worker "
-                "of this version adds at start-up"
-            )
-        columns, rows = target.query(qualify(report.sql, target.table), parameters)
-    finally:
-        target.close()
-    return as_records(columns, rows)
 
 
 def draw(graph: FlowGraph, suffix: str, loaded_policy: str) -> str:
@@ -74,11 +46,12 @@ def run_map(
     since: str | None,
     until: str | None,
     out: Path | None,
-    open_target: Callable[[], AuditStore | tuple[str, str]],
+    query: Callable[[Report, dict[str, Any]], tuple[list[str], list[tuple[Any, ...]]]],
     loaded_policy: str,
     min_events: int = 0,
 ) -> int:
-    """Draw the map of [since, until) to `out` (by its suffix) or standard output (SVG)."""
+    """Draw the map of [since, until) to `out` (by its suffix) or standard output (SVG); `query`
+    answers the report from the store or from the worker that holds it (the CLI's, as for `report`)."""
     from flowaudit.sinks.clickhouse import StoreError
 
     suffix = out.suffix.lower() if out is not None else ".svg"
@@ -88,7 +61,7 @@ def run_map(
     report = load_reports()[REPORT]
     try:
         parameters = report_parameters(report, since, until, None)
-        records = report_rows(open_target(), report, parameters)
+        records = as_records(*query(report, parameters))
         rows = (row_from_record(r) for r in records)
         graph = build_flow_graph(rows, since or None, until or None, min_events)
         text = draw(graph, suffix, loaded_policy)
