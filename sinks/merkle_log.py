@@ -252,13 +252,16 @@ class MerkleLog:
         chain_key: bytes,
         audit_table: str,
         head_now: Callable[[str], ChainHead | None] | None = None,
+        recover: bool = True,
     ) -> None:
         """Read the chains' compact ranges and latest checkpoints, and rebuild what a crash (or a
         store written before the Merkle log) left without nodes or checkpoints. Raises MerkleStoreError.
 
         A checkpoint past `heads` may be another writer's, written since the heads were read (its
         rows go in before its checkpoint): the chain's head is read again (`head_now`) before that
-        is called an error. Seen at the start of a worker while another wrote the same store."""
+        is called an error. Seen at the start of a worker while another wrote the same store.
+        With `recover` false, links without checkpoints are left for their writer: a chain another
+        writer may be writing (its rows in, its checkpoint not yet) is not this one's to repair."""
         for chain_id, head in sorted(heads.items()):
             stored = self.merkle.checkpoints(chain_id)
             last = stored[-1] if stored else None
@@ -274,7 +277,7 @@ class MerkleLog:
             if last is not None:
                 self._check_last(chain_id, last)
                 self.notes[chain_id] = last.note
-            if last is None or last.chain_seq < head.seq:
+            if recover and (last is None or last.chain_seq < head.seq):
                 self._recover(chain_id, last, head, chain_key, audit_table)
 
     def _check_last(self, chain_id: str, last: StoredCheckpoint) -> None:
