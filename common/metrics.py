@@ -197,7 +197,22 @@ CHECKPOINTS_PUBLISHED = Counter(
 
 # Kept by the worker's own process when the pipeline runs in a second process (which keeps the others):
 # the worker's /metrics takes these from itself and everything else from the second process.
-WORKER_PROCESS_METRICS = (CONSUMER_LAG, FORWARDED, REBALANCE_REREADS, POLICY, CHECKPOINTS_PUBLISHED)
+OFFSET_HOLE_REREADS = Counter(
+    "flowaudit_offset_hole_rereads_total",
+    "Times a partition was read again from its next commit offset because that offset stayed "
+    "unacknowledged while later ones were acknowledged (an event the consumer failed to deliver; the commit "
+    "waits at it, never passes it). The sink skips what it already holds.",
+    registry=REGISTRY,
+)
+
+WORKER_PROCESS_METRICS = (
+    CONSUMER_LAG,
+    FORWARDED,
+    REBALANCE_REREADS,
+    OFFSET_HOLE_REREADS,
+    POLICY,
+    CHECKPOINTS_PUBLISHED,
+)
 
 
 def zero_known_series(kinds: list[str], rules: list[str], flags: list[str]) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
@@ -39,6 +40,7 @@ from flowaudit.sinks.audit import chain_id_for
 from flowaudit.sinks.merkle_verify import VerifyOptions
 from flowaudit.sinks.verify import VerifyReport
 from flowaudit.streams.consumer import Transport as ConsumerTransport
+from flowaudit.streams.consumer import WholeSeekConsumer
 from flowaudit.streams.deadletter import InvalidRatioExceeded
 from flowaudit.streams.messages import BatchResult, InboundMessage
 from flowaudit.streams.web import StoreViews, WebGuard, add_web_views
@@ -207,6 +209,7 @@ def create_app(
 
     inputs = frozenset(input_topic(settings, processor.kind) for processor in processors)
     _chains_follow_partitions(app, store_owner, inputs)
+    _reread_holes_every(app, HOLE_CHECK_SECONDS)
     if web_guard is not None and settings.web_port > 0:
         add_web_views(app, web_views or store_owner, web_guard, policy, settings.witness_state)
     return app
@@ -263,6 +266,24 @@ def crash_from_thread(app: FlowauditApp, error: BaseException) -> None:
     app.fatal_error = app.fatal_error or error
     with contextlib.suppress(RuntimeError):  # the loop is already closed: the worker is stopping
         asyncio.run_coroutine_threadsafe(app.crash(error), app.loop)
+
+
+# how often the consumer looks for partitions whose next commit offset is stuck (streams.offsets)
+HOLE_CHECK_SECONDS = 2.0
+
+
+def _reread_holes_every(app: FlowauditApp, interval: float) -> None:
+    """A timer on every worker: a partition whose next commit offset was read but stays
+    unacknowledged while later offsets are acknowledged is read again from it
+    (`streams.consumer.WholeSeekConsumer.reread_holes`). Not during a rebalance: its seek reads
+    every partition again from its committed offset anyway."""
+
+    async def reread_holes() -> None:
+        consumer = app.consumer
+        if isinstance(consumer, WholeSeekConsumer) and not app.rebalancing:
+            await consumer.reread_holes(time.monotonic())
+
+    app.timer(interval, name="flowaudit.reread_holes")(reread_holes)
 
 
 def _chains_follow_partitions(app: FlowauditApp, store: AuditStoreOwner, inputs: frozenset[str]) -> None:

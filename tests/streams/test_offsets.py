@@ -1,0 +1,102 @@
+"""streams.offsets: the commit never passes an offset read but not acknowledged; holes are re-read
+after the grace, with a doubling wait."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from flowaudit.streams.offsets import (
+    HOLE_GRACE_SECONDS,
+    HOLE_MAX_WAIT_SECONDS,
+    Hole,
+    committable_run,
+    holes_to_reread,
+    missing_between,
+)
+
+
+def _by_definition(start: int, acked: set[int], gaps: list[tuple[int, int]]) -> int | None:
+    """The rule as stated: the first offset from `start` that is neither acked nor in a gap."""
+    covered = acked | {offset for begin, end in gaps for offset in range(begin, end)}
+    end = start
+    while end in covered:
+        end += 1
+    return end if end > start else None
+
+
+@pytest.mark.parametrize("start", range(4))
+def test_every_set_of_acknowledged_offsets_commits_only_its_run_from_start(start: int) -> None:
+    offsets = range(10)
+    for size in range(len(offsets) + 1):
+        for acked in itertools.combinations(offsets, size):
+            for gaps in ([], [(5, 7)], [(start, start + 1)]):
+                expected = _by_definition(start, {o for o in acked if o >= start}, gaps)
+                assert committable_run(start, acked, gaps) == expected, (start, acked, gaps)
+
+
+def test_the_hole_of_faust_issue_606_is_not_passed() -> None:
+    """The failure on the real broker: committed 25, offset 25 never delivered, 26..130 acked. Faust's
+    own rule committed 131; this one waits at 25."""
+    assert committable_run(25, range(26, 131), []) is None
+    assert committable_run(25, [25, *range(26, 131)], []) == 131
+
+
+def test_with_nothing_committed_a_run_must_still_start_at_the_first_offset() -> None:
+    """Faust's rule checks nothing when no offset (or 0) is committed: 18..111 acked committed 112
+    over 0..17 still in flight."""
+    assert committable_run(0, range(18, 112), []) is None
+
+
+def test_offsets_below_start_are_already_committed_and_ignored() -> None:
+    assert committable_run(10, [3, 4, 10, 11], []) == 12
+
+
+def test_a_gap_carries_the_commit_over_offsets_with_no_record() -> None:
+    assert committable_run(7, [9, 10], [(7, 9)]) == 11  # a transaction marker at 7 and 8
+
+
+@pytest.mark.parametrize(
+    ("read", "fetched", "committed", "skipped"),
+    [
+        (None, 5, None, None),  # nothing read yet: nothing is known skipped
+        (4, 5, None, None),  # the next offset: nothing skipped
+        (4, 7, None, (5, 7)),  # 5 and 6 skipped, 7 itself is being delivered
+        (4, 7, 6, (6, 7)),  # below the committed offset is already passed
+        (4, 7, 9, None),
+        (11, 13, 12, (12, 13)),  # read set one below a seek to 12, first record 13: 12 skipped
+    ],
+)
+def test_missing_between(
+    read: int | None, fetched: int, committed: int | None, skipped: tuple[int, int] | None
+) -> None:
+    assert missing_between(read, fetched, committed) == skipped
+
+
+def test_a_hole_is_reread_after_the_grace_then_with_a_doubling_wait_up_to_the_cap() -> None:
+    holes: dict[object, Hole] = {}
+    current: dict[object, tuple[int, int]] = {"p0": (25, 26)}
+    assert holes_to_reread(holes, current, now=0.0) == []  # seen
+    assert (
+        holes_to_reread(holes, current, now=HOLE_GRACE_SECONDS - 0.1) == []
+    )  # a batch may still be writing it
+    assert holes_to_reread(holes, current, now=HOLE_GRACE_SECONDS) == [("p0", 25, 0)]
+    waits = []
+    now = HOLE_GRACE_SECONDS
+    for _ in range(8):
+        due_at = holes["p0"].reread_at
+        assert holes_to_reread(holes, current, now=due_at - 0.01) == []
+        assert holes_to_reread(holes, current, now=due_at)[0][0] == "p0"
+        waits.append(due_at - now)
+        now = due_at
+    assert waits[:3] == [2 * HOLE_GRACE_SECONDS, 4 * HOLE_GRACE_SECONDS, 8 * HOLE_GRACE_SECONDS]
+    assert max(waits) == HOLE_MAX_WAIT_SECONDS
+
+
+def test_a_closed_hole_is_forgotten_and_a_moved_one_begins_again() -> None:
+    holes: dict[object, Hole] = {}
+    holes_to_reread(holes, {"p0": (25, 26), "p1": (3, 9)}, now=0.0)
+    holes_to_reread(holes, {"p1": (4, 9)}, now=1.0)  # p0 closed; p1's commit moved on to a new hole
+    assert set(holes) == {"p1"}
+    assert holes["p1"] == Hole(4, 1.0, 1.0 + HOLE_GRACE_SECONDS)
