@@ -26,14 +26,18 @@ later ones are acknowledged is read again from that offset (`reread_holes`, from
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, ClassVar, cast
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, ClassVar
 
+import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
 from flowaudit.common import metrics
-from flowaudit.streams.offsets import Hole, committable_run, holes_to_reread, missing_between
+from flowaudit.streams.offsets import Hole, committable_run, holes_to_reread, skipped_within
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,12 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         # per input partition held: the offset its next commit starts at (its seek's, then each commit's)
         self._commit_from: dict[TP, int] = {}
-        self._holes: dict[object, Hole] = {}
+        self._holes: dict[TP, Hole] = {}
+        # per partition, bumped by every seek: records a fetch returned before it are not delivered
+        self._seeks: dict[TP, int] = {}
 
     async def perform_seek(self) -> None:
+        self._bump_seeks(self.assignment())  # what the fetch loop still holds is from before the seek
         committed: dict[Any, int | None] = dict(await self.seek_to_committed())
         # what Faust's own perform_seek records (aiokafka's and Faust's partitions are equal tuples)
         self._read_offset.update(
@@ -64,7 +71,7 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         unstarted = [
             TP(tp.topic, tp.partition)
             for tp, offset in committed.items()
-            if not offset and not self._is_changelog_tp(tp)
+            if (offset is None or offset <= 0) and not self._is_changelog_tp(tp)
         ]
         earliest: dict[TP, int] = {}
         if unstarted:
@@ -73,25 +80,49 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
             earliest = {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
             await self.seek_wait(earliest)
             log.debug("partitions with nothing committed read from their first offset: %s", earliest)
-        for tp, offset in committed.items():
-            partition = TP(tp.topic, tp.partition)
-            if not self._is_changelog_tp(partition):
-                self._start_at(partition, offset if offset else earliest.get(partition, 0))
+        inputs = [TP(tp.topic, tp.partition) for tp in committed if not self._is_changelog_tp(tp)]
+        self._bump_seeks(inputs)
+        for tp in inputs:
+            offset = committed.get(tp)
+            start = offset if offset is not None and offset > 0 else earliest.get(tp, 0)
+            self._commit_from[tp] = start
+            self._read_offset[tp] = start if start > 0 else None  # records from `start` are delivered
 
-    def _start_at(self, tp: TP, offset: int) -> None:
-        """The next commit of `tp` starts at `offset`, where its reading starts. The read offset is
-        set one below it, so that a first record above it shows `offset` as skipped (a transaction
-        marker at the committed offset) rather than as a hole."""
-        self._commit_from[tp] = offset
-        self._read_offset[tp] = offset - 1 if offset > 0 else None
+    def _bump_seeks(self, partitions: Iterable[TP]) -> None:
+        for tp in partitions:
+            self._seeks[tp] = self._seeks.get(tp, 0) + 1
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's fetch, less the records of a partition sought since the fetch returned (they are
+        fetched again from the seek's offset: delivered, they would make Faust drop those as
+        already read); offsets a fetch skipped between two of its records of a partition hold no
+        record (a transaction marker, a compacted record) and are recorded as gaps."""
+        seeks: dict[TP, int] | None = None
+        last: dict[TP, int] = {}
+        async for tp, message in super().getmany(timeout):
+            if seeks is None:  # the fetch is done: a seek from now on makes the rest of it stale
+                seeks = dict(self._seeks)
+            if self._seeks.get(tp, 0) != seeks.get(tp, 0):
+                continue
+            skipped = skipped_within(last.get(tp), message.offset)
+            if skipped is not None:
+                self._gap[tp].addi(*skipped)
+                self._gap[tp].merge_overlaps()
+            last[tp] = message.offset
+            yield tp, message
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Faust's own gap inference, left out: it compares a record with the last one its fetch loop
+        read, across fetches and seeks, so records a seek made stale, or a record it dropped, turn
+        real offsets into "gaps" the commit would pass. Gaps come from `getmany` instead."""
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit for `tp` (None: nothing yet), by `streams.offsets.committable_run`
-        from where the last commit (or the seek) left it; what it covers is forgotten."""
+        from where the last commit (or the seek) left it; what it covers is forgotten. A partition
+        with no start recorded (not sought yet) commits nothing."""
         start = self._commit_from.get(tp)
-        if start is None:  # not an input partition sought by perform_seek: Faust's own rule
-            result: int | None = super()._new_offset(tp)
-            return result
+        if start is None:
+            return None
         acked = self._acked[tp]
         gaps = self._gap.get(tp)
         end = committable_run(start, acked, [(gap.begin, gap.end) for gap in gaps] if gaps else [])
@@ -105,27 +136,17 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         self._commit_from[tp] = end
         return end
 
-    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        """Faust's fetch loop read `offset_to` after `offset_from - 1`: the offsets between hold no
-        record. Faust's own version counts `offset_to` (being delivered, not yet acknowledged) in the
-        gap and leaves out the committed offset; this one counts exactly the offsets skipped."""
-        committed = self._commit_from.get(tp, self._committed_offset.get(tp))
-        skipped = missing_between(offset_from - 1, offset_to, committed)
-        if skipped is not None:
-            self._gap[tp].addi(*skipped)
-            self._gap[tp].merge_overlaps()
-
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Forget the revoked partitions' commit starts and holes (Faust forgets their acks)."""
         for tp in revoked:
             self._commit_from.pop(tp, None)
             self._holes.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
-    async def reread_holes(self, now: float) -> int:
-        """Read again, from its next commit offset, every partition where that offset has stayed
-        unacknowledged past the grace while later offsets are acknowledged (`streams.offsets`).
-        Returns how many partitions were sought."""
-        current: dict[object, tuple[int, int]] = {}
+    def _holes_now(self) -> dict[TP, tuple[int, int]]:
+        """Partition → (next commit offset, lowest acknowledged offset above it), where the commit
+        cannot move although later offsets are acknowledged."""
+        current: dict[TP, tuple[int, int]] = {}
         for tp, start in self._commit_from.items():
             above = [offset for offset in self._acked.get(tp, ()) if offset > start]
             if above:
@@ -133,23 +154,108 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
                 intervals = [(gap.begin, gap.end) for gap in gaps] if gaps else []
                 if committable_run(start, self._acked[tp], intervals) is None:
                     current[tp] = (start, min(above))
-        due = holes_to_reread(self._holes, current, now)
-        for partition, start, rereads in due:
-            tp = cast(TP, partition)
+        return current
+
+    async def reread_holes(self, now: float) -> int:
+        """For every partition whose next commit offset has stayed unacknowledged past the grace
+        while later offsets are acknowledged (`streams.offsets.holes_to_reread`): ask the broker
+        whether a record is there. None (a transaction marker at a fetch's edge): the offsets up to
+        the next record are a gap and the commit moves on. One: the partition is read again from it
+        (the sink skips what it holds). Returns how many partitions were read again."""
+        current = self._holes_now()
+        reread = 0
+        for tp, start, rereads in holes_to_reread(self._holes, current, now):
+            try:
+                first = await self.first_offset_from(tp, start)
+            except Exception as exc:  # the re-read below does no harm if the probe could not tell
+                log.warning(
+                    "%s[%d]: could not read offset %d to check it: %s", tp.topic, tp.partition, start, exc
+                )
+                first = start
+            if first is not None and first > start:
+                log.info(
+                    "%s[%d]: offsets %d to %d hold no record; the commit passes them",
+                    tp.topic,
+                    tp.partition,
+                    start,
+                    first - 1,
+                )
+                self._gap[tp].addi(start, first)
+                self._gap[tp].merge_overlaps()
+                continue
             log.warning(
                 "%s[%d]: offset %d was read but never acknowledged while later offsets (from %d) were: "
                 "reading the partition again from %d (re-read %d); the sink skips what it holds",
                 tp.topic,
                 tp.partition,
                 start,
-                current[partition][1],
+                current[tp][1],
                 start,
                 rereads + 1,
             )
             metrics.OFFSET_HOLE_REREADS.inc()
-            await self._seek(tp, start)
-            self._read_offset[tp] = start - 1 if start > 0 else None
-        return len(due)
+            self._bump_seeks([tp])
+            await self.seek_wait({tp: start})  # on the consumer's thread
+            self._bump_seeks([tp])
+            self._read_offset[tp] = start if start > 0 else None
+            reread += 1
+        return reread
+
+    async def first_offset_from(self, tp: TP, offset: int) -> int | None:
+        """The offset of the first record of `tp` at or after `offset`, read by a consumer of its own
+        (no group, the worker's isolation level and credentials); None when there is none yet."""
+        conf = self.app.conf
+        transport: Any = self.transport
+        return await first_record_offset(
+            bootstrap=server_list(transport.url, transport.default_port),
+            tp=tp,
+            offset=offset,
+            isolation_level="read_committed" if self.in_transaction else "read_uncommitted",
+            timeout_seconds=conf.broker_request_timeout,
+            client_id=f"{conf.broker_client_id}-offset-check",
+            auth=dict(credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)),
+        )
+
+
+async def first_record_offset(
+    bootstrap: Any,
+    tp: TP,
+    offset: int,
+    isolation_level: str = "read_uncommitted",
+    timeout_seconds: float = 30.0,
+    client_id: str = "flowaudit-offset-check",
+    auth: dict[str, Any] | None = None,
+) -> int | None:
+    """The offset of the first record of `tp` at or after `offset` as a consumer at
+    `isolation_level` reads it; None when the partition has none there yet."""
+    consumer = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+        request_timeout_ms=int(timeout_seconds * 1000),
+        **(auth or {}),
+    )
+    await consumer.start()
+    try:
+        partition = aiokafka.TopicPartition(tp.topic, tp.partition)
+        consumer.assign([partition])
+        consumer.seek(partition, offset)
+        deadline = asyncio.get_running_loop().time() + timeout_seconds
+        while True:
+            batch = await consumer.getmany(partition, timeout_ms=1000, max_records=1)
+            records = batch.get(partition)
+            if records:
+                return int(records[0].offset)
+            position = await consumer.position(partition)
+            end = (await consumer.end_offsets([partition]))[partition]
+            if position >= end:  # read to the end: the offsets from `offset` hold no record
+                return None if position <= offset else int(position)
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no answer from {tp.topic}[{tp.partition}] at offset {offset}")
+    finally:
+        await consumer.stop()
 
 
 class Transport(faust_aiokafka.Transport):

@@ -4,8 +4,9 @@ Pure bookkeeping, no I/O; `streams.consumer` applies it to Faust's consumer stat
 
 Contract: a partition's commit moves from `start` (the offset its last commit, or its seek, said
 is next) only across offsets that are acknowledged, i.e. whose audit rows (or dead letters) are
-durable, or that hold no record (`gaps`: offsets the fetch loop saw skipped, as a transaction
-marker or a compacted record leaves). Never across an offset that was read but not acknowledged.
+durable, or that are known to hold no record (`gaps`: offsets one fetch skipped between two of its
+records, or that the broker showed empty: a transaction marker, a compacted record). Never across
+an offset that was read but not acknowledged.
 
 Why not Faust's own rule (`Consumer._new_offset`): it commits the first run of consecutive acked
 offsets wherever that run starts. With no committed offset yet, or a committed offset of 0, it
@@ -13,18 +14,23 @@ checks nothing; otherwise it lets the run start one offset above the committed o
 (faust-streaming issue #606). So an event Faust failed to deliver, or one left unacknowledged to be
 read again after a rebalance, was passed over by the next commit while later events were acked:
 seen on the real broker, an event committed that was never audited (a worker killed while events
-flowed, one run in six on a loaded machine).
+flowed, 2 runs in 9 on a loaded machine). Faust's gap inference is no better: it compares a record
+with the last one read across fetches and seeks, so a stale record or a dropped one makes a gap of
+real offsets.
 
 A hole (`start` not acknowledged while later offsets are) is normal for as long as a batch takes to
-be written; once it has lasted `grace` seconds the partition is read again from `start`, and again
-with a doubling wait while it lasts. The sink skips what it already holds, so a re-read audits
-nothing twice.
+be written; once it has lasted `grace` seconds the consumer asks the broker whether a record is at
+`start` (none: a gap) and, if one is, reads the partition again from it; again with a doubling wait
+while the hole lasts. The sink skips what it already holds, so a re-read audits nothing twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
+
+P = TypeVar("P")  # a partition, as the caller names it
 
 # The first re-read of a hole waits this long after the hole is seen (a batch is written and acked
 # well within it: batch_max_seconds plus an insert); later ones double the wait, up to the cap.
@@ -47,14 +53,15 @@ def committable_run(start: int, acked: Iterable[int], gaps: Iterable[tuple[int, 
     return offset
 
 
-def missing_between(read: int | None, fetched: int, committed: int | None) -> tuple[int, int] | None:
-    """The offsets the fetch loop skipped when it reads `fetched` after `read` (the last offset it
-    read): [read + 1, fetched), never below the committed offset (already passed) and never
-    `fetched` itself (it is being delivered, not skipped). None when nothing was skipped."""
-    if read is None:
+def skipped_within(previous: int | None, offset: int) -> tuple[int, int] | None:
+    """The offsets one fetch skipped between two of its records of a partition, `previous` and
+    `offset`: [previous + 1, offset), which hold no record (a fetch reads the log in order; a
+    transaction marker or a compacted record leaves such a gap). None when nothing was skipped or
+    `offset` is the fetch's first record of the partition: across fetches, or after a seek, an
+    offset not read is not known to hold no record."""
+    if previous is None or offset <= previous + 1:
         return None
-    begin = max(read + 1, committed if committed is not None else 0)
-    return (begin, fetched) if begin < fetched else None
+    return (previous + 1, offset)
 
 
 @dataclass
@@ -63,23 +70,24 @@ class Hole:
 
     start: int
     seen_at: float
-    reread_at: float  # when the next re-read is due
+    reread_at: float  # when the next look at it is due
     rereads: int = 0
 
 
 def holes_to_reread(
-    holes: dict[object, Hole],
-    current: dict[object, tuple[int, int]],
+    holes: dict[P, Hole],
+    current: dict[P, tuple[int, int]],
     now: float,
     grace: float = HOLE_GRACE_SECONDS,
     max_wait: float = HOLE_MAX_WAIT_SECONDS,
-) -> list[tuple[object, int, int]]:
+) -> list[tuple[P, int, int]]:
     """Update `holes` with the partitions that have one now (`current`: partition → (start, lowest
-    acknowledged offset above it)) and return the (partition, start, rereads so far) to read again
-    from `start` now. A hole that closed, or whose start moved, is forgotten or begun again."""
+    acknowledged offset above it)) and return the (partition, start, looks so far) due a look now:
+    the first after `grace`, then after a doubling wait up to `max_wait`. A hole that closed, or
+    whose start moved, is forgotten or begun again."""
     for partition in [p for p in holes if p not in current or holes[p].start != current[p][0]]:
         del holes[partition]
-    due: list[tuple[object, int, int]] = []
+    due: list[tuple[P, int, int]] = []
     for partition, (start, _lowest_acked) in current.items():
         hole = holes.get(partition)
         if hole is None:

@@ -11,9 +11,12 @@ tests/test_real_kafka_consents.py (the ledger following its partitions to anothe
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
+from unittest.mock import patch
 
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from flowaudit.common import metrics
@@ -32,9 +35,13 @@ class FakeFaustConsumer:
         self._read_offset: dict[TP, int | None] = dict(read)
         self._committed_offset: dict[TP, int | None] = {}
         self._commit_from: dict[TP, int] = {}
+        self._seeks: dict[TP, int] = {}
         self.sought: dict[TP, int] = {}
 
-    _start_at = WholeSeekConsumer._start_at
+    _bump_seeks = WholeSeekConsumer._bump_seeks
+
+    def assignment(self) -> set[TP]:
+        return set(self.committed)
 
     async def seek_to_committed(self) -> dict[TP, int | None]:
         return dict(self.committed)
@@ -70,9 +77,9 @@ def test_a_partition_with_nothing_committed_is_read_again_from_its_first_offset(
     _perform_seek(consumer)
     assert consumer.sought == {fresh: 0, trimmed: 40}
     assert consumer._read_offset.get(fresh) is None  # nothing re-read from 0 is dropped as already read
-    # one below the first offset: a first record above 40 shows 40 as skipped, not as a hole
-    assert consumer._read_offset[trimmed] == 39
+    assert consumer._read_offset[trimmed] == 40
     assert consumer._commit_from == {fresh: 0, trimmed: 40}  # where their next commits start
+    assert consumer._seeks == {fresh: 2, trimmed: 2}  # what a fetch held from before is not delivered
 
 
 def test_a_partition_committed_at_zero_is_read_again_from_its_first_offset() -> None:
@@ -94,7 +101,7 @@ def test_committed_partitions_and_changelogs_keep_faust_seek() -> None:
     assert (
         consumer.sought == {}
     )  # aiokafka's seek_to_committed moved the committed one; recovery seeks changelogs
-    assert consumer._read_offset[committed] == 11
+    assert consumer._read_offset[committed] == 12
     assert consumer._committed_offset == {committed: 12}
     assert consumer._commit_from == {committed: 12}  # the changelog's commits are not the consumer's
 
@@ -138,25 +145,37 @@ def test_nothing_is_acknowledged_while_a_rebalance_is_under_way() -> None:
     assert metrics.REBALANCE_REREADS.labels("during_rebalance")._value.get() == counted + 1
 
 
-class FakeAckState:
-    """What the commit rule uses of Faust's consumer: acked offsets, their index, gaps, seeks."""
+def _consumer(commit_from: dict[TP, int], acked: dict[TP, list[int]], committed: dict[TP, int | None]) -> Any:
+    """A WholeSeekConsumer with only what the commit rule, the fetch filter and the hole check use
+    (Faust's service machinery is not started)."""
+    from intervaltree import IntervalTree  # Faust's own type for gaps
 
-    def __init__(
-        self, commit_from: dict[TP, int], acked: dict[TP, list[int]], committed: dict[TP, int | None]
-    ) -> None:
-        from intervaltree import IntervalTree  # Faust's own type for gaps
+    consumer: Any = object.__new__(WholeSeekConsumer)
+    consumer._commit_from = dict(commit_from)
+    consumer._acked = {tp: list(offsets) for tp, offsets in acked.items()}
+    consumer._acked_index = {tp: set(offsets) for tp, offsets in acked.items()}
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._committed_offset = dict(committed)
+    consumer._read_offset = {}
+    consumer._holes = {}
+    consumer._seeks = {}
+    consumer.sought = []
+    consumer.probed = []
+    consumer.first_record = {}
 
-        self._commit_from = dict(commit_from)
-        self._acked = {tp: list(offsets) for tp, offsets in acked.items()}
-        self._acked_index = {tp: set(offsets) for tp, offsets in acked.items()}
-        self._gap = {tp: IntervalTree() for tp in acked}
-        self._committed_offset = dict(committed)
-        self._read_offset: dict[TP, int | None] = {}
-        self._holes: dict[object, Any] = {}
-        self.sought: list[tuple[TP, int]] = []
+    async def seek_wait(partitions: dict[TP, int]) -> None:
+        consumer.sought.extend(partitions.items())
 
-    async def _seek(self, tp: TP, offset: int) -> None:
-        self.sought.append((tp, offset))
+    async def first_offset_from(tp: TP, offset: int) -> int | None:
+        consumer.probed.append((tp, offset))
+        answer = consumer.first_record.get(tp, offset)
+        if isinstance(answer, Exception):
+            raise answer
+        return cast(int | None, answer)
+
+    consumer.seek_wait = seek_wait
+    consumer.first_offset_from = first_offset_from
+    return consumer
 
 
 def test_the_commit_waits_at_an_offset_never_acknowledged_where_faust_passed_it() -> None:
@@ -167,34 +186,105 @@ def test_the_commit_waits_at_an_offset_never_acknowledged_where_faust_passed_it(
     tp = TP("flows", 2)
     acked = {tp: list(range(26, 131))}
     faust_rule: Any = FaustConsumer._new_offset
-    assert faust_rule(FakeAckState({tp: 25}, acked, {tp: 25}), tp) == 131  # faust-streaming issue #606
-    ours: Any = WholeSeekConsumer._new_offset
-    state = FakeAckState({tp: 25}, acked, {tp: 25})
-    assert ours(state, tp) is None
+    assert faust_rule(_consumer({tp: 25}, acked, {tp: 25}), tp) == 131  # faust-streaming issue #606
+    state = _consumer({tp: 25}, acked, {tp: 25})
+    assert state._new_offset(tp) is None
     state._acked[tp].append(25)  # read again and acknowledged
     state._acked_index[tp].add(25)
-    assert ours(state, tp) == 131
+    assert state._new_offset(tp) == 131
     assert state._acked[tp] == [] and state._acked_index[tp] == set()
     assert state._commit_from[tp] == 131
 
 
-def test_a_gap_the_fetch_loop_saw_counts_only_the_offsets_skipped() -> None:
+def test_a_partition_not_sought_yet_commits_nothing() -> None:
     tp = TP("flows", 0)
-    state = FakeAckState({tp: 12}, {tp: []}, {tp: 12})
-    add_gap: Any = WholeSeekConsumer._add_gap
-    asyncio.run(add_gap(state, tp, 12, 14))  # Faust's call after reading 11 then 14: 12, 13 hold no record
-    assert [(gap.begin, gap.end) for gap in state._gap[tp]] == [(12, 14)]
-    new_offset: Any = WholeSeekConsumer._new_offset
-    assert new_offset(state, tp) == 14  # over the gap, not over 14 (delivered, not acknowledged yet)
+    assert _consumer({}, {tp: [0, 1, 2]}, {})._new_offset(tp) is None
+
+
+def test_faust_gap_inference_is_left_out() -> None:
+    tp = TP("flows", 0)
+    state = _consumer({tp: 12}, {tp: []}, {tp: 12})
+    asyncio.run(state._add_gap(tp, 12, 131))  # Faust's call after a stale record 131 following 11
+    assert not state._gap[tp]
+
+
+def _fetch(consumer: Any, fetched: list[tuple[TP, int]], between: Any = None) -> list[tuple[TP, int]]:
+    """Run the consumer's getmany over one fetch of `fetched` (Faust's getmany faked), calling
+    `between()` after the first record is taken, as the timer's seek can run mid-fetch."""
+
+    async def faust_getmany(self: Any, timeout: float) -> Any:
+        for tp, offset in fetched:
+            yield tp, SimpleNamespace(offset=offset)
+
+    async def run() -> list[tuple[TP, int]]:
+        taken: list[tuple[TP, int]] = []
+        async for tp, message in consumer.getmany(1.0):
+            taken.append((tp, message.offset))
+            if between is not None and len(taken) == 1:
+                await between()
+        return taken
+
+    with patch.object(faust_aiokafka.Consumer, "getmany", faust_getmany):
+        return asyncio.run(run())
+
+
+def test_records_a_fetch_held_from_before_a_seek_are_not_delivered() -> None:
+    """The re-read's seek while the fetch loop is in the middle of a fetch: the rest of that fetch
+    (131..134) would set Faust's read offset past 25 and the records read again from 25 would be
+    dropped as already read; they are left out, and no gap is made of 25..130."""
+    tp, other = TP("flows", 2), TP("flows", 3)
+    state = _consumer({tp: 25, other: 7}, {tp: list(range(26, 131)), other: []}, {tp: 25})
+    state.first_record[tp] = 25  # a record is there
+
+    async def reread() -> None:
+        await state.reread_holes(0.0)
+        await state.reread_holes(60.0)
+
+    fetched = [(tp, 130), (other, 7), (tp, 131), (other, 8), (tp, 133), (tp, 134)]
+    taken = _fetch(state, fetched, between=reread)
+    assert state.sought == [(tp, 25)]
+    assert taken == [(tp, 130), (other, 7), (other, 8)]
+    assert not state._gap[tp]
+    assert state._read_offset[tp] == 25
+    assert _fetch(state, [(tp, 25), (tp, 26)]) == [(tp, 25), (tp, 26)]  # the re-read is delivered
+
+
+def test_offsets_one_fetch_skips_between_its_records_are_gaps() -> None:
+    tp = TP("flows", 0)
+    state = _consumer({tp: 5}, {tp: [5, 6, 9]}, {tp: 5})
+    assert _fetch(state, [(tp, 5), (tp, 6), (tp, 9)]) == [(tp, 5), (tp, 6), (tp, 9)]
+    assert [(gap.begin, gap.end) for gap in state._gap[tp]] == [(7, 9)]  # a transaction marker, say
+    assert state._new_offset(tp) == 10
+    assert _fetch(state, [(tp, 12)]) == [(tp, 12)]  # 10, 11 unread across fetches: not a gap
+    assert [(gap.begin, gap.end) for gap in state._gap[tp]] == []
 
 
 def test_a_partition_stuck_at_a_hole_is_read_again_from_it_after_the_grace() -> None:
     stuck, flowing = TP("flows", 2), TP("flows", 3)
-    state = FakeAckState({stuck: 25, flowing: 40}, {stuck: [26, 27], flowing: [40, 41]}, {})
-    reread: Any = WholeSeekConsumer.reread_holes
+    state = _consumer({stuck: 25, flowing: 40}, {stuck: [26, 27], flowing: [40, 41]}, {})
     before = metrics.OFFSET_HOLE_REREADS._value.get()
-    assert asyncio.run(reread(state, 100.0)) == 0  # seen; a batch may still be writing 25
-    assert asyncio.run(reread(state, 100.0 + 10.0)) == 1
-    assert state.sought == [(stuck, 25)]
-    assert state._read_offset[stuck] == 24  # 25 is delivered again, not dropped as already read
+    assert asyncio.run(state.reread_holes(100.0)) == 0  # seen; a batch may still be writing 25
+    assert asyncio.run(state.reread_holes(100.0 + 10.0)) == 1
+    assert state.probed == [(stuck, 25)] and state.sought == [(stuck, 25)]
+    assert state._read_offset[stuck] == 25  # 25 is delivered again, not dropped as already read
     assert metrics.OFFSET_HOLE_REREADS._value.get() == before + 1
+
+
+def test_a_hole_the_broker_shows_empty_becomes_a_gap_and_the_commit_moves_on() -> None:
+    """A transaction marker at a fetch's edge (or at the committed offset): no record at 25."""
+    tp = TP("flows", 2)
+    state = _consumer({tp: 25}, {tp: list(range(26, 131))}, {tp: 25})
+    state.first_record[tp] = 26
+    asyncio.run(state.reread_holes(0.0))
+    assert asyncio.run(state.reread_holes(10.0)) == 0
+    assert state.sought == []
+    assert state._new_offset(tp) == 131
+
+
+def test_a_probe_that_fails_reads_the_partition_again() -> None:
+    tp = TP("flows", 2)
+    state = _consumer({tp: 25}, {tp: [26]}, {tp: 25})
+    state.first_record[tp] = OSError("broker unreachable")
+    asyncio.run(state.reread_holes(0.0))
+    assert asyncio.run(state.reread_holes(10.0)) == 1
+    assert state.sought == [(tp, 25)]
