@@ -281,7 +281,10 @@ def _reread_holes_every(app: FlowauditApp, interval: float) -> None:
     async def reread_holes() -> None:
         consumer = app.consumer
         if isinstance(consumer, WholeSeekConsumer) and not app.rebalancing:
-            await consumer.reread_holes(time.monotonic())
+            try:
+                await consumer.reread_holes(time.monotonic())
+            except Exception:  # a look that fails is tried at the next tick; it never stops the worker
+                log.warning("looking at unacknowledged offsets failed", exc_info=True)
 
     app.timer(interval, name="flowaudit.reread_holes")(reread_holes)
 

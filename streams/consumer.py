@@ -32,12 +32,13 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
 import aiokafka
+import aiokafka.errors
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
 from flowaudit.common import metrics
-from flowaudit.streams.offsets import Hole, committable_run, holes_to_reread, skipped_within
+from flowaudit.streams.offsets import Hole, committable_run, holes_to_look_at, skipped_within
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,12 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         self._holes: dict[TP, Hole] = {}
         # per partition, bumped by every seek: records a fetch returned before it are not delivered
         self._seeks: dict[TP, int] = {}
+        self._delivered_seeks: dict[TP, int] = {}  # the seek count of the last record delivered
 
     async def perform_seek(self) -> None:
-        self._bump_seeks(self.assignment())  # what the fetch loop still holds is from before the seek
+        # what the fetch loop still holds of the input partitions is from before the seek (the
+        # changelogs' standby fetches go on: recovery seeks them itself)
+        self._bump_seeks(tp for tp in self.assignment() if not self._is_changelog_tp(tp))
         committed: dict[Any, int | None] = dict(await self.seek_to_committed())
         # what Faust's own perform_seek records (aiokafka's and Faust's partitions are equal tuples)
         self._read_offset.update(
@@ -102,8 +106,14 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         async for tp, message in super().getmany(timeout):
             if seeks is None:  # the fetch is done: a seek from now on makes the rest of it stale
                 seeks = dict(self._seeks)
-            if self._seeks.get(tp, 0) != seeks.get(tp, 0):
+            seek = self._seeks.get(tp, 0)
+            if seek != seeks.get(tp, 0):
                 continue
+            if self._delivered_seeks.get(tp, 0) != seek:
+                # the first record since a seek: Faust's fetch loop may have recorded, after the
+                # seek, the offset of a stale record it was delivering; that must not drop this one
+                self._delivered_seeks[tp] = seek
+                self._read_offset[tp] = None
             skipped = skipped_within(last.get(tp), message.offset)
             if skipped is not None:
                 self._gap[tp].addi(*skipped)
@@ -157,32 +167,19 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         return current
 
     async def reread_holes(self, now: float) -> int:
-        """For every partition whose next commit offset has stayed unacknowledged past the grace
-        while later offsets are acknowledged (`streams.offsets.holes_to_reread`): ask the broker
-        whether a record is there. None (a transaction marker at a fetch's edge): the offsets up to
-        the next record are a gap and the commit moves on. One: the partition is read again from it
-        (the sink skips what it holds). Returns how many partitions were read again."""
+        """Look at every partition whose next commit offset is unacknowledged while later offsets
+        are acknowledged (`streams.offsets.holes_to_look_at`). A new one: the broker is asked
+        whether a record is there; none (a transaction marker at a fetch's edge), the offsets up to
+        the next record are a gap and the commit moves on. One past its grace: the partition is
+        read again from it (the sink skips what it holds). Returns how many were read again."""
         current = self._holes_now()
+        new, due = holes_to_look_at(self._holes, current, now)
+        for tp, start in new:
+            await self._probe_hole(tp, start)
         reread = 0
-        for tp, start, rereads in holes_to_reread(self._holes, current, now):
-            try:
-                first = await self.first_offset_from(tp, start)
-            except Exception as exc:  # the re-read below does no harm if the probe could not tell
-                log.warning(
-                    "%s[%d]: could not read offset %d to check it: %s", tp.topic, tp.partition, start, exc
-                )
-                first = start
-            if first is not None and first > start:
-                log.info(
-                    "%s[%d]: offsets %d to %d hold no record; the commit passes them",
-                    tp.topic,
-                    tp.partition,
-                    start,
-                    first - 1,
-                )
-                self._gap[tp].addi(start, first)
-                self._gap[tp].merge_overlaps()
-                continue
+        for tp, start, rereads in due:
+            if self.app.rebalancing or tp not in self.assignment():
+                continue  # the rebalance's seek reads it again from its committed offset
             log.warning(
                 "%s[%d]: offset %d was read but never acknowledged while later offsets (from %d) were: "
                 "reading the partition again from %d (re-read %d); the sink skips what it holds",
@@ -195,11 +192,37 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
             )
             metrics.OFFSET_HOLE_REREADS.inc()
             self._bump_seeks([tp])
-            await self.seek_wait({tp: start})  # on the consumer's thread
-            self._bump_seeks([tp])
+            try:
+                await self.seek_wait({tp: start})  # on the consumer's thread
+            except Exception as exc:  # revoked meanwhile, or the broker slow: the next look tries again
+                log.warning("%s[%d]: could not seek to %d: %s", tp.topic, tp.partition, start, exc)
+                continue
+            finally:
+                self._bump_seeks([tp])
             self._read_offset[tp] = start if start > 0 else None
             reread += 1
         return reread
+
+    async def _probe_hole(self, tp: TP, start: int) -> None:
+        """Ask the broker for the first record of `tp` from `start`; none at `start` makes the
+        offsets before that record a gap."""
+        try:
+            first = await self.first_offset_from(tp, start)
+        except Exception as exc:  # it is read again after the grace, which does no harm
+            log.warning(
+                "%s[%d]: could not read offset %d to check it: %s", tp.topic, tp.partition, start, exc
+            )
+            return
+        if first is not None and first > start and not self.app.rebalancing and tp in self._commit_from:
+            log.info(
+                "%s[%d]: offsets %d to %d hold no record; the commit passes them",
+                tp.topic,
+                tp.partition,
+                start,
+                first - 1,
+            )
+            self._gap[tp].addi(start, first)
+            self._gap[tp].merge_overlaps()
 
     async def first_offset_from(self, tp: TP, offset: int) -> int | None:
         """The offset of the first record of `tp` at or after `offset`, read by a consumer of its own
@@ -233,6 +256,9 @@ async def first_record_offset(
         client_id=client_id,
         group_id=None,
         enable_auto_commit=False,
+        # never a reset: past the log's start it would answer from the log's end, making a gap of
+        # records that are there
+        auto_offset_reset="none",
         isolation_level=isolation_level,
         request_timeout_ms=int(timeout_seconds * 1000),
         **(auth or {}),
@@ -244,7 +270,20 @@ async def first_record_offset(
         consumer.seek(partition, offset)
         deadline = asyncio.get_running_loop().time() + timeout_seconds
         while True:
-            batch = await consumer.getmany(partition, timeout_ms=1000, max_records=1)
+            try:
+                batch = await consumer.getmany(partition, timeout_ms=1000, max_records=1)
+            except aiokafka.errors.OffsetOutOfRangeError:
+                log_start = (await consumer.beginning_offsets([partition]))[partition]
+                if offset < log_start:  # deleted (retention) before anyone read it here
+                    log.warning(
+                        "%s[%d]: offsets %d to %d were deleted before they were audited",
+                        tp.topic,
+                        tp.partition,
+                        offset,
+                        log_start - 1,
+                    )
+                    return int(log_start)
+                return None  # beyond the log's end: nothing there yet
             records = batch.get(partition)
             if records:
                 return int(records[0].offset)

@@ -18,9 +18,10 @@ flowed, 2 runs in 9 on a loaded machine). Faust's gap inference is no better: it
 with the last one read across fetches and seeks, so a stale record or a dropped one makes a gap of
 real offsets.
 
-A hole (`start` not acknowledged while later offsets are) is normal for as long as a batch takes to
-be written; once it has lasted `grace` seconds the consumer asks the broker whether a record is at
-`start` (none: a gap) and, if one is, reads the partition again from it; again with a doubling wait
+A hole (`start` not acknowledged while later offsets are) is asked about at once: when the broker
+shows no record at `start` (a transaction marker at a fetch's edge), the offsets up to the next
+record are a gap. Otherwise it is normal for as long as a batch takes to be written; once it has
+lasted `grace` seconds the partition is read again from `start`, and again with a doubling wait
 while the hole lasts. The sink skips what it already holds, so a re-read audits nothing twice.
 """
 
@@ -70,31 +71,33 @@ class Hole:
 
     start: int
     seen_at: float
-    reread_at: float  # when the next look at it is due
+    reread_at: float  # when the next re-read is due
     rereads: int = 0
 
 
-def holes_to_reread(
+def holes_to_look_at(
     holes: dict[P, Hole],
     current: dict[P, tuple[int, int]],
     now: float,
     grace: float = HOLE_GRACE_SECONDS,
     max_wait: float = HOLE_MAX_WAIT_SECONDS,
-) -> list[tuple[P, int, int]]:
+) -> tuple[list[tuple[P, int]], list[tuple[P, int, int]]]:
     """Update `holes` with the partitions that have one now (`current`: partition → (start, lowest
-    acknowledged offset above it)) and return the (partition, start, looks so far) due a look now:
-    the first after `grace`, then after a doubling wait up to `max_wait`. A hole that closed, or
-    whose start moved, is forgotten or begun again."""
+    acknowledged offset above it)); return (the new holes, to ask the broker about at once: no
+    record there is a gap; the holes due a re-read now, with the re-reads so far: the first after
+    `grace`, then after a doubling wait up to `max_wait`). A hole that closed, or whose start
+    moved, is forgotten or begun again."""
     for partition in [p for p in holes if p not in current or holes[p].start != current[p][0]]:
         del holes[partition]
+    new: list[tuple[P, int]] = []
     due: list[tuple[P, int, int]] = []
     for partition, (start, _lowest_acked) in current.items():
         hole = holes.get(partition)
         if hole is None:
             holes[partition] = Hole(start, now, now + grace)
-            continue
-        if now >= hole.reread_at:
+            new.append((partition, start))
+        elif now >= hole.reread_at:
             due.append((partition, start, hole.rereads))
             hole.rereads += 1
             hole.reread_at = now + min(grace * 2**hole.rereads, max_wait)
-    return due
+    return new, due

@@ -68,3 +68,27 @@ def test_the_first_record_at_or_after_an_offset_skips_markers_and_aborted_record
     # the worker reading committed records only (Faust in a transaction) never gets 4 and 5
     assert _first(real_kafka, topic, 3, "read_committed") == 7
     assert _first(real_kafka, topic, 8, "read_uncommitted") is None  # nothing there yet
+
+
+def test_offsets_deleted_before_they_were_read_are_answered_with_the_log_start(real_kafka: RealKafka) -> None:
+    """A group away longer than retention: its committed offset is below the log's start. The probe
+    never resets to the log's end (that would make a gap of records that are there)."""
+    from confluent_kafka import TopicPartition
+
+    topic = _topic(real_kafka)
+    _write(real_kafka, topic)
+    admin = AdminClient({"bootstrap.servers": real_kafka.bootstrap})
+    deleted = admin.delete_records([TopicPartition(topic, 0, 5)])
+    for future in deleted.values():
+        future.result(30)
+    assert _first(real_kafka, topic, 1, "read_uncommitted") == 5  # 1 to 4 deleted; 5 is still there
+
+
+def test_a_marker_with_no_record_after_it_answers_the_log_end(real_kafka: RealKafka) -> None:
+    topic = _topic(real_kafka)
+    producer = Producer({"bootstrap.servers": real_kafka.bootstrap, "transactional.id": f"{topic}-tx"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"a", partition=0)
+    producer.commit_transaction(30)  # 0: the record, 1: the marker, nothing after
+    assert _first(real_kafka, topic, 1, "read_uncommitted") == 2  # 1 holds no record

@@ -159,6 +159,11 @@ def _consumer(commit_from: dict[TP, int], acked: dict[TP, list[int]], committed:
     consumer._read_offset = {}
     consumer._holes = {}
     consumer._seeks = {}
+    consumer._delivered_seeks = {}
+    consumer.app = SimpleNamespace(
+        rebalancing=False, topics=SimpleNamespace(acks_enabled_for=lambda topic: True)
+    )
+    consumer.assignment = lambda: set(consumer._commit_from)
     consumer.sought = []
     consumer.probed = []
     consumer.first_record = {}
@@ -228,25 +233,102 @@ def _fetch(consumer: Any, fetched: list[tuple[TP, int]], between: Any = None) ->
         return asyncio.run(run())
 
 
-def test_records_a_fetch_held_from_before_a_seek_are_not_delivered() -> None:
-    """The re-read's seek while the fetch loop is in the middle of a fetch: the rest of that fetch
-    (131..134) would set Faust's read offset past 25 and the records read again from 25 would be
-    dropped as already read; they are left out, and no gap is made of 25..130."""
-    tp, other = TP("flows", 2), TP("flows", 3)
-    state = _consumer({tp: 25, other: 7}, {tp: list(range(26, 131)), other: []}, {tp: 25})
-    state.first_record[tp] = 25  # a record is there
+class _DrainHarness(WholeSeekConsumer):
+    """Just enough of a service for Faust's own fetch loop (`Consumer._drain_messages`) to run."""
 
-    async def reread() -> None:
-        await state.reread_holes(0.0)
-        await state.reread_holes(60.0)
+    should_stop = False
 
-    fetched = [(tp, 130), (other, 7), (tp, 131), (other, 8), (tp, 133), (tp, 134)]
-    taken = _fetch(state, fetched, between=reread)
-    assert state.sought == [(tp, 25)]
-    assert taken == [(tp, 130), (other, 7), (other, 8)]
-    assert not state._gap[tp]
-    assert state._read_offset[tp] == 25
-    assert _fetch(state, [(tp, 25), (tp, 26)]) == [(tp, 25), (tp, 26)]  # the re-read is delivered
+
+def _drain(consumer: Any, fetches: list[list[tuple[TP, int]]], on_delivery: Any) -> list[int]:
+    """Run Faust's real fetch loop over `fetches` (Faust's getmany faked, ours in between);
+    `on_delivery(offset)` is awaited as the stream's callback (a full stream buffer waits there)."""
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    delivered: list[int] = []
+    served = {"fetches": 0}
+
+    async def faust_getmany(self: Any, timeout: float) -> Any:
+        served["fetches"] += 1
+        for tp, offset in fetches[served["fetches"] - 1]:
+            yield tp, SimpleNamespace(offset=offset, topic=tp.topic, key=None, value=None)
+
+    async def callback(message: Any) -> None:
+        delivered.append(message.offset)
+        await on_delivery(message.offset)
+
+    async def wait_first(*coroutines: Any) -> None:
+        await coroutines[0]
+
+    consumer.callback = callback
+    consumer._stopped = SimpleNamespace(is_set=lambda: False)
+    consumer.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+    consumer.sleep = asyncio.sleep
+    consumer.wait_first = wait_first
+    consumer.suspend_flow = SimpleNamespace(wait=lambda: None)
+    consumer.consumer_stopped_errors = ()
+    consumer.log = SimpleNamespace(dev=lambda *args, **kwargs: None)
+    consumer._n_acked = 0
+    consumer._commit_every = None
+    fetcher = SimpleNamespace(_stopped=SimpleNamespace(is_set=lambda: served["fetches"] >= len(fetches)))
+    with patch.object(faust_aiokafka.Consumer, "getmany", faust_getmany):
+        asyncio.run(FaustConsumer._drain_messages(consumer, fetcher))
+    return delivered
+
+
+def test_a_reread_while_the_fetch_loop_delivers_a_stale_record_is_delivered_whole() -> None:
+    """The re-read's seek lands while Faust's fetch loop waits on the delivery of record 130 (a full
+    stream buffer) of a fetch from before the seek: the rest of that fetch (131, 132) is left out,
+    and the records read again from 25 are delivered, not dropped as already read (Faust records
+    130 as read once the delivery returns, after the seek). Faust's real fetch loop runs here."""
+    tp = TP("flows", 2)
+    base: Any = object.__new__(_DrainHarness)
+    state = _consumer({tp: 25}, {tp: list(range(26, 131))}, {tp: 25})
+    for name, value in vars(state).items():
+        setattr(base, name, value)
+    base._read_offset = defaultdict(lambda: None, {tp: 129})
+    base.first_record = {tp: 25}
+
+    async def seek_wait(partitions: dict[TP, int]) -> None:
+        base.sought.extend(partitions.items())
+        await asyncio.sleep(0)
+
+    async def first_offset_from(partition: TP, offset: int) -> int | None:
+        return offset
+
+    base.seek_wait = seek_wait
+    base.first_offset_from = first_offset_from
+    base.assignment = lambda: {tp}
+
+    async def on_delivery(offset: int) -> None:
+        if offset == 130:  # the timer runs meanwhile: the hole seen, then past its grace
+            await base.reread_holes(0.0)
+            await base.reread_holes(60.0)
+
+    delivered = _drain(base, [[(tp, 130), (tp, 131), (tp, 132)], [(tp, 25), (tp, 26), (tp, 27)]], on_delivery)
+    assert base.sought == [(tp, 25)]
+    assert delivered == [130, 25, 26, 27]
+    assert not base._gap[tp]
+    base._acked[tp].append(25)
+    base._acked_index[tp].add(25)
+    assert base._new_offset(tp) == 131
+
+
+def test_a_hole_of_a_partition_revoked_meanwhile_is_left_alone() -> None:
+    tp = TP("flows", 2)
+    state = _consumer({tp: 25}, {tp: [26]}, {tp: 25})
+    state.first_record[tp] = 26
+
+    async def rebalance_during_the_probe(partition: TP, offset: int) -> int | None:
+        state.app.rebalancing = True
+        return 26
+
+    state.first_offset_from = rebalance_during_the_probe
+    asyncio.run(state.reread_holes(0.0))
+    assert not state._gap[tp]  # the probe's answer is not used once a rebalance began
+    state.app.rebalancing = False
+    state.assignment = lambda: set()
+    assert asyncio.run(state.reread_holes(10.0)) == 0  # no longer held: no seek
+    assert state.sought == []
 
 
 def test_offsets_one_fetch_skips_between_its_records_are_gaps() -> None:
@@ -263,7 +345,8 @@ def test_a_partition_stuck_at_a_hole_is_read_again_from_it_after_the_grace() -> 
     stuck, flowing = TP("flows", 2), TP("flows", 3)
     state = _consumer({stuck: 25, flowing: 40}, {stuck: [26, 27], flowing: [40, 41]}, {})
     before = metrics.OFFSET_HOLE_REREADS._value.get()
-    assert asyncio.run(state.reread_holes(100.0)) == 0  # seen; a batch may still be writing 25
+    assert asyncio.run(state.reread_holes(100.0)) == 0  # asked: a record is there, maybe being written
+    assert state.probed == [(stuck, 25)] and state.sought == []
     assert asyncio.run(state.reread_holes(100.0 + 10.0)) == 1
     assert state.probed == [(stuck, 25)] and state.sought == [(stuck, 25)]
     assert state._read_offset[stuck] == 25  # 25 is delivered again, not dropped as already read
@@ -275,8 +358,7 @@ def test_a_hole_the_broker_shows_empty_becomes_a_gap_and_the_commit_moves_on() -
     tp = TP("flows", 2)
     state = _consumer({tp: 25}, {tp: list(range(26, 131))}, {tp: 25})
     state.first_record[tp] = 26
-    asyncio.run(state.reread_holes(0.0))
-    assert asyncio.run(state.reread_holes(10.0)) == 0
+    assert asyncio.run(state.reread_holes(0.0)) == 0  # asked at once: no record at 25
     assert state.sought == []
     assert state._new_offset(tp) == 131
 

@@ -12,7 +12,7 @@ from flowaudit.streams.offsets import (
     HOLE_MAX_WAIT_SECONDS,
     Hole,
     committable_run,
-    holes_to_reread,
+    holes_to_look_at,
     skipped_within,
 )
 
@@ -70,20 +70,19 @@ def test_skipped_within(previous: int | None, offset: int, skipped: tuple[int, i
     assert skipped_within(previous, offset) == skipped
 
 
-def test_a_hole_is_reread_after_the_grace_then_with_a_doubling_wait_up_to_the_cap() -> None:
-    holes: dict[object, Hole] = {}
-    current: dict[object, tuple[int, int]] = {"p0": (25, 26)}
-    assert holes_to_reread(holes, current, now=0.0) == []  # seen
-    assert (
-        holes_to_reread(holes, current, now=HOLE_GRACE_SECONDS - 0.1) == []
-    )  # a batch may still be writing it
-    assert holes_to_reread(holes, current, now=HOLE_GRACE_SECONDS) == [("p0", 25, 0)]
+def test_a_new_hole_is_asked_about_at_once_and_reread_after_the_grace_then_a_doubling_wait() -> None:
+    holes: dict[str, Hole] = {}
+    current = {"p0": (25, 26)}
+    assert holes_to_look_at(holes, current, now=0.0) == ([("p0", 25)], [])  # the broker is asked
+    # within the grace a batch may still be writing it
+    assert holes_to_look_at(holes, current, now=HOLE_GRACE_SECONDS - 0.1) == ([], [])
+    assert holes_to_look_at(holes, current, now=HOLE_GRACE_SECONDS) == ([], [("p0", 25, 0)])
     waits = []
     now = HOLE_GRACE_SECONDS
     for _ in range(8):
         due_at = holes["p0"].reread_at
-        assert holes_to_reread(holes, current, now=due_at - 0.01) == []
-        assert holes_to_reread(holes, current, now=due_at)[0][0] == "p0"
+        assert holes_to_look_at(holes, current, now=due_at - 0.01) == ([], [])
+        assert holes_to_look_at(holes, current, now=due_at)[1][0][0] == "p0"
         waits.append(due_at - now)
         now = due_at
     assert waits[:3] == [2 * HOLE_GRACE_SECONDS, 4 * HOLE_GRACE_SECONDS, 8 * HOLE_GRACE_SECONDS]
@@ -91,8 +90,9 @@ def test_a_hole_is_reread_after_the_grace_then_with_a_doubling_wait_up_to_the_ca
 
 
 def test_a_closed_hole_is_forgotten_and_a_moved_one_begins_again() -> None:
-    holes: dict[object, Hole] = {}
-    holes_to_reread(holes, {"p0": (25, 26), "p1": (3, 9)}, now=0.0)
-    holes_to_reread(holes, {"p1": (4, 9)}, now=1.0)  # p0 closed; p1's commit moved on to a new hole
+    holes: dict[str, Hole] = {}
+    holes_to_look_at(holes, {"p0": (25, 26), "p1": (3, 9)}, now=0.0)
+    new, due = holes_to_look_at(holes, {"p1": (4, 9)}, now=1.0)  # p0 closed; p1's commit moved on
+    assert (new, due) == ([("p1", 4)], [])
     assert set(holes) == {"p1"}
     assert holes["p1"] == Hole(4, 1.0, 1.0 + HOLE_GRACE_SECONDS)
