@@ -4,8 +4,8 @@
 once it has recomputed them from the rows' content. Here they become leaves (SHA-256(0x00 ||
 row_hash)) of a tree rebuilt in memory (a compact range: O(log n)), and after each link:
 - the link has a stored checkpoint, whose signed note opens with the log's public key under the
-  chain's origin, says the size and root of the stored columns, and equals the tree rebuilt from the
-  rows: a row rewritten (even with the HMAC chain key, links recomputed) breaks it;
+  chain's origin, says the size, root and time of the stored columns, and equals the tree rebuilt
+  from the rows: a row rewritten (even with the HMAC chain key, links recomputed) breaks it;
 - when the witness cosigned a tree of that size for the chain, its root is the rebuilt one: a
   rewrite by a holder of the writer's keys (the HMAC and the Ed25519 key, checkpoints re-signed)
   breaks this one.
@@ -93,7 +93,9 @@ class MerkleCheck:
             checkpoint = open_checkpoint(stored.note, chain_verifier(self.log_key, chain))
         except CheckpointError as exc:
             return f"{where}: its checkpoint does not verify with the log's public key ({exc})"
-        if (checkpoint.size, checkpoint.root) != (stored.tree_size, stored.root):
+        if (checkpoint.size, checkpoint.root) != (stored.tree_size, stored.root) or (
+            checkpoint.time_ms is not None and checkpoint.time_ms != stored.signed_at_ms
+        ):
             return f"{where}: the checkpoint's columns differ from its signed note (altered)"
         if (checkpoint.size, checkpoint.root) != (compact.size, compact.root()):
             return (
