@@ -35,11 +35,18 @@ the same verdicts, and `test_the_readme_lists_the_catalogue` keeps them equal):
   recomputed) and with both of the writer's keys (HMAC and Ed25519, checkpoints re-signed), which
   only the witness catches.
 
-Not caught by verify, by design, each tested for what it does to what a DPO relies on: an inner
-node altered or deleted (verify reads a tree's right edge, not every node: the receipt whose proof
-reads it fails, so no forged row can pass); a node outside the signed tree, a node or a checkpoint
-stored twice (read once: no proof, checkpoint or verdict changes); and everything a holder of both
-of the writer's keys does, which only the witness catches.
+The eight modifications the issue found missed by the HMAC check alone are here, and it still
+passes them (or gives no verdict), now caught by the public key or the witness: "a rewrite with the
+chain key"; "the newest link deleted", "... with its checkpoint", "the newest 3 links deleted with
+their checkpoints and nodes"; "a whole chain's rows deleted" (and "... from all tables"); "DROP
+PARTITION audit_events"; "TRUNCATE audit_events"; "DROP TABLE audit_events".
+
+What verify does not catch, each tested for what it changes for a DPO: an inner node altered or
+deleted (verify reads a tree's right edge, not every node: the receipt whose proof reads it fails,
+so no forged row can pass); a node outside the signed tree, a node or a checkpoint stored twice
+(read once: every check and receipt still verifies). What only the witness catches: a log
+consistent in itself but shorter than, or other than, what was published (truncated with its
+checkpoints, a chain or every table emptied, a rewrite re-signed with both of the writer's keys).
 """
 
 from __future__ import annotations
