@@ -27,7 +27,7 @@ the same verdicts, and `test_the_readme_lists_the_catalogue` keeps them equal):
   checkpoint, the newest three with their checkpoints and nodes;
 - audit_merkle_nodes: each column of a node of the right edge altered, an inner node's hash altered,
   a node of the edge or an inner one deleted, a node added at a taken position or outside the tree,
-  a node duplicated;
+  a node duplicated (the inner ones and the copy again with the nodes compared in small windows);
 - audit_merkle_checkpoints: each column altered (chain, link, size, root, time, note text, signature
   bytes), a checkpoint deleted, duplicated, an older one replayed as the newest or as a newer link;
 - DROP PARTITION, TRUNCATE and DROP TABLE of each table, and all three truncated;
@@ -41,12 +41,13 @@ chain key"; "the newest link deleted", "... with its checkpoint", "the newest 3 
 their checkpoints and nodes"; "a whole chain's rows deleted" (and "... from all tables"); "DROP
 PARTITION audit_events"; "TRUNCATE audit_events"; "DROP TABLE audit_events".
 
-What verify does not catch, each tested for what it changes for a DPO: an inner node altered or
-deleted (verify reads a tree's right edge, not every node: the receipt whose proof reads it fails,
-so no forged row can pass); a node outside the signed tree, a node or a checkpoint stored twice
-(read once: every check and receipt still verifies). What only the witness catches: a log
-consistent in itself but shorter than, or other than, what was published (truncated with its
+What verify does not catch, each tested for what it changes for a DPO: a node outside the signed
+tree, a node or a checkpoint stored twice (no proof reads past the signed size, a copy is read
+once or compared equal: every check and receipt still verifies). What only the witness catches: a
+log consistent in itself but shorter than, or other than, what was published (truncated with its
 checkpoints, a chain or every table emptied, a rewrite re-signed with both of the writer's keys).
+An inner node altered or deleted passed verify before this examination (it read each tree's right
+edge only); it compares every node with the tree the rows give now, window by window.
 """
 
 from __future__ import annotations
@@ -522,12 +523,12 @@ NOT_THE_TREE = "chain in/{} link {}: the rows do not give the signed tree"
 LINK_MISMATCH = "chain in/0 link {}: link hash does not match"
 NO_CHECKPOINT = "chain in/{} link {}: no signed checkpoint"
 NODE_374_MISSING = "chain in/0: 1 Merkle nodes missing, first NodeId(level=2, position=374)"
-EDGE_MISSING = f"the Merkle node table is incomplete ({NODE_374_MISSING})"
+NODE_MISSING = "chain in/0: Merkle node NodeId(level={}, position={}) is missing (node table altered)"
+NODE_OTHER = "chain in/0: Merkle node NodeId(level={}, position={}) is not the one its rows give"
 COLUMNS_DIFFER = "chain in/0 link 6: the checkpoint's columns differ from its signed note"
 BAD_SIGNATURE = "chain in/0 link 6: its checkpoint does not verify with the log's public key"
 NO_ROWS = "chain in/0: signed checkpoints up to 1500 leaves but no rows: the chain was deleted"
 WITNESS_NO_ROWS = "chain in/0: the witness cosigned 1500 leaves, the store has no rows of it"
-NODES_GONE = "chain in/0: the Merkle node table is incomplete"
 
 
 CONTENT_KINDS = frozenset(f"audit_events.{column} altered" for column in CONTENT_COLUMNS)
@@ -624,28 +625,33 @@ CATALOGUE: dict[str, Kind] = {
         "chain in/0: the witness cosigned 1500 leaves, the store holds 1125: the chain was truncated",
     ),
     # audit_merkle_nodes
-    "a node's chain_id altered": _merkle_kind(EDGE_MISSING, receipt=NODE_374_MISSING)(
+    "a node's chain_id altered": _merkle_kind(NODE_MISSING.format(2, 374), receipt=NODE_374_MISSING)(
         _node_altered("chain_id")
     ),
-    "a node's level altered": _merkle_kind(EDGE_MISSING, receipt=NODE_374_MISSING)(_node_altered("level")),
-    "a node's node_index altered": _merkle_kind(EDGE_MISSING, receipt=NODE_374_MISSING)(
+    "a node's level altered": _merkle_kind(NODE_MISSING.format(2, 374), receipt=NODE_374_MISSING)(
+        _node_altered("level")
+    ),
+    "a node's node_index altered": _merkle_kind(NODE_MISSING.format(2, 374), receipt=NODE_374_MISSING)(
         _node_altered("node_index")
     ),
     "a node's hash altered": _merkle_kind(
-        "chain in/0: the stored Merkle nodes do not give the signed root",
-        receipt="the inclusion proof of leaf 1400 does not lead to the tree's root",
+        NODE_OTHER.format(2, 374), receipt="the inclusion proof of leaf 1400 does not lead to the tree's root"
     )(_node_altered("hash")),
     "an inner node's hash altered": _merkle_kind(
-        None, INNER_LEAF, "the inclusion proof of leaf 88 does not lead to the tree's root"
+        NODE_OTHER.format(3, 10),
+        INNER_LEAF,
+        "the inclusion proof of leaf 88 does not lead to the tree's root",
     )(_node_altered("hash", INNER_NODE)),
-    "a node deleted": _merkle_kind(EDGE_MISSING, receipt=NODE_374_MISSING)(
+    "a node deleted": _merkle_kind(NODE_MISSING.format(2, 374), receipt=NODE_374_MISSING)(
         _delete("audit_merkle_nodes", EDGE_NODE)
     ),
     "an inner node deleted": _merkle_kind(
-        None, INNER_LEAF, "chain in/0: 1 Merkle nodes missing, first NodeId(level=3, position=10)"
+        NODE_MISSING.format(3, 10),
+        INNER_LEAF,
+        "chain in/0: 1 Merkle nodes missing, first NodeId(level=3, position=10)",
     )(_delete("audit_merkle_nodes", INNER_NODE)),
     "a node added at a taken position": _merkle_kind(
-        "node NodeId(level=2, position=374) is stored with two different hashes",
+        NODE_OTHER.format(2, 374),
         receipt="node NodeId(level=2, position=374) is stored with two different hashes",
     )(lambda c: _node_added(c, 2, 374)),
     "a node added outside the tree": _merkle_kind(None)(lambda c: _node_added(c, 0, 1500)),
@@ -685,11 +691,14 @@ CATALOGUE: dict[str, Kind] = {
         _dropped("audit_events", "DROP TABLE"), "no store", "no store", "the audit table is gone"
     ),
     **{
-        f"{how} audit_merkle_nodes": _merkle_kind(NODES_GONE, receipt="Merkle nodes")(
+        f"{how} audit_merkle_nodes": _merkle_kind(NODE_MISSING.format(0, 0), receipt="Merkle nodes")(
             _dropped("audit_merkle_nodes", how)
         )
-        for how in ("DROP PARTITION", "TRUNCATE", "DROP TABLE")
+        for how in ("DROP PARTITION", "TRUNCATE")
     },
+    "DROP TABLE audit_merkle_nodes": _merkle_kind(
+        "chain in/0: the Merkle node table cannot be read", receipt="cannot read the Merkle nodes"
+    )(_dropped("audit_merkle_nodes", "DROP TABLE")),
     "DROP PARTITION audit_merkle_checkpoints": _keyless(NO_CHECKPOINT.format(0, 1))(
         _dropped("audit_merkle_checkpoints", "DROP PARTITION")
     ),
@@ -805,3 +814,39 @@ def test_the_readme_lists_the_catalogue() -> None:
         ]
         assert expected.setdefault(name, marks) == marks, name
     assert rows == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["an inner node's hash altered", "an inner node deleted", "a node duplicated"]
+)
+def test_the_nodes_are_compared_window_by_window_with_the_same_verdict(
+    copy: Copy, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify compares the stored nodes with the rebuilt tree every NODES_WINDOW nodes (a window of
+    its rows), not only at the end of a chain: the same verdicts with a window of a few links."""
+    from flowaudit.sinks import merkle_verify
+
+    monkeypatch.setattr(merkle_verify, "NODES_WINDOW", 300)  # about 150 rows: every second link
+    reads: list[dict[int, tuple[int, int]]] = []
+    node_ranges = MerkleStore.node_ranges
+
+    def counted(self: MerkleStore, chain: str, ranges: dict[int, tuple[int, int]]) -> Any:
+        reads.append(ranges)
+        return node_ranges(self, chain, ranges)
+
+    monkeypatch.setattr(MerkleStore, "node_ranges", counted)
+    kind = CATALOGUE[name]
+    kind.tamper(copy)
+    verdicts = copy.verdicts()
+    assert _matches(kind.merkle, verdicts["merkle"]) and _matches(kind.witness, verdicts["witness"]), verdicts
+    # one read per two links (250 leaves and their nodes) of each check (public key, witness): the
+    # inner node, under link 1, is found by the first, before the chain ends; untouched, 2 x 12 reads
+    assert reads[0][0] == (0, 250) and len(reads) == 2 * (1 if "inner" in name else 12), reads[:2]
+
+
+def test_a_node_stored_twice_does_not_hide_a_deleted_one(copy: Copy) -> None:
+    """Two modifications at once: the comparison counts positions, not rows."""
+    copy.insert("audit_merkle_nodes", copy.rows("audit_merkle_nodes", EDGE_NODE))
+    copy.run(f"ALTER TABLE {{db}}.audit_merkle_nodes DELETE WHERE {INNER_NODE}")
+    verdicts = copy.verdicts()
+    assert _matches(NODE_MISSING.format(3, 10), verdicts["merkle"]), verdicts
