@@ -361,7 +361,7 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     flow_map.set_defaults(handler=_cmd_map)
 
-    add_integrity_commands(sub)  # verify, public-key, witness, receipt, verify-receipt
+    add_integrity_commands(sub)  # verify, public-key, checkpoint-key, witness, receipt, verify-receipt
 
     replay = sub.add_parser(
         "replay", help="re-decide the stored history under another policy; list what changes (reads only)"

@@ -1,6 +1,6 @@
-"""`flowaudit verify` (HMAC chain, Merkle log, witness), `flowaudit public-key` and `flowaudit witness`:
-the command-line side of tamper evidence. The checks are sinks/verify.py and sinks/merkle_verify.py;
-the witness is flowaudit/witness.py.
+"""`flowaudit verify` (HMAC chain, Merkle log, witness), `flowaudit public-key`, `flowaudit
+checkpoint-key` and `flowaudit witness`: the command-line side of tamper evidence. The checks are
+sinks/verify.py and sinks/merkle_verify.py; the witness is flowaudit/witness.py.
 
 Which key checks what (README "Trust model"): the chain key (FLOWAUDIT_CHAIN_KEY or <data
 dir>/chain.key) recomputes the HMAC links; the log's public key (`--public-key`, default <data
@@ -153,6 +153,19 @@ def run_public_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run_checkpoint_key(args: argparse.Namespace, settings: Settings) -> int:
+    """A new signing key for the log's checkpoints and its public key, as two lines `NAME=value`:
+    the signer for the workers' secret store (FLOWAUDIT_CHECKPOINT_KEY), the public key for the
+    witness and the verifiers. Given to both before either starts, so the witness never has to take
+    the key from the writer's data directory (docker-compose.yml needs both)."""
+    from flowaudit.domain.checkpoint import NoteSigner
+
+    signer = NoteSigner.generate(settings.log_name)
+    print(f"FLOWAUDIT_CHECKPOINT_KEY={signer.skey}")
+    print(f"FLOWAUDIT_LOG_PUBLIC_KEY={signer.verifier().vkey}")
+    return 0
+
+
 def run_witness_command(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
@@ -181,6 +194,11 @@ def add_integrity_commands(sub: Any) -> None:
 
     public_key = sub.add_parser("public-key", help="print the Merkle log's public key (a vkey)")
     public_key.set_defaults(handler=run_public_key)
+
+    new_key = sub.add_parser(
+        "checkpoint-key", help="make a new checkpoint signing key: print it and its public key"
+    )
+    new_key.set_defaults(handler=run_checkpoint_key)
 
     witness = sub.add_parser("witness", help="witness the signed checkpoints: check, cosign, alert")
     witness.add_argument("--state", required=True, help="the witness's own state file (not the audit store)")

@@ -11,7 +11,8 @@ SHA-256(0x00 || row content).
   chain's compact range (its right edge, O(log n) hashes); `node_payload` encodes them as one
   Arrow stream for `MerkleStore.insert_nodes`. CPU only.
 - (b) `MerkleStore.read_nodes`: the nodes of one or several proofs in one query, by primary key;
-  `inclusion_proof`, `consistency_proof`, `proofs` (both at once) build on it.
+  `inclusion_proof`, `consistency_proof`, `proofs` (both at once) build on it. `node_ranges`: every
+  stored node of some index ranges, for verify's comparison with the tree rebuilt from the rows.
 - (c) `check_inclusion`, `check_consistency`: a stored row's leaf or a later tree head against a
   checkpoint, with nothing from the store trusted but the proof's nodes (which either lead to the
   signed root or fail: ProofError).
@@ -24,7 +25,7 @@ never a silent choice. Not thread-safe: the caller's store thread uses it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -215,6 +216,31 @@ class MerkleStore:
                 f"chain {chain_id}: {len(missing)} Merkle nodes missing, first {missing[0]}"
             )
         return found
+
+    def node_ranges(
+        self, chain_id: str, ranges: Mapping[int, tuple[int, int]]
+    ) -> list[tuple[int, int, bytes]]:
+        """(level, node_index, hash) of every stored node of a chain with `start <= node_index < end`
+        for its level's (start, end), in (level, node_index) order, a node stored twice returned
+        twice (`verify` compares them all with the tree it rebuilds). One query, by primary key."""
+        if not ranges:
+            return []
+        where = " OR ".join(
+            f"(level = {int(level)} AND node_index >= {int(start)} AND node_index < {int(end)})"
+            for level, (start, end) in sorted(ranges.items())
+        )
+        result = self._run(
+            lambda: self.client.query(
+                f"SELECT level, node_index, hash FROM {self.nodes_table} "
+                f"WHERE chain_id = {{chain:String}} AND ({where}) ORDER BY level, node_index",
+                parameters={"chain": chain_id},
+            ),
+            f"read the Merkle nodes of {chain_id}",
+        )
+        return [
+            (int(level), int(index), digest if isinstance(digest, bytes) else bytes(digest, "latin-1"))
+            for level, index, digest in result.result_rows
+        ]
 
     def stored_size(self, chain_id: str) -> int:
         """How many leaves the chain's tree has in the store (0: none), from its last leaf."""

@@ -4,18 +4,23 @@
 once it has recomputed them from the rows' content. Here they become leaves (SHA-256(0x00 ||
 row_hash)) of a tree rebuilt in memory (a compact range: O(log n)), and after each link:
 - the link has a stored checkpoint, whose signed note opens with the log's public key under the
-  chain's origin, says the size and root of the stored columns, and equals the tree rebuilt from the
-  rows: a row rewritten (even with the HMAC chain key, links recomputed) breaks it;
+  chain's origin, says the size, root and time of the stored columns, and equals the tree rebuilt
+  from the rows: a row rewritten (even with the HMAC chain key, links recomputed) breaks it;
 - when the witness cosigned a tree of that size for the chain, its root is the rebuilt one: a
   rewrite by a holder of the writer's keys (the HMAC and the Ed25519 key, checkpoints re-signed)
   breaks this one.
-At the end of each chain: no checkpoint beyond its last link (newest links deleted, their signed
-checkpoints left), the stored right edge of the tree gives the last root (the node table, which
-receipts read, is intact), and the witness's tree is not larger (truncated). Chains that have
-checkpoints but no rows, or that the witness saw but the store lacks (a chain deleted, a partition
-or the table dropped or truncated), are problems too.
+Every node the rebuilt tree completes (leaves included) is compared with the stored node table,
+window by window (`NODES_WINDOW` nodes, one query by primary key ranges): none missing, none with
+another hash, so every proof a receipt or the witness reads from the table is sound (an inner node
+altered made a genuine receipt fail; it is now named). At the end of each chain: no checkpoint
+beyond its last link (newest links deleted, their signed checkpoints left), the witness's tree is
+not larger (truncated), the last nodes compared, and the stored right edge gives the last root.
+Chains that have checkpoints but no rows, or that the witness saw but the store lacks (a chain
+deleted, a partition or the table dropped or truncated), are problems too. Nodes outside the signed
+trees are not read (no proof reads them), and a node stored twice with the same hash is harmless.
 
-Reads: every stored checkpoint once (one row per link), and the right edge of each chain.
+Reads: every stored checkpoint once (one row per link), every node of each chain's tree (about two
+per row, in windows), and the right edge of each chain.
 """
 
 from __future__ import annotations
@@ -24,12 +29,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from flowaudit.domain.checkpoint import CheckpointError, NoteVerifier, open_checkpoint
-from flowaudit.domain.merkle import CompactRange, leaf_hashes
+from flowaudit.domain.merkle import CompactRange, LevelRun, NodeId, leaf_hashes
 from flowaudit.sinks.clickhouse import AuditStore
 from flowaudit.sinks.merkle_log import LogKeyError, chain_verifier, read_public_key
 from flowaudit.sinks.merkle_store import MerkleStore, MerkleStoreError, StoredCheckpoint
 from flowaudit.sinks.startup import table_exists
 from flowaudit.sinks.verify import VerifyReport, verification
+
+# rebuilt nodes compared with the stored ones in one query each (about two per row: a window of
+# verify's 200,000 rows)
+NODES_WINDOW = 400_000
 
 
 @dataclass
@@ -50,6 +59,9 @@ class MerkleCheck:
     merkle: MerkleStore | None = None
     compacts: dict[str, CompactRange] = field(default_factory=dict)
     checked_links: int = 0
+    # the nodes the links read since the last comparison completed, per level: (first index, hashes)
+    rebuilt: dict[int, tuple[int, list[bytes]]] = field(default_factory=dict)
+    rebuilt_count: int = 0
 
     @classmethod
     def load(
@@ -78,7 +90,7 @@ class MerkleCheck:
     def link(self, chain: str, seq: int, row_hashes: Sequence[bytes]) -> str | None:
         compact = self.compacts.setdefault(chain, CompactRange())
         before = compact.size
-        compact.extend(leaf_hashes(row_hashes))
+        self._rebuilt(compact.extend(leaf_hashes(row_hashes)).runs)
         where = f"chain {chain} link {seq}"
         head = self.witnessed.get(chain)
         if head is not None and before < head.size < compact.size:
@@ -93,7 +105,9 @@ class MerkleCheck:
             checkpoint = open_checkpoint(stored.note, chain_verifier(self.log_key, chain))
         except CheckpointError as exc:
             return f"{where}: its checkpoint does not verify with the log's public key ({exc})"
-        if (checkpoint.size, checkpoint.root) != (stored.tree_size, stored.root):
+        if (checkpoint.size, checkpoint.root) != (stored.tree_size, stored.root) or (
+            checkpoint.time_ms is not None and checkpoint.time_ms != stored.signed_at_ms
+        ):
             return f"{where}: the checkpoint's columns differ from its signed note (altered)"
         if (checkpoint.size, checkpoint.root) != (compact.size, compact.root()):
             return (
@@ -101,7 +115,49 @@ class MerkleCheck:
                 f"{checkpoint.size} signed): rows rewritten, added or deleted, links recomputed"
             )
         self.checked_links += 1
-        return self._against_witness(chain, compact)
+        problem = self._against_witness(chain, compact)
+        if problem is None and self.rebuilt_count >= NODES_WINDOW:
+            problem = self.compare_nodes(chain)
+        return problem
+
+    def _rebuilt(self, runs: Sequence[LevelRun]) -> None:
+        for run in runs:
+            first, hashes = self.rebuilt.setdefault(run.level, (run.first, []))
+            if run.first != first + len(hashes):  # links complete the nodes of a level in order
+                raise ValueError(f"Merkle nodes of level {run.level} rebuilt out of order")
+            hashes.extend(run.hashes)
+            self.rebuilt_count += len(run.hashes)
+
+    def compare_nodes(self, chain: str) -> str | None:
+        """The stored nodes of the links read since the last comparison are exactly the nodes the
+        rows give (none missing, none with another hash, a copy with the same hash harmless): every
+        inclusion or consistency proof a receipt or the witness reads is then sound. Forgets them."""
+        rebuilt, self.rebuilt, self.rebuilt_count = self.rebuilt, {}, 0
+        if self.merkle is None or not rebuilt:
+            return None
+        ranges = {level: (first, first + len(hashes)) for level, (first, hashes) in rebuilt.items()}
+        try:
+            stored = self.merkle.node_ranges(chain, ranges)
+        except MerkleStoreError as exc:
+            return f"chain {chain}: the Merkle node table cannot be read ({exc})"
+        found, previous = 0, (-1, -1)
+        for level, index, digest in stored:
+            first, hashes = rebuilt[level]
+            if digest != hashes[index - first]:
+                node = NodeId(level, index)
+                return f"chain {chain}: Merkle node {node} is not the one its rows give (node table altered)"
+            found += (level, index) != previous  # rows come in order: a copy follows its original
+            previous = (level, index)
+        if found < sum(len(hashes) for _, hashes in rebuilt.values()):
+            present = {(level, index) for level, index, _ in stored}
+            node = next(
+                NodeId(level, first + offset)
+                for level, (first, hashes) in sorted(rebuilt.items())
+                for offset in range(len(hashes))
+                if (level, first + offset) not in present
+            )
+            return f"chain {chain}: Merkle node {node} is missing (node table altered)"
+        return None
 
     def _against_witness(self, chain: str, compact: CompactRange) -> str | None:
         head = self.witnessed.get(chain)
@@ -126,6 +182,9 @@ class MerkleCheck:
                 f"chain {chain}: the witness cosigned {head.size} leaves, the store holds {compact.size}: "
                 "the chain was truncated (its newest links deleted with their checkpoints)"
             )
+        problem = self.compare_nodes(chain)
+        if problem:
+            return problem
         if self.merkle is not None and compact.size:
             try:
                 stored_root = self.merkle.load_compact(chain, compact.size).root()

@@ -115,9 +115,13 @@ def verify_link_rows(
             return f"{where}: row {_describe(row)} was altered (its content no longer matches its hash)", b""
         index = int(row["link_index"])
         if index in seen_index:
-            forged = (
-                _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"])) if key else row
-            )
+            if not key:  # which of the two was written is for the link hash (or the Merkle tree) to say
+                return (
+                    f"{where}: two rows claim position {index}, one of them forged: "
+                    f"{_describe(seen_index[index])} and {_describe(row)}",
+                    b"",
+                )
+            forged = _find_forged(key, chain, seq, previous, rows, bytes(rows[0]["link_hash"]))
             return f"{where}: forged row {_describe(forged)} (a second row claims position {index})", b""
         seen_index[index] = row
         hashes.append(digest)
@@ -207,11 +211,15 @@ def _link_index(store: AuditStore) -> dict[str, list[tuple[int, int, int, int, i
 
 
 def _index_problem(chain: str, links: list[tuple[int, int, int, int, int]]) -> str | None:
-    for expected, (seq, _count, min_rows, max_rows, _distinct) in enumerate(links, start=1):
+    for expected, (seq, _count, min_rows, max_rows, distinct) in enumerate(links, start=1):
         if seq != expected:
             return f"chain {chain}: link {expected} is missing (the next link is {seq})"
         if min_rows != max_rows:
             return f"chain {chain} link {seq}: rows disagree on the link's size (forged rows)"
+        if distinct != 1:
+            # all of a link's rows carry its one link hash: seen without the chain key, so that a
+            # verify with the public key only also notices a row's link hash altered
+            return f"chain {chain} link {seq}: rows disagree on the link's hash (a row's link hash altered)"
     return None
 
 

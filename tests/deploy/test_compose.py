@@ -20,6 +20,9 @@ REQUIRED = {
     "FLOWAUDIT_WRITER_PASSWORD": "test-writer-password",
     "FLOWAUDIT_READER_PASSWORD": "test-reader-password",
     "FLOWAUDIT_CHAIN_KEY": "test-chain-key-0123456789",
+    # the pair `flowaudit checkpoint-key` prints (the witness parses the public key at start-up)
+    "FLOWAUDIT_CHECKPOINT_KEY": "PRIVATE+KEY+flowaudit+bb2c0f36+AWTjSQ4QZKE1EKFnKtF/tWXEEvuGLN4ZCnxLaPjSptN7",
+    "FLOWAUDIT_LOG_PUBLIC_KEY": "flowaudit+bb2c0f36+AWxXTD94HLidUvhh2OPhml1bYGAqS2ljdteU7KslVA5O",
     "FLOWAUDIT_WEB_TOKEN": "test-web-token-0123456789",
     "GRAFANA_ADMIN_PASSWORD": "test-grafana-admin-password",
     "KAFKA_CLUSTER_ID": "q1Sh-9_ISia_zwGINzRvyQ",  # the form `kafka-storage.sh random-uuid` prints
@@ -122,7 +125,12 @@ def test_each_service_gets_only_the_clickhouse_password_it_needs(tmp_path: Path)
     clickhouse = services["clickhouse"]["environment"]
     assert clickhouse["FLOWAUDIT_WRITER_PASSWORD"] == writer
     assert clickhouse["FLOWAUDIT_READER_PASSWORD"] == reader
-    for name in set(services) - {"grafana", "worker", "clickhouse"}:
+    # the witness reads consistency proofs as the reader, never as the writer
+    witness = services["witness"]["environment"]
+    assert witness["FLOWAUDIT_CLICKHOUSE_READER_URL"].startswith(f"http://flowaudit_dpo:{reader}@")
+    assert [k for k, v in witness.items() if reader in str(v)] == ["FLOWAUDIT_CLICKHOUSE_READER_URL"]
+    assert writer not in values("witness") and writer not in str(services["witness"]["command"])
+    for name in set(services) - {"grafana", "worker", "clickhouse", "witness"}:
         assert writer not in values(name) and reader not in values(name), name
     # and the provisioned data source uses the reader's password from Grafana's environment
     datasources = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "flowaudit.yml"
@@ -213,8 +221,9 @@ def test_only_the_operator_uis_are_published_and_only_on_loopback(tmp_path: Path
 def test_stack_has_every_service_with_health_checks_and_named_volumes() -> None:
     stack = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = stack["services"]
-    assert {"kafka", "clickhouse", "prometheus", "alertmanager", "grafana", "worker"} <= set(services)
-    for name in ("kafka", "clickhouse", "prometheus", "alertmanager", "grafana", "worker"):
+    names = ("kafka", "clickhouse", "prometheus", "alertmanager", "grafana", "worker", "witness")
+    assert set(names) <= set(services)
+    for name in names:
         assert "healthcheck" in services[name], name
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
     assert services["worker"]["build"] == "."
@@ -257,3 +266,47 @@ def test_the_topic_creator_makes_every_topic_the_worker_checks(tmp_path: Path) -
     assert set(all_topics(settings)) <= created, set(all_topics(settings)) - created
     assert set(re.findall(r"--partitions (\d+)", script)) == {"4"}
     assert "cleanup.policy=compact" in script
+
+
+def test_the_witness_reads_the_checkpoints_apart_from_the_writer_and_is_scraped(tmp_path: Path) -> None:
+    """`flowaudit witness` on the topic the worker publishes to, with its own state volume, only the
+    log's public key (none of the writer's keys or volume), and its metrics endpoint scraped by its
+    own Prometheus job (the flowaudit-integrity alerts read it)."""
+    from flowaudit.cli import build_parser
+    from flowaudit.common.settings import Settings
+    from flowaudit.integrity import run_witness_command
+
+    services = _rendered(tmp_path)["services"]
+    witness, worker = services["witness"], services["worker"]
+    command = [str(part) for part in witness["command"]]
+    assert command[0] == "flowaudit"
+    args = build_parser().parse_args(command[1:])  # flags the command has (`flowaudit witness --help`)
+    assert args.handler is run_witness_command and args.idle_exit is None  # runs until stopped
+    assert args.public_key == REQUIRED["FLOWAUDIT_LOG_PUBLIC_KEY"]
+    # the public key is the one of the key the worker signs with
+    assert worker["environment"]["FLOWAUDIT_CHECKPOINT_KEY"] == REQUIRED["FLOWAUDIT_CHECKPOINT_KEY"]
+    # its state on a volume of its own, which no other service mounts
+    volumes = _volume_targets(witness)
+    assert list(volumes) == ["witness-data"], volumes
+    assert Path(args.state).is_relative_to(volumes["witness-data"]), (args.state, volumes)
+    for name, service in services.items():
+        assert name == "witness" or "witness-data" not in _volume_targets(service), name
+    assert "witness-data" in _rendered(tmp_path)["volumes"]
+    # none of the writer's secrets: no chain key, no signing key (a witness holding them could be
+    # made to cosign a forged log)
+    environment = witness["environment"]
+    for secret in ("FLOWAUDIT_CHAIN_KEY", "FLOWAUDIT_CHECKPOINT_KEY", "FLOWAUDIT_WEB_TOKEN"):
+        assert secret not in environment and REQUIRED[secret] not in str(witness), secret
+    # the broker and the topics the worker publishes to, which the topic creator makes
+    assert environment["FLOWAUDIT_KAFKA_URL"] == worker["environment"]["FLOWAUDIT_KAFKA_URL"]
+    settings = Settings(metrics_port=0)
+    created = set(re.findall(r"[\w.-]+", "\n".join(services["kafka-topics"]["command"])))
+    assert {settings.topic_checkpoints, settings.topic_witnessed} <= created
+    assert witness["depends_on"]["kafka-topics"]["condition"] == "service_completed_successfully"
+    # its metrics endpoint: on the compose network, health-checked, and scraped
+    assert environment["FLOWAUDIT_METRICS_BIND"] == "0.0.0.0" and args.metrics_port
+    assert f"127.0.0.1:{args.metrics_port}/metrics" in " ".join(witness["healthcheck"]["test"])
+    assert "ports" not in witness
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["flowaudit-witness"]["static_configs"][0]["targets"] == [f"witness:{args.metrics_port}"]

@@ -14,11 +14,11 @@ import pytest
 
 from flowaudit.broker import EmbeddedBroker
 from flowaudit.common.settings import Settings
-from flowaudit.domain.checkpoint import open_checkpoint, parse_vkey
+from flowaudit.domain.checkpoint import Checkpoint, open_checkpoint, parse_skey, parse_vkey
 from flowaudit.domain.policy import Policy
 from flowaudit.generator import EventGenerator
 from flowaudit.runtime import all_topics
-from flowaudit.sinks.merkle_log import chain_verifier
+from flowaudit.sinks.merkle_log import chain_verifier, read_public_key
 from tests.helpers import WorkerProcess, read_topic, run_cli, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -102,3 +102,29 @@ def test_bad_input_is_one_line_and_exit_2(
     assert cli.main([arg.replace("{tmp}", str(tmp_path)) for arg in args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_checkpoint_key_makes_a_signer_and_the_public_key_that_opens_its_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What docker-compose.yml's worker and witness are given: the pair, before either starts."""
+    from flowaudit import cli
+
+    monkeypatch.setenv("FLOWAUDIT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FLOWAUDIT_LOG_NAME", "audit.example")
+    assert cli.main(["checkpoint-key"]) == 0
+    pair = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert set(pair) == {"FLOWAUDIT_CHECKPOINT_KEY", "FLOWAUDIT_LOG_PUBLIC_KEY"}
+    assert not (tmp_path / "data").exists()  # printed only: nothing written
+    # the worker signs with the first, `flowaudit public-key` prints the second from it
+    monkeypatch.setenv("FLOWAUDIT_CHECKPOINT_KEY", pair["FLOWAUDIT_CHECKPOINT_KEY"])
+    assert cli.main(["public-key"]) == 0
+    assert capsys.readouterr().out.strip() == pair["FLOWAUDIT_LOG_PUBLIC_KEY"]
+    signer = parse_skey(pair["FLOWAUDIT_CHECKPOINT_KEY"]).for_name("audit.example")
+    origin = "audit.example/flowaudit.sharing/0"
+    note = Checkpoint(origin, 3, bytes(32)).sign(signer.for_name(origin))
+    log_key = read_public_key(pair["FLOWAUDIT_LOG_PUBLIC_KEY"])
+    assert open_checkpoint(note, chain_verifier(log_key, "flowaudit.sharing/0")).size == 3
+    assert cli.main(["checkpoint-key"]) == 0  # a new pair each time
+    again = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert again["FLOWAUDIT_LOG_PUBLIC_KEY"] != pair["FLOWAUDIT_LOG_PUBLIC_KEY"]
