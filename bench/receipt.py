@@ -10,6 +10,11 @@
 3. Times `build_receipt` (rows, checkpoints, nodes level by level, consistency proof from a
    witnessed tree) --runs times, and `verify_receipt` on its output; prints JSON.
 
+With --dir the store is built once and reused: beside it, `bench-receipt.json` records the
+arguments it was built with and `bench-receipt.witness.json` the witness's state (a later run with the
+same --rows, --chain-leaves and --subject-rows opens the store and reads that state instead of
+building again; other arguments build it afresh in a new directory).
+
 Usage: python bench/receipt.py [--rows 10000000] [--chain-leaves 2500000] [--subject-rows 10000]
        [--runs 5] [--dir DIR]
 Target (issue 17): < 1 s for 10,000 rows in a 10 M-row store.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -43,6 +49,7 @@ from flowaudit.sinks.audit import AuditRecord
 from flowaudit.sinks.clickhouse import AuditStore, qualify
 from flowaudit.sinks.merkle_store import MerkleStore
 from flowaudit.sinks.receipts import EARLIEST_MS, LATEST_MS, build_receipt
+from flowaudit.sinks.witness_state import save_state, witnessed_notes
 from flowaudit.witness import StoreProofs, observe_all
 
 SUBJECT = "u-receipt-subject"
@@ -75,12 +82,37 @@ def chain_records(leaves: int, subject_rows: int, batch: int) -> Iterator[list[A
         yield current
 
 
+def open_store(path: Path, *, writer: bool) -> AuditStore:
+    """The bench's store; reused as a reader (the grown copies share the chain's id, so the chain's
+    last link no longer verifies against the key, which a writer checks when it opens the store)."""
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_receipt", log_signer=SIGNER)
+    store.connect(writer=writer)
+    return store
+
+
+def build_or_reuse(path: Path, args: argparse.Namespace) -> tuple[AuditStore, dict[str, tuple[int, str]]]:
+    """The store and the witness's trees (chain -> size, cosigned note): reused when `path` was
+    built with the same arguments (its marker file says so), else built afresh."""
+    marker = path.with_name(path.name + ".json")
+    state = path.with_name(path.name + ".witness.json")
+    wanted = {"rows": args.rows, "chain_leaves": args.chain_leaves, "subject_rows": args.subject_rows}
+    if marker.exists() and state.exists() and json.loads(marker.read_text()) == wanted:
+        print(f"reusing the store in {path} ({wanted})", file=sys.stderr)
+        return open_store(path, writer=False), witnessed_notes(state)
+    marker.unlink(missing_ok=True)
+    if path.exists():
+        shutil.rmtree(path)
+    store, witness = build(path, args)
+    save_state(state, witness)
+    marker.write_text(json.dumps(wanted))
+    return store, {chain: (tree.size, tree.note) for chain, tree in witness.trees.items()}
+
+
 def build(path: Path, args: argparse.Namespace) -> tuple[AuditStore, Witness]:
     """The chain written by the real writer (Merkle log on), the witness one batch behind, the table
     grown to --rows rows."""
-    policy = load_policy(DEFAULT_POLICY_DIR)
-    store = AuditStore(f"chdb://{path}", policy, b"bench-key", database="bench_receipt", log_signer=SIGNER)
-    store.connect()
+    store = open_store(path, writer=True)
     chain = f"{CHAIN_TOPIC}/0"
     witness = Witness(SIGNER.verifier(), WITNESS)
     proofs = StoreProofs(MerkleStore(store.client, store.database))
@@ -112,8 +144,7 @@ def main() -> None:
     parser.add_argument("--dir", help="keep the store here (default: a temporary directory)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        store, witness = build(Path(args.dir or tmp) / "bench-receipt", args)
-        witnessed = {chain: (tree.size, tree.note) for chain, tree in witness.trees.items()}
+        store, witnessed = build_or_reuse(Path(args.dir or tmp) / "bench-receipt", args)
 
         spent: list[tuple[float, str]] = []
 
