@@ -7,9 +7,11 @@ unqualified table names):
    them (event ids from the per-subject index), with their content in their row format;
 2. per chain, the latest signed checkpoint (the tree every row is proved against) and the tree
    size at each of the rows' links (a row's leaf index is `tree_size - link_rows + link_index`);
-3. the proof nodes of every row, once each, level by level (one query per level with the level's
-   positions as an array: one query of ~110,000 (level, position) tuples is what a 10,000-row
-   receipt of a 10 M-row store needs, docs/merkle.md);
+3. the proof nodes of every row, once each: the set is computed for all rows at once
+   (`domain.merkle.inclusion_nodes`, level by level, ~15 ms for 10,000 rows of a 2.5 M-leaf tree
+   where building each proof took ~0.35 s), then read one query per level, the positions one string
+   literal, the hashes base64-encoded by the engine as the receipt carries them (~100,000 nodes for
+   a 10,000-row receipt of a 10 M-row store, docs/merkle.md; bench/receipt.py measures it);
 4. when a witness's trees are given (its state: chain -> size and cosigned note), the consistency
    proof from the witnessed tree to the checkpoint.
 Rows are those of the store as it is: one written after the latest checkpoint read here is in the
@@ -20,11 +22,11 @@ from __future__ import annotations
 
 import base64
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from flowaudit.domain.merkle import NodeId, consistency_ranges, inclusion_ranges, perfect_subtrees, range_hash
+from flowaudit.domain.merkle import NodeId, consistency_ranges, inclusion_nodes, proof_nodes, range_hash
 from flowaudit.domain.receipt import RECEIPT_FORMAT, node_key
 from flowaudit.sinks.audit import (
     CONTENT_COLUMNS,
@@ -54,10 +56,6 @@ SELECT {_SELECT} FROM audit_events WHERE event_id IN (
 
 class ReceiptBuildError(Exception):
     """The store cannot give a receipt (no Merkle log, a row without a checkpoint, a node missing)."""
-
-
-def _raw(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("latin-1")
 
 
 def build_receipt(
@@ -115,7 +113,6 @@ def _chain_entry(
         {"c": chain},
     )
     size, note = int(latest[0][0]), str(latest[0][1])
-    ranges = [r for index in indices for r in inclusion_ranges(index, size)]
     consistency: list[tuple[int, int]] = []
     if witnessed is not None:
         if witnessed[0] > size:
@@ -123,41 +120,58 @@ def _chain_entry(
                 f"chain {chain}: the witness cosigned {witnessed[0]} leaves, the store has {size}"
             )
         consistency = consistency_ranges(witnessed[0], size)
-    nodes = read_nodes_by_level(query, chain, ranges + consistency)
+    folded = proof_nodes(consistency)
+    try:
+        wanted = inclusion_nodes(indices, size)
+    except ValueError as exc:
+        raise ReceiptBuildError(f"chain {chain}: {exc} (a row past the latest checkpoint?)") from None
+    for node in folded:
+        wanted.setdefault(node.level, set()).add(node.position)
+    nodes = read_nodes_by_level(query, chain, wanted)
+    hashes = _hashes(nodes, folded)
     entry = {
         "checkpoint": note,
         "witnessed": witnessed[1] if witnessed is not None else None,
-        "consistency": [base64.b64encode(range_hash(s, e, nodes)).decode() for s, e in consistency],
-        "nodes": {
-            node_key(node): base64.b64encode(digest).decode() for node, digest in sorted(nodes.items())
-        },
+        "consistency": [base64.b64encode(range_hash(s, e, hashes)).decode() for s, e in consistency],
+        "nodes": nodes,
     }
     return entry, indices
 
 
-def read_nodes_by_level(query: Query, chain: str, ranges: Sequence[tuple[int, int]]) -> dict[NodeId, bytes]:
-    """Every node the ranges' roots fold from, one query per level. Raises ReceiptBuildError."""
-    wanted: dict[int, set[int]] = defaultdict(set)
-    for start, end in set(ranges):
-        for node in perfect_subtrees(start, end):
-            wanted[node.level].add(node.position)
-    nodes: dict[NodeId, bytes] = {}
+# One level's nodes, their hashes base64-encoded by the engine (as the receipt carries them). The
+# positions are one string literal split by the engine, not an IN list of literals: measured on the
+# bench store (bench/receipt.py), parsing and analysing a 10,000-literal IN list cost ~3x the same
+# query with the positions as one string (which also keeps the SQL small, and out of an HTTP URL as
+# a parameter would be). DISTINCT: a retried insert's copy of a node is read once; a node with two
+# different hashes comes back twice and is refused.
+_NODES_SQL = (
+    "SELECT DISTINCT node_index, base64Encode(hash) FROM audit_merkle_nodes "
+    "WHERE chain_id = {{c:String}} AND level = {level} AND node_index IN "
+    "(SELECT arrayJoin(splitByChar(',', '{positions}'))::UInt64) ORDER BY node_index"
+)
+
+
+def read_nodes_by_level(query: Query, chain: str, wanted: Mapping[int, Collection[int]]) -> dict[str, str]:
+    """The `wanted` nodes (level -> positions) of a chain's tree as the receipt carries them
+    (`level/position` -> base64 hash, by level then position), one query per level. Raises
+    ReceiptBuildError naming a level with a node missing, or a node stored with two hashes."""
+    nodes: dict[str, str] = {}
     for level, positions in sorted(wanted.items()):
-        # the positions as literal integers: binding an array parameter of 10,000 values costs more
-        # than the query (clickhouse-connect formats each value in Python)
         listed = ",".join(map(str, sorted(positions)))
-        _, rows = query(
-            "SELECT DISTINCT node_index, hash FROM audit_merkle_nodes WHERE chain_id = {c:String} "
-            f"AND level = {int(level)} AND node_index IN ({listed})",
-            {"c": chain},
-        )
-        for position, digest in rows:
-            value = digest if isinstance(digest, bytes) else _raw(digest)
-            if nodes.setdefault(NodeId(level, int(position)), value) != value:
-                raise ReceiptBuildError(f"chain {chain}: node ({level}, {position}) has two hashes")
-        if len(rows) < len(positions):
+        _, rows = query(_NODES_SQL.format(level=int(level), positions=listed), {"c": chain})
+        found = {f"{level}/{position}": digest for position, digest in rows}
+        if len(found) < len(rows):
+            twice = Counter(int(position) for position, _ in rows).most_common(1)[0][0]
+            raise ReceiptBuildError(f"chain {chain}: node ({level}, {twice}) has two hashes")
+        if len(found) < len(positions):
             raise ReceiptBuildError(f"chain {chain}: Merkle nodes missing at level {level}")
+        nodes.update(found)
     return nodes
+
+
+def _hashes(nodes: Mapping[str, str], wanted: Iterable[NodeId]) -> dict[NodeId, bytes]:
+    """The raw hashes of a few of the read nodes (those a consistency proof folds)."""
+    return {node: base64.b64decode(nodes[node_key(node)]) for node in wanted}
 
 
 def parse_moment(text: str | None, default_ms: int, what: str) -> int:

@@ -4,18 +4,26 @@ altered in the file, or a wrong key, fails the offline check."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
 
 import pytest
 
-from flowaudit.domain.checkpoint import CosignatureSigner, NoteSigner
-from flowaudit.domain.receipt import ReceiptError, verify_receipt
+from flowaudit.domain.checkpoint import (
+    CosignatureSigner,
+    NoteSigner,
+    NoteVerifier,
+    open_checkpoint,
+    origin_for,
+)
+from flowaudit.domain.merkle import consistency_ranges, inclusion_ranges, proof_nodes
+from flowaudit.domain.receipt import ReceiptError, node_key, verify_receipt
 from flowaudit.domain.witness import Witness
 from flowaudit.sinks.clickhouse import AuditStore, qualify
 from flowaudit.sinks.merkle_store import MerkleStore
-from flowaudit.sinks.receipts import EARLIEST_MS, LATEST_MS, build_receipt, parse_moment
+from flowaudit.sinks.receipts import EARLIEST_MS, LATEST_MS, ReceiptBuildError, build_receipt, parse_moment
 from flowaudit.witness import StoreProofs, observe_all
 from tests.sinks.test_clickhouse_store import generated
 
@@ -103,6 +111,50 @@ def test_a_receipt_checked_with_another_key_fails(written: Any) -> None:
     other_witness = CosignatureSigner("witness.receipts", bytes(32)).verifier()
     with pytest.raises(ReceiptError, match="witnessed checkpoint does not verify"):
         verify_receipt(receipt, SIGNER.verifier(), other_witness)
+
+
+def test_a_receipt_carries_exactly_the_nodes_its_proofs_read(written: Any) -> None:
+    """The nodes are those of the rows' inclusion proofs and of the consistency proof, each once,
+    by level then position, each the hash the node table holds."""
+    store, witness, subject = written
+    receipt = _receipt(store, subject, witness)
+    merkle = MerkleStore(store.client, store.database)
+    for chain, entry in receipt["chains"].items():
+        size = open_checkpoint(entry["checkpoint"], _origin_verifier(chain)).size
+        indices = [row["leaf_index"] for row in receipt["rows"] if row["chain"] == chain]
+        ranges = [r for index in indices for r in inclusion_ranges(index, size)]
+        ranges += consistency_ranges(witness.trees[chain].size, size)
+        wanted = sorted(proof_nodes(ranges))
+        assert list(entry["nodes"]) == [node_key(node) for node in wanted]
+        stored = merkle.read_nodes(chain, wanted)
+        assert [base64.b64decode(value) for value in entry["nodes"].values()] == [stored[n] for n in wanted]
+
+
+def _origin_verifier(chain: str) -> NoteVerifier:
+    return NoteVerifier(origin_for(SIGNER.name, chain), SIGNER.verifier().public_key)
+
+
+def _subjects_chain(store: AuditStore, subject: str) -> str:
+    _, rows = store.query(
+        f"SELECT chain_id FROM {store.table} WHERE user_id = {{u:String}} LIMIT 1", {"u": subject}
+    )
+    return str(rows[0][0])
+
+
+def test_a_node_stored_with_two_hashes_or_missing_gives_no_receipt(written: Any) -> None:
+    store, witness, subject = written
+    chain = _subjects_chain(store, subject)
+    nodes = next(e["nodes"] for c, e in _receipt(store, subject, witness)["chains"].items() if c == chain)
+    level, position = map(int, next(key for key in nodes if key.startswith("0/")).split("/"))
+    table = MerkleStore(store.client, store.database).nodes_table
+    store.client.command(f"INSERT INTO {table} VALUES ('{chain}', {level}, {position}, unhex('{'00' * 32}'))")
+    with pytest.raises(ReceiptBuildError, match=rf"node \({level}, {position}\) has two hashes"):
+        _receipt(store, subject, witness)
+    store.client.command(
+        f"DELETE FROM {table} WHERE chain_id = '{chain}' AND level = {level} AND node_index = {position}"
+    )
+    with pytest.raises(ReceiptBuildError, match=f"Merkle nodes missing at level {level}"):
+        _receipt(store, subject, witness)
 
 
 def test_moments_parse_as_utc() -> None:
