@@ -151,21 +151,33 @@ _NODES_SQL = (
 )
 
 
+# Characters of positions one query lists: the engine refuses a query longer than max_query_size
+# (262,144 bytes by default), which 10,000 spread positions of a large tree already approach.
+MAX_LISTED = 200_000
+
+
 def read_nodes_by_level(query: Query, chain: str, wanted: Mapping[int, Collection[int]]) -> dict[str, str]:
-    """The `wanted` nodes (level -> positions) of a chain's tree as the receipt carries them
-    (`level/position` -> base64 hash, by level then position), one query per level. Raises
-    ReceiptBuildError naming a level with a node missing, or a node stored with two hashes."""
+    """The `wanted` nodes (level -> distinct positions) of a chain's tree as the receipt carries
+    them (`level/position` -> base64 hash, by level then position), one query per level (or per
+    MAX_LISTED characters of its positions). Raises ReceiptBuildError naming a level with a node
+    missing, or a node stored with two hashes."""
     nodes: dict[str, str] = {}
     for level, positions in sorted(wanted.items()):
-        listed = ",".join(map(str, sorted(positions)))
-        _, rows = query(_NODES_SQL.format(level=int(level), positions=listed), {"c": chain})
-        found = {f"{level}/{position}": digest for position, digest in rows}
-        if len(found) < len(rows):
-            twice = Counter(int(position) for position, _ in rows).most_common(1)[0][0]
-            raise ReceiptBuildError(f"chain {chain}: node ({level}, {twice}) has two hashes")
-        if len(found) < len(positions):
-            raise ReceiptBuildError(f"chain {chain}: Merkle nodes missing at level {level}")
-        nodes.update(found)
+        ordered = sorted(positions)
+        if not ordered:
+            continue
+        step = max(1, MAX_LISTED // (len(str(ordered[-1])) + 1))
+        for first in range(0, len(ordered), step):
+            chunk = ordered[first : first + step]
+            listed = ",".join(map(str, chunk))
+            _, rows = query(_NODES_SQL.format(level=int(level), positions=listed), {"c": chain})
+            found = {f"{level}/{position}": digest for position, digest in rows}
+            if len(found) < len(rows):
+                twice = Counter(int(position) for position, _ in rows).most_common(1)[0][0]
+                raise ReceiptBuildError(f"chain {chain}: node ({level}, {twice}) has two hashes")
+            if len(found) < len(chunk):
+                raise ReceiptBuildError(f"chain {chain}: Merkle nodes missing at level {level}")
+            nodes.update(found)
     return nodes
 
 

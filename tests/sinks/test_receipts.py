@@ -21,6 +21,7 @@ from flowaudit.domain.checkpoint import (
 from flowaudit.domain.merkle import consistency_ranges, inclusion_ranges, proof_nodes
 from flowaudit.domain.receipt import ReceiptError, node_key, verify_receipt
 from flowaudit.domain.witness import Witness
+from flowaudit.sinks import receipts
 from flowaudit.sinks.clickhouse import AuditStore, qualify
 from flowaudit.sinks.merkle_store import MerkleStore
 from flowaudit.sinks.receipts import EARLIEST_MS, LATEST_MS, ReceiptBuildError, build_receipt, parse_moment
@@ -128,6 +129,32 @@ def test_a_receipt_carries_exactly_the_nodes_its_proofs_read(written: Any) -> No
         assert list(entry["nodes"]) == [node_key(node) for node in wanted]
         stored = merkle.read_nodes(chain, wanted)
         assert [base64.b64decode(value) for value in entry["nodes"].values()] == [stored[n] for n in wanted]
+
+
+def test_a_level_with_more_positions_than_a_query_may_list_is_read_in_parts(
+    written: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine refuses a query over max_query_size: a level's positions are split to stay under
+    it, and the receipt is the same."""
+    store, witness, subject = written
+    whole = _receipt(store, subject, witness)
+    listed: list[str] = []
+    original = receipts._NODES_SQL
+
+    class Recording(str):
+        def format(self, *args: Any, **kwargs: Any) -> str:
+            listed.append(str(kwargs["positions"]))
+            return original.format(*args, **kwargs)
+
+    monkeypatch.setattr(receipts, "MAX_LISTED", 12)
+    monkeypatch.setattr(receipts, "_NODES_SQL", Recording(original))
+    parts = _receipt(store, subject, witness)
+    assert {**parts, "generated_at": 0} == {**whole, "generated_at": 0}
+    assert max(map(len, listed)) <= 12 and len(listed) > len({k.split("/")[0] for k in _all_nodes(whole)})
+
+
+def _all_nodes(receipt: dict[str, Any]) -> list[str]:
+    return [key for entry in receipt["chains"].values() for key in entry["nodes"]]
 
 
 def _origin_verifier(chain: str) -> NoteVerifier:
