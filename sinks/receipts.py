@@ -32,7 +32,7 @@ from flowaudit.sinks.audit import (
     CONTENT_COLUMNS,
     CONTENT_COLUMNS_BY_FORMAT,
     TIMESTAMP_COLUMNS,
-    content_from_stored,
+    contents_from_stored,
 )
 
 Query = Callable[[str, dict[str, Any]], tuple[list[str], list[tuple[Any, ...]]]]
@@ -67,18 +67,24 @@ def build_receipt(
 ) -> dict[str, Any]:
     """The subject's receipt (a JSON-ready dict). `witnessed`: chain -> (size, cosigned note)."""
     names, rows = query(ROWS_SQL, {"subject": subject, "since": since_ms, "until": until_ms})
-    stored = [dict(zip(names, row, strict=True)) for row in rows]
-    by_chain: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in stored:
-        by_chain[str(row["chain_id"])].append(row)
+    contents = contents_from_stored(names, rows)
+    # an empty result may name no columns (chDB): then there is no row to place
+    chain_at, seq_at, link_rows_at, link_index_at = (names.index(c) if rows else 0 for c in _LINK)
+    by_chain: dict[str, list[int]] = defaultdict(list)  # chain -> its rows' numbers, in query order
+    for number, row in enumerate(rows):
+        by_chain[str(row[chain_at])].append(number)
     chains: dict[str, Any] = {}
     receipt_rows: list[dict[str, Any]] = []
-    for chain, chain_rows in sorted(by_chain.items()):
-        entry, indices = _chain_entry(query, chain, chain_rows, (witnessed or {}).get(chain))
+    for chain, numbers in sorted(by_chain.items()):
+        links = [
+            (int(rows[n][seq_at]), int(rows[n][link_rows_at]), int(rows[n][link_index_at])) for n in numbers
+        ]
+        entry, indices = _chain_entry(query, chain, links, (witnessed or {}).get(chain))
         chains[chain] = entry
-        for row, index in zip(chain_rows, indices, strict=True):
-            content = [list(v) if isinstance(v, tuple) else v for v in content_from_stored(row)]
-            receipt_rows.append({"chain": chain, "leaf_index": index, "content": content})
+        receipt_rows.extend(
+            {"chain": chain, "leaf_index": index, "content": contents[number]}
+            for number, index in zip(numbers, indices, strict=True)
+        )
     receipt_rows.sort(key=lambda r: (r["content"][2], r["chain"], r["leaf_index"]))  # by occurred_at
     return {
         "format": RECEIPT_FORMAT,
@@ -93,10 +99,11 @@ def build_receipt(
 
 
 def _chain_entry(
-    query: Query, chain: str, rows: Sequence[dict[str, Any]], witnessed: tuple[int, str] | None
+    query: Query, chain: str, links: Sequence[tuple[int, int, int]], witnessed: tuple[int, str] | None
 ) -> tuple[dict[str, Any], list[int]]:
-    """One chain's checkpoint, witnessed note, consistency proof and nodes; the rows' leaf indices."""
-    seqs = sorted({int(row["chain_seq"]) for row in rows})
+    """One chain's checkpoint, witnessed note, consistency proof and nodes; the leaf indices of the
+    rows at `links` (chain_seq, link_rows, link_index)."""
+    seqs = sorted({seq for seq, _, _ in links})
     _, found = query(
         "SELECT chain_seq, tree_size FROM audit_merkle_checkpoints WHERE chain_id = {c:String} "
         "AND chain_seq IN {seqs:Array(UInt64)}",
@@ -106,7 +113,7 @@ def _chain_entry(
     missing = [seq for seq in seqs if seq not in sizes]
     if missing:
         raise ReceiptBuildError(f"chain {chain}: link {missing[0]} has no signed checkpoint (no Merkle log?)")
-    indices = [sizes[int(r["chain_seq"])] - int(r["link_rows"]) + int(r["link_index"]) for r in rows]
+    indices = [sizes[seq] - link_rows + link_index for seq, link_rows, link_index in links]
     _, latest = query(
         "SELECT tree_size, argMax(note, tree_size) FROM audit_merkle_checkpoints WHERE chain_id = {c:String} "
         "GROUP BY tree_size ORDER BY tree_size DESC LIMIT 1",
