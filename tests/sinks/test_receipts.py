@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -52,9 +53,17 @@ def written(store_factory: Any, policy: Any) -> tuple[AuditStore, Witness, str]:
     return store, witness, str(rows[0][0])
 
 
-def _receipt(store: AuditStore, subject: str, witness: Witness | None) -> dict[str, Any]:
+def _receipt(
+    store: AuditStore, subject: str, witness: Witness | None, nodes_sql: list[str] | None = None
+) -> dict[str, Any]:
+    """The subject's receipt as a reader gets it; `nodes_sql` collects the node queries."""
     witnessed = {c: (t.size, t.note) for c, t in witness.trees.items()} if witness else None
-    query = lambda sql, parameters: store.query(qualify(sql, store.table), parameters)  # noqa: E731
+
+    def query(sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        if nodes_sql is not None and "audit_merkle_nodes" in sql:
+            nodes_sql.append(sql)
+        return store.query(qualify(sql, store.table), parameters)
+
     receipt = build_receipt(query, subject, EARLIEST_MS, LATEST_MS, witnessed)
     return json.loads(json.dumps(receipt))  # as a reader gets it: a file
 
@@ -131,26 +140,30 @@ def test_a_receipt_carries_exactly_the_nodes_its_proofs_read(written: Any) -> No
         assert [base64.b64decode(value) for value in entry["nodes"].values()] == [stored[n] for n in wanted]
 
 
-def test_a_level_with_more_positions_than_a_query_may_list_is_read_in_parts(
-    written: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("max_listed", "small_level"), [(12, receipts.SMALL_LEVEL), (200_000, 0), (200_000, 1 << 40), (40, 16)]
+)
+def test_the_nodes_are_the_same_however_the_reads_are_split(
+    written: Any, monkeypatch: pytest.MonkeyPatch, max_listed: int, small_level: int
 ) -> None:
-    """The engine refuses a query over max_query_size: a level's positions are split to stay under
-    it, and the receipt is the same."""
+    """Levels read one by one or together, positions split to stay under the engine's
+    max_query_size (MAX_LISTED characters a list): the same receipt."""
     store, witness, subject = written
     whole = _receipt(store, subject, witness)
-    listed: list[str] = []
-    original = receipts._NODES_SQL
-
-    class Recording(str):
-        def format(self, *args: Any, **kwargs: Any) -> str:
-            listed.append(str(kwargs["positions"]))
-            return original.format(*args, **kwargs)
-
-    monkeypatch.setattr(receipts, "MAX_LISTED", 12)
-    monkeypatch.setattr(receipts, "_NODES_SQL", Recording(original))
-    parts = _receipt(store, subject, witness)
+    monkeypatch.setattr(receipts, "MAX_LISTED", max_listed)
+    monkeypatch.setattr(receipts, "SMALL_LEVEL", small_level)
+    statements: list[str] = []
+    parts = _receipt(store, subject, witness, statements)
     assert {**parts, "generated_at": 0} == {**whole, "generated_at": 0}
-    assert max(map(len, listed)) <= 12 and len(listed) > len({k.split("/")[0] for k in _all_nodes(whole)})
+    lists = [text for sql in statements for text in re.findall(r"splitByChar\(',', '([0-9,]*)'\)", sql)]
+    levels = {key.split("/")[0] for key in _all_nodes(whole)}
+    assert lists and max(map(len, lists)) <= max_listed
+    if small_level == 0:  # every level alone, in parts of at most MAX_LISTED characters
+        assert len(statements) >= len(levels) and all("level BETWEEN" not in sql for sql in statements)
+    if small_level == 1 << 40:  # all levels together
+        assert all("level BETWEEN" in sql for sql in statements)
+    if max_listed == 12:
+        assert len(statements) > len(levels)
 
 
 def _all_nodes(receipt: dict[str, Any]) -> list[str]:
@@ -180,7 +193,7 @@ def test_a_node_stored_with_two_hashes_or_missing_gives_no_receipt(written: Any)
     store.client.command(
         f"DELETE FROM {table} WHERE chain_id = '{chain}' AND level = {level} AND node_index = {position}"
     )
-    with pytest.raises(ReceiptBuildError, match=f"Merkle nodes missing at level {level}"):
+    with pytest.raises(ReceiptBuildError, match=rf"Merkle nodes missing at level {level} \({position}\)"):
         _receipt(store, subject, witness)
 
 
