@@ -7,11 +7,12 @@ unqualified table names):
    them (event ids from the per-subject index), with their content in their row format;
 2. per chain, the latest signed checkpoint (the tree every row is proved against) and the tree
    size at each of the rows' links (a row's leaf index is `tree_size - link_rows + link_index`);
-3. the proof nodes of every row, once each: the set is computed for all rows at once
-   (`domain.merkle.inclusion_nodes`, level by level, ~15 ms for 10,000 rows of a 2.5 M-leaf tree
-   where building each proof took ~0.35 s), then read one query per level, the positions one string
-   literal, the hashes base64-encoded by the engine as the receipt carries them (~100,000 nodes for
-   a 10,000-row receipt of a 10 M-row store, docs/merkle.md; bench/receipt.py measures it);
+3. the proof nodes of every row, once each: named for all rows at once
+   (`domain.merkle.inclusion_nodes`, level by level: 14 ms for 10,000 rows of a 2.5 M-leaf tree,
+   where building each proof took 0.34 s), then read one query per large level and one for all the
+   small ones, the positions one string literal, the hashes base64-encoded by the engine as the
+   receipt carries them (`read_nodes_by_level`; ~100,000 nodes for a 10,000-row receipt of a 10 M-row
+   store: bench/receipt.py, docs/performance.md);
 4. when a witness's trees are given (its state: chain -> size and cosigned note), the consistency
    proof from the witnessed tree to the checkpoint.
 Rows are those of the store as it is: one written after the latest checkpoint read here is in the
