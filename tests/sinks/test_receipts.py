@@ -4,6 +4,7 @@ altered in the file, or a wrong key, fails the offline check."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -26,8 +27,10 @@ from flowaudit.sinks import receipts
 from flowaudit.sinks.clickhouse import AuditStore, qualify
 from flowaudit.sinks.merkle_store import MerkleStore
 from flowaudit.sinks.receipts import EARLIEST_MS, LATEST_MS, ReceiptBuildError, build_receipt, parse_moment
+from flowaudit.streams.web import add_web_views
 from flowaudit.witness import StoreProofs, observe_all
 from tests.sinks.test_clickhouse_store import generated
+from tests.streams.test_web import GOOD, GUARD, FakeApp, FakeRequest, FakeWeb
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +206,33 @@ def test_moments_parse_as_utc() -> None:
     assert parse_moment(None, 7, "since") == 7
     with pytest.raises(ValueError, match="until"):
         parse_moment("yesterday", 0, "until")
+
+
+class _StoreViews:
+    """The worker's store thread as the web views see it, over a real store."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return self.store.query(qualify(sql, self.store.table), parameters)
+
+    async def verify(self, options: Any = None) -> Any:
+        raise AssertionError("not asked here")
+
+
+def test_the_worker_serves_the_same_receipt_to_a_caller_with_its_token(written: Any) -> None:
+    """`/flowaudit/receipt/` (streams/web.py) builds through the worker's store thread: the same
+    receipt as the CLI's, which verifies; no token, no receipt."""
+    store, witness, subject = written
+    app = FakeApp()
+    add_web_views(app, _StoreViews(store), GUARD)
+    view = app.pages["/flowaudit/receipt/"]
+    given = json.dumps([[c, t.size, t.note] for c, t in witness.trees.items()])
+    answer = asyncio.run(view(FakeWeb(), FakeRequest(GOOD, {"user": subject, "witnessed": given})))
+    assert answer.status == 200 and answer.headers == {"Cache-Control": "no-store"}
+    served = json.loads(json.dumps(answer.body))
+    assert {**served, "generated_at": 0} == {**_receipt(store, subject, witness), "generated_at": 0}
+    assert verify_receipt(served, SIGNER.verifier(), WITNESS.verifier()).rows == len(served["rows"])
+    refused = asyncio.run(view(FakeWeb(), FakeRequest({"Host": GOOD["Host"]}, {"user": subject})))
+    assert refused.status == 401
