@@ -159,8 +159,8 @@ _LEVEL_SQL = (
     "(SELECT arrayJoin(splitByChar(',', '{positions}'))::UInt64) ORDER BY node_index"
 )
 # The nodes of several small levels (the top of the tree) in one query: (level, position) pairs.
-# One query per level cost ~9 ms each for the ~14 small levels of a 2.5 M-leaf tree, ~0.13 s in
-# all; this one query ~0.03 s (bench store, load ~8). A UNION ALL of per-level queries was slower.
+# One query per level cost ~9 ms each for levels 8-21 of a 2.5 M-leaf tree, ~0.13 s in all; one
+# query for them ~0.03 s (bench store, load ~8). A UNION ALL of per-level queries was slower.
 _LEVELS_SQL = (
     "SELECT DISTINCT level, node_index, base64Encode(hash) FROM audit_merkle_nodes "
     "WHERE chain_id = {{c:String}} AND level BETWEEN {low} AND {high} AND (level, node_index) IN "
@@ -217,7 +217,8 @@ def _node_reads(
 
 
 def _parts(pairs: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
-    """`pairs` in runs whose levels and positions list at most MAX_LISTED characters."""
+    """`pairs` in runs whose levels and positions, listed, take at most MAX_LISTED characters
+    together (each pair: its level's digits, its position's, two commas)."""
     if not pairs:
         return
     step = max(1, MAX_LISTED // (len(str(pairs[-1][0])) + len(str(max(p for _, p in pairs))) + 2))
