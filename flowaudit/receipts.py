@@ -33,7 +33,7 @@ def _receipt(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     witnessed = witnessed_notes(state)
     store = AuditStore(settings.resolved_clickhouse_url, load_policy(settings.policy_dir), b"")
     try:
-        store.connect(writer=False)
+        store.connect(writer=False, heads=False)  # a receipt needs no chain head
     except StoreError:
         worker = running_worker(settings) if settings.resolved_clickhouse_url.startswith("chdb:") else None
         if worker is None:
