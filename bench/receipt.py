@@ -9,7 +9,9 @@
    ids), so the subject's rows are a primary-key range of a table of that size.
 3. Times `build_receipt` (rows, checkpoints, nodes level by level, consistency proof from a
    witnessed tree) --runs times, the file `flowaudit receipt` writes of its output (`receipt_bytes`,
-   write_seconds), and `verify_receipt` on it; prints JSON.
+   write_seconds), and `verify_receipt` on it; then what `flowaudit receipt` does end to end
+   (bench/receipt_command.py: imports, opening the store, the build, the file) in --command-runs
+   fresh processes; prints JSON.
 
 With --dir the store is built once and reused: beside it, `bench-receipt.json` records the
 arguments it was built with and `bench-receipt.witness.json` the witness's state (a later run with the
@@ -17,7 +19,7 @@ same --rows, --chain-leaves and --subject-rows opens the store and reads that st
 building again; other arguments build it afresh in a new directory).
 
 Usage: python bench/receipt.py [--rows 10000000] [--chain-leaves 2500000] [--subject-rows 10000]
-       [--runs 5] [--dir DIR]
+       [--runs 5] [--dir DIR] [--command-runs 3]
 Target (issue 17): < 1 s for 10,000 rows in a 10 M-row store.
 """
 
@@ -28,6 +30,7 @@ import dataclasses
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,9 +153,16 @@ def main() -> None:
     parser.add_argument("--subject-rows", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", help="keep the store here (default: a temporary directory)")
+    parser.add_argument(
+        "--command-runs",
+        type=int,
+        default=3,
+        help="then time the command's steps in this many fresh processes",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        store, witnessed = build_or_reuse(Path(args.dir or tmp) / "bench-receipt", args)
+        path = Path(args.dir or tmp) / "bench-receipt"
+        store, witnessed = build_or_reuse(path, args)
 
         spent: list[tuple[float, str]] = []
 
@@ -198,8 +208,35 @@ def main() -> None:
             "verify_receipt_seconds": round(verify_seconds, 3),
             "target_seconds": 1.0,
         }
-        store.close()
+        store.close()  # chDB: one process per store, and the command's processes open it next
+        result["command"] = time_commands(path, args.command_runs)
     print(json.dumps(result, indent=2))
+
+
+def time_commands(path: Path, runs: int) -> list[dict[str, float]]:
+    """bench/receipt_command.py (what `flowaudit receipt` does) in `runs` fresh processes: its
+    steps' seconds, and the process's from start to exit."""
+    script = Path(__file__).with_name("receipt_command.py")
+    state = path.with_name(path.name + ".witness.json")
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(path),
+                str(state),
+                SUBJECT,
+                str(path.with_name("receipt.json")),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        steps: dict[str, float] = json.loads(done.stdout)
+        timings.append({**steps, "process": round(time.perf_counter() - started, 3)})
+    return timings
 
 
 if __name__ == "__main__":
