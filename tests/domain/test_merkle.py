@@ -24,7 +24,9 @@ from flowaudit.domain.merkle import (
     consistency_proof,
     consistency_ranges,
     frontier,
+    inclusion_nodes,
     inclusion_proof,
+    inclusion_ranges,
     leaf_hash,
     leaf_hashes,
     node_hash,
@@ -305,3 +307,35 @@ def test_subtree_tilings_and_what_a_proof_reads() -> None:
     size = 1_000_003
     ranges = consistency_ranges(654_321, size)
     assert len(proof_nodes(ranges)) <= 2 * size.bit_length()
+
+
+def _levelled(nodes: Sequence[NodeId]) -> dict[int, set[int]]:
+    levels: dict[int, set[int]] = {}
+    for node in nodes:
+        levels.setdefault(node.level, set()).add(node.position)
+    return levels
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_nodes_of_many_inclusion_proofs_are_those_the_proofs_read(size: int) -> None:
+    """`inclusion_nodes` (a receipt's nodes, level by level) names exactly the nodes the proofs of
+    its leaves fold from: one leaf at a time, every leaf, and random subsets, for every size to 64."""
+    rng = random.Random(size)
+    singles = range(size) if size <= 64 else rng.sample(range(size), 16)
+    for index in singles:
+        assert inclusion_nodes([index], size) == _levelled(proof_nodes(inclusion_ranges(index, size)))
+    subsets = [list(range(size)), *(rng.sample(range(size), rng.randint(1, size)) for _ in range(8))]
+    for leaves in subsets:
+        ranges = [r for index in leaves for r in inclusion_ranges(index, size)]
+        assert inclusion_nodes(leaves, size) == _levelled(proof_nodes(ranges)), (size, sorted(leaves))
+
+
+def test_the_nodes_of_inclusion_proofs_in_a_large_tree_and_of_leaves_outside_it() -> None:
+    size = 2_500_003  # leaves spread over a large tree, as a long-lived subject's are
+    leaves = [*range(0, size, 2_501), size - 1, size - 2]
+    ranges = [r for index in leaves for r in inclusion_ranges(index, size)]
+    assert inclusion_nodes(leaves, size) == _levelled(proof_nodes(ranges))
+    assert inclusion_nodes([], size) == {}
+    for outside in ([size], [-1], [0, size + 5]):
+        with pytest.raises(ValueError, match="not in a tree"):
+            inclusion_nodes(outside, size)

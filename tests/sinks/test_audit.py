@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 
 from flowaudit.domain.decision import Decider
 from flowaudit.domain.events import event_from_mapping
@@ -19,9 +23,13 @@ from flowaudit.sinks.audit import (
     CONTENT_COLUMNS_V2,
     GENESIS,
     ROW_FORMAT,
+    TIMESTAMP_COLUMNS,
     AuditRecord,
     RowBuilder,
+    UnknownRowFormat,
     content_bytes,
+    content_from_stored,
+    contents_from_stored,
     link_hash,
     millis_of,
     row_hash,
@@ -154,3 +162,49 @@ def test_batch_contents_and_hashes_agree_with_the_single_row_definitions(policy:
     assert contents == [RowBuilder(policy).content(record, 7) for record in records]
     assert row_hashes(contents) == [row_hash(content_bytes(content)) for content in contents]
     assert len(set(row_hashes(contents))) == len(records)
+
+
+def _as_stored(content: tuple[Any, ...], columns: tuple[str, ...], names: list[str]) -> tuple[Any, ...]:
+    """A content as a query returns it: in `names` order, timestamps as datetimes (some as epoch
+    milliseconds, as a query with toUnixTimestamp64Milli gives), the event id a UUID, arrays tuples."""
+    values = dict(zip(columns, content, strict=True))
+    stored: list[Any] = []
+    for number, name in enumerate(names):
+        value = values.get(name, 0)  # a column a format 1 row lacks reads as its default
+        if name in TIMESTAMP_COLUMNS and number % 2:
+            value = datetime.fromtimestamp(value / 1000, UTC)
+        elif name == "event_id":
+            value = uuid.UUID(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        stored.append(value)
+    return tuple(stored)
+
+
+def test_contents_of_many_stored_rows_are_each_rows_content(policy: Policy) -> None:
+    """`contents_from_stored` gives, for rows of either format, what `content_from_stored` gives
+    for each (as lists), and hashes to the row hash the writer computed."""
+    names = [*reversed(CONTENT_COLUMNS), "chain_id", "link_index"]  # any column order
+    builder = RowBuilder(policy)
+    written = builder.contents(_records(policy, 40), 1_700_000_000_123)
+    v1 = [(c[: len(CONTENT_COLUMNS_V1)], CONTENT_COLUMNS_V1) for c in written[:15]]
+    v2 = [(c, CONTENT_COLUMNS_V2) for c in written[15:]]
+    rows = []
+    for content, columns in v1 + v2:
+        stored = _as_stored(content, columns, names)
+        if columns is CONTENT_COLUMNS_V1:  # a format 1 row of a migrated store: row_format 1
+            stored = _with_format(names, stored, 1)
+        rows.append(stored)
+    contents = contents_from_stored(names, rows)
+    singles = [list(content_from_stored(dict(zip(names, row, strict=True)))) for row in rows]
+    assert contents == singles
+    assert [row_hash(content_bytes(c)) for c in contents] == row_hashes([c for c, _ in v1 + v2])
+    no_format = [n for n in names if n != "row_format"]  # a store of format 1 rows only
+    old = [_as_stored(c, columns, no_format) for c, columns in v1]
+    assert contents_from_stored(no_format, old) == contents[:15]
+    with pytest.raises(UnknownRowFormat, match="unknown row format 9"):
+        contents_from_stored(names, [_with_format(names, rows[20], 9)])
+
+
+def _with_format(names: list[str], row: tuple[Any, ...], row_format: int) -> tuple[Any, ...]:
+    return tuple(row_format if name == "row_format" else v for name, v in zip(names, row, strict=True))
