@@ -146,63 +146,113 @@ class RowBuilder:
         return special, undeclared
 
     def content(self, record: AuditRecord, ingested_at_ms: int) -> tuple[Any, ...]:
-        """The row's content columns. Tuples serialize as JSON arrays, exactly like lists."""
-        return self.contents((record,), ingested_at_ms)[0]
+        """The row's content columns, one row at a time: the definition that `columns` must match
+        (tests compare them). Tuples serialize as JSON arrays, exactly like lists."""
+        event, decision = record.event, record.decision
+        categories = decision.data_categories
+        purpose = event.purpose
+        special, undeclared = self._facts_memo.get((purpose, categories)) or self._facts(purpose, categories)
+        counterparty_type, counterparty = self._counterparty[event.event_type](event)
+        mechanism = decision.transfer_mechanism
+        return (
+            decision.event_id,
+            event.event_type,
+            event.occurred_at_ms,
+            event.user_id,
+            event.user_country,
+            event.destination_country,
+            mechanism is not None,  # outside the zone as it stood at occurred_at
+            self._zone_id,
+            counterparty_type,
+            counterparty,
+            event.device_model,
+            event.device_id,
+            event.record_count or 1,
+            event.encrypted,
+            event.pseudonymized,
+            purpose,
+            event.consent_id,
+            event.fields,
+            categories,
+            special,
+            undeclared,
+            decision.legal_basis,
+            decision.decision,
+            decision.rules,
+            decision.waived,
+            decision.policy_version,
+            record.decided_at_ms,
+            record.topic,
+            record.partition,
+            record.offset,
+            ingested_at_ms,
+            ROW_FORMAT,
+            decision.special_category_condition,
+            mechanism,
+            decision.flags,
+            decision.counterparty,
+            event.subjects or (),
+        )
 
-    def contents(self, records: Iterable[AuditRecord], ingested_at_ms: int) -> list[tuple[Any, ...]]:
-        """The content columns of each record (one loop: the writer's hot path)."""
-        memo, zone_id, counterparty_of = self._facts_memo, self._zone_id, self._counterparty
-        rows = []
-        for record in records:
-            event, decision = record.event, record.decision
-            categories = decision.data_categories
-            purpose = event.purpose
-            facts = memo.get((purpose, categories)) or self._facts(purpose, categories)
-            kind = event.event_type
-            counterparty_type, counterparty = counterparty_of[kind](event)
-            mechanism = decision.transfer_mechanism
-            rows.append(
-                (
-                    decision.event_id,
-                    kind,
-                    event.occurred_at_ms,
-                    event.user_id,
-                    event.user_country,
-                    event.destination_country,
-                    mechanism is not None,  # outside the zone as it stood at occurred_at
-                    zone_id,
-                    counterparty_type,
-                    counterparty,
-                    event.device_model,
-                    event.device_id,
-                    event.record_count or 1,
-                    event.encrypted,
-                    event.pseudonymized,
-                    purpose,
-                    event.consent_id,
-                    event.fields,
-                    categories,
-                    facts[0],
-                    facts[1],
-                    decision.legal_basis,
-                    decision.decision,
-                    decision.rules,
-                    decision.waived,
-                    decision.policy_version,
-                    record.decided_at_ms,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    ingested_at_ms,
-                    ROW_FORMAT,
-                    decision.special_category_condition,
-                    mechanism,
-                    decision.flags,
-                    decision.counterparty,
-                    event.subjects or (),
-                )
-            )
-        return rows
+    def contents(self, records: Sequence[AuditRecord], ingested_at_ms: int) -> list[tuple[Any, ...]]:
+        """The content tuple of each record (`columns`, row by row)."""
+        return list(zip(*self.columns(records, ingested_at_ms), strict=True)) if records else []
+
+    def columns(self, records: Sequence[AuditRecord], ingested_at_ms: int) -> list[list[Any]]:
+        """The content columns of the records, column by column in CONTENT_COLUMNS order (the
+        writer's hot path): the Arrow encoder takes columns, and `zip(*columns)` gives the rows to
+        hash. Measured on 20,000 rows: 1.23 us per row, then 0.95 to zip them into rows, against
+        1.62 to build rows and 0.76 to transpose them for the encoder (bench/sink.py's records)."""
+        count = len(records)
+        events = [record.event for record in records]
+        decisions = [record.decision for record in records]
+        kinds = [event.event_type for event in events]
+        purposes = [event.purpose for event in events]
+        categories = [decision.data_categories for decision in decisions]
+        memo, facts_of = self._facts_memo, self._facts
+        facts = [memo.get(key) or facts_of(*key) for key in zip(purposes, categories, strict=True)]
+        counterparty_of = self._counterparty
+        parties = [counterparty_of[kind](event) for kind, event in zip(kinds, events, strict=True)]
+        mechanisms = [decision.transfer_mechanism for decision in decisions]
+        return [
+            [decision.event_id for decision in decisions],
+            kinds,
+            [event.occurred_at_ms for event in events],
+            [event.user_id for event in events],
+            [event.user_country for event in events],
+            [event.destination_country for event in events],
+            [mechanism is not None for mechanism in mechanisms],  # outside the zone as at occurred_at
+            [self._zone_id] * count,
+            [party[0] for party in parties],
+            [party[1] for party in parties],
+            [event.device_model for event in events],
+            [event.device_id for event in events],
+            [event.record_count or 1 for event in events],
+            [event.encrypted for event in events],
+            [event.pseudonymized for event in events],
+            purposes,
+            [event.consent_id for event in events],
+            [event.fields for event in events],
+            categories,
+            [fact[0] for fact in facts],
+            [fact[1] for fact in facts],
+            [decision.legal_basis for decision in decisions],
+            [decision.decision for decision in decisions],
+            [decision.rules for decision in decisions],
+            [decision.waived for decision in decisions],
+            [decision.policy_version for decision in decisions],
+            [record.decided_at_ms for record in records],
+            [record.topic for record in records],
+            [record.partition for record in records],
+            [record.offset for record in records],
+            [ingested_at_ms] * count,
+            [ROW_FORMAT] * count,
+            [decision.special_category_condition for decision in decisions],
+            mechanisms,
+            [decision.flags for decision in decisions],
+            [decision.counterparty for decision in decisions],
+            [event.subjects or () for event in events],
+        ]
 
 
 def content_bytes(content: Sequence[Any]) -> bytes:

@@ -81,7 +81,7 @@ CONSENT_DDL_FILE = SCHEMA_DIR / "sql" / "consent.sql"
 SUBJECTS_DDL_FILE = SCHEMA_DIR / "sql" / "subjects.sql"
 SUBJECTS_VIEW = "audit_subjects_mv"
 
-_DECISION_OF_CONTENT = operator.itemgetter(CONTENT_COLUMNS.index("decision"))
+_DECISION = CONTENT_COLUMNS.index("decision")
 _EVENT_ID_OF_RECORD = operator.attrgetter("event.event_id")
 INSERT_FORMAT = "ArrowStream"  # see sinks/encoding.py
 _INSERT_SETTINGS = {"insert_deduplicate": 1}
@@ -453,7 +453,7 @@ class AuditStore:
         decisions: Counter[str] = Counter()
         new_heads: dict[str, ChainHead] = {}
         log_updates: dict[str, LogUpdate] = {}
-        build = self.rows.contents
+        build = self.rows.columns
         for (topic, partition), chain_records in by_partition.items():
             chain = chain_id_for(topic, partition)
             if chain in self.released:  # not ours any more: the partition's new owner writes them
@@ -468,10 +468,10 @@ class AuditStore:
             seq = head.seq + 1
             link_hashes: list[bytes] = []
             for start in range(0, len(fresh), CHUNK_ROWS):  # build, hash, convert while in cache
-                contents = build(fresh[start : start + CHUNK_ROWS], ingested)
-                link_hashes += row_hashes(contents)
-                encoder.add(contents)
-                decisions.update(map(_DECISION_OF_CONTENT, contents))
+                columns = build(fresh[start : start + CHUNK_ROWS], ingested)
+                link_hashes += row_hashes(zip(*columns, strict=True))
+                encoder.add_columns(columns)
+                decisions.update(columns[_DECISION])
             link = link_hash(self.key, chain, seq, head.link_hash, link_hashes)
             hashes += link_hashes
             links.append(Link(chain, seq, len(fresh), link))

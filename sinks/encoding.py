@@ -22,7 +22,8 @@ from flowaudit.sinks.audit import ALL_COLUMNS, CONTENT_COLUMNS
 _TEXT = pa.string()
 _TEXTS = pa.list_(pa.string())
 _TIME = pa.timestamp("ms", tz="UTC")
-_HASH = pa.binary(32)
+HASH_SIZE = 32
+_HASH = pa.binary(HASH_SIZE)
 
 # Arrow type of each column as sent; ClickHouse converts to the table's types (UUID and Enum8 from
 # text, LowCardinality from text or dictionaries). tests/sinks/test_encoding.py checks it against
@@ -76,6 +77,17 @@ ROW_SCHEMA = pa.schema([(name, ARROW_TYPES[name]) for name in ALL_COLUMNS])
 _CONTENT_TYPES = [ARROW_TYPES[name] for name in CONTENT_COLUMNS]
 
 
+def hash_array(hashes: Sequence[bytes]) -> pa.Array:
+    """32-byte hashes as an Arrow binary(32) array, from one joined buffer rather than converting
+    each bytes object. Raises ValueError unless every hash is 32 bytes (the joined length alone
+    would not tell a 31-byte hash followed by a 33-byte one)."""
+    sizes = list(map(len, hashes))
+    if sizes.count(HASH_SIZE) != len(sizes):
+        raise ValueError(f"hashes are {HASH_SIZE} bytes, not {sorted(set(sizes) - {HASH_SIZE})}")
+    data = b"".join(hashes)
+    return pa.Array.from_buffers(_HASH, len(hashes), [None, pa.py_buffer(data)])
+
+
 class Link(NamedTuple):
     """One link of a batch: its rows are the next `rows` contents of the batch."""
 
@@ -107,10 +119,16 @@ class BatchEncoder:
 
     def add(self, contents: Sequence[tuple[Any, ...]]) -> None:
         """Convert the content columns of the next rows (at most a few thousand: see CHUNK_ROWS)."""
+        self.add_columns(list(zip(*contents, strict=True)))
+
+    def add_columns(self, columns: Sequence[Sequence[Any]]) -> None:
+        """Convert the next rows given column by column (`RowBuilder.columns`: no transposing)."""
+        if len(columns) != len(_CONTENT_TYPES):
+            raise ValueError(f"{len(columns)} columns given, the rows have {len(_CONTENT_TYPES)}")
         self._slices.append(
             [
                 pa.array(column, type=arrow_type)
-                for column, arrow_type in zip(zip(*contents, strict=True), _CONTENT_TYPES, strict=True)
+                for column, arrow_type in zip(columns, _CONTENT_TYPES, strict=True)
             ]
         )
 
@@ -132,7 +150,7 @@ class BatchEncoder:
             pa.array(counts.astype(np.uint32)[link_of_row]),
             pa.array((np.arange(len(link_of_row)) - first_row_of_link).astype(np.uint32)),
             pa.DictionaryArray.from_arrays(link_of_row, pa.array([link.link_hash for link in links], _HASH)),
-            pa.array(row_hashes, _HASH),
+            hash_array(row_hashes),
         ]
         sink = pa.BufferOutputStream(memory_pool=PAYLOAD_POOL)
         start = 0
@@ -162,4 +180,13 @@ def decode_batch(payload: bytes) -> pa.Table:
     return pa.ipc.open_stream(payload).read_all()
 
 
-__all__ = ["ARROW_TYPES", "CHUNK_ROWS", "ROW_SCHEMA", "BatchEncoder", "Link", "decode_batch", "encode_batch"]
+__all__ = [
+    "ARROW_TYPES",
+    "CHUNK_ROWS",
+    "ROW_SCHEMA",
+    "BatchEncoder",
+    "Link",
+    "decode_batch",
+    "encode_batch",
+    "hash_array",
+]

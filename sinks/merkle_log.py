@@ -49,7 +49,6 @@ from flowaudit.domain.checkpoint import (
 from flowaudit.domain.merkle import CompactRange, Extension
 from flowaudit.sinks.audit import GENESIS, ChainHead, link_hash
 from flowaudit.sinks.merkle_store import (
-    CHECKPOINT_COLUMNS,
     MerkleStore,
     MerkleStoreError,
     StoredCheckpoint,
@@ -216,24 +215,8 @@ class MerkleLog:
                 ),
                 "insert the Merkle nodes",
             )
-        rows = [
-            [
-                u.chain_id,
-                u.chain_seq,
-                u.checkpoint.size,
-                u.checkpoint.root,
-                _moment(u.checkpoint.time_ms),
-                u.note,
-            ]
-            for u in updates
-        ]
-        settings = {**_INSERT_SETTINGS, "insert_deduplication_token": updates_token("checkpoints", updates)}
-        merkle._run(
-            lambda: client.insert(
-                merkle.checkpoints_table, rows, column_names=list(CHECKPOINT_COLUMNS), settings=settings
-            ),
-            "insert the signed checkpoints",
-        )
+        rows = [(u.chain_id, u.chain_seq, u.checkpoint, u.note) for u in updates]
+        merkle.insert_checkpoints(rows, updates_token("checkpoints", updates))
 
     def commit(self, updates: Sequence[LogUpdate]) -> None:
         for update in updates:
@@ -355,10 +338,6 @@ class MerkleLog:
         if [seq for seq, _, _ in links] != expected:
             raise MerkleStoreError(f"chain {chain_id}: links {first} to {last} are not all in the store")
         return links
-
-
-def _moment(time_ms: int | None) -> datetime:
-    return datetime.fromtimestamp((time_ms or 0) / 1000, UTC)
 
 
 def _now_ms() -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,7 @@ from flowaudit.domain.merkle import (
 )
 from flowaudit.schemas import SCHEMA_DIR
 from flowaudit.sinks.ddl import split_statements
+from flowaudit.sinks.encoding import hash_array
 
 NODES_TABLE = "audit_merkle_nodes"
 CHECKPOINTS_TABLE = "audit_merkle_checkpoints"
@@ -63,6 +63,16 @@ NODE_SCHEMA = pa.schema(
         ("level", pa.uint8()),
         ("node_index", pa.uint64()),
         ("hash", pa.binary(32)),
+    ]
+)
+CHECKPOINT_SCHEMA = pa.schema(
+    [
+        ("chain_id", pa.string()),
+        ("chain_seq", pa.uint64()),
+        ("tree_size", pa.uint64()),
+        ("root_hash", pa.binary(32)),
+        ("signed_at", pa.timestamp("ms", tz="UTC")),
+        ("note", pa.string()),
     ]
 )
 _INSERT_SETTINGS = {"insert_deduplicate": 1}
@@ -101,12 +111,36 @@ def nodes_payload(extensions: Sequence[tuple[str, Extension]]) -> bytes:
             pa.DictionaryArray.from_arrays(chains, pa.array(names)),
             pa.array(levels),
             pa.array(positions),
-            pa.array([digest for _, run in runs for digest in run.hashes], pa.binary(32)),
+            hash_array([digest for _, run in runs for digest in run.hashes]),
         ],
         schema=NODE_SCHEMA,
     )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, NODE_SCHEMA) as writer:
+        writer.write_batch(batch)
+    payload: bytes = sink.getvalue().to_pybytes()
+    return payload
+
+
+def checkpoints_payload(rows: Sequence[tuple[str, int, Checkpoint, str]]) -> bytes:
+    """(chain, link, checkpoint, signed note) rows as one Arrow IPC stream in CHECKPOINT_SCHEMA
+    (FORMAT ArrowStream), `signed_at` the checkpoint's time (none: the epoch). Sent as the nodes
+    are: the generic insert asked the engine for the table's columns first (a DESCRIBE TABLE per
+    batch, 0.3-0.5 ms of CPU in chDB) and encoded the rows in Python."""
+    chains, seqs, checkpoints, notes = zip(*rows, strict=True) if rows else ((), (), (), ())
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(chains, pa.string()),
+            pa.array(seqs, pa.uint64()),
+            pa.array([checkpoint.size for checkpoint in checkpoints], pa.uint64()),
+            pa.array([checkpoint.root for checkpoint in checkpoints], pa.binary(32)),
+            pa.array([checkpoint.time_ms or 0 for checkpoint in checkpoints], pa.timestamp("ms", tz="UTC")),
+            pa.array(notes, pa.string()),
+        ],
+        schema=CHECKPOINT_SCHEMA,
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, CHECKPOINT_SCHEMA) as writer:
         writer.write_batch(batch)
     payload: bytes = sink.getvalue().to_pybytes()
     return payload
@@ -171,17 +205,21 @@ class MerkleStore:
         )
 
     def insert_checkpoint(self, chain_id: str, chain_seq: int, checkpoint: Checkpoint, note: str) -> None:
-        signed_at = datetime.fromtimestamp((checkpoint.time_ms or 0) / 1000, UTC)
-        row = [chain_id, chain_seq, checkpoint.size, checkpoint.root, signed_at, note]
         token = hashlib.sha256(f"checkpoint|{chain_id}|{chain_seq}|{checkpoint.size}".encode()).hexdigest()
+        self.insert_checkpoints([(chain_id, chain_seq, checkpoint, note)], token)
+
+    def insert_checkpoints(self, rows: Sequence[tuple[str, int, Checkpoint, str]], token: str) -> None:
+        """One INSERT of (chain, link, checkpoint, signed note) rows, deduplicated by `token`."""
+        payload = checkpoints_payload(rows)
         self._run(
-            lambda: self.client.insert(
+            lambda: self.client.raw_insert(
                 self.checkpoints_table,
-                [row],
-                column_names=list(CHECKPOINT_COLUMNS),
+                list(CHECKPOINT_COLUMNS),
+                payload,
                 settings={**_INSERT_SETTINGS, "insert_deduplication_token": token},
+                fmt="ArrowStream",
             ),
-            f"insert the checkpoint of {chain_id} at {checkpoint.size}",
+            "insert the signed checkpoints of " + ", ".join(dict.fromkeys(row[0] for row in rows)),
         )
 
     # --- reading --------------------------------------------------------------------------------------

@@ -208,3 +208,20 @@ def test_contents_of_many_stored_rows_are_each_rows_content(policy: Policy) -> N
 
 def _with_format(names: list[str], row: tuple[Any, ...], row_format: int) -> tuple[Any, ...]:
     return tuple(row_format if name == "row_format" else v for name, v in zip(names, row, strict=True))
+
+
+def test_columns_are_the_single_row_contents_column_by_column(policy: Policy) -> None:
+    """The writer builds columns (`RowBuilder.columns`); each must hold exactly what the row-by-row
+    definition puts in its place, objects of the same types (the row hash is over their JSON)."""
+    builder = RowBuilder(policy)
+    records = _records(policy, 500)
+    records += [r._replace(topic="u", partition=3, offset=r.offset + 10**12) for r in records[:50]]
+    columns = builder.columns(records, 1_762_300_000_123)
+    expected = [builder.content(record, 1_762_300_000_123) for record in records]
+    assert len(columns) == len(CONTENT_COLUMNS)
+    for index, name in enumerate(CONTENT_COLUMNS):
+        assert columns[index] == [row[index] for row in expected], name
+        assert [type(v) for v in columns[index]] == [type(row[index]) for row in expected], name
+    assert [content_bytes(row) for row in zip(*columns, strict=True)] == list(map(content_bytes, expected))
+    assert builder.columns([], 1) == [[] for _ in CONTENT_COLUMNS]
+    assert builder.contents([], 1) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from flowaudit.domain.decision import Decider
@@ -21,7 +22,15 @@ from flowaudit.sinks.audit import (
     row_hash,
 )
 from flowaudit.sinks.clickhouse import INSERT_FORMAT
-from flowaudit.sinks.encoding import ARROW_TYPES, ROW_SCHEMA, BatchEncoder, Link, decode_batch, encode_batch
+from flowaudit.sinks.encoding import (
+    ARROW_TYPES,
+    ROW_SCHEMA,
+    BatchEncoder,
+    Link,
+    decode_batch,
+    encode_batch,
+    hash_array,
+)
 from flowaudit.sinks.verify import verify_store
 from tests.conftest import DATA_DIR
 
@@ -87,6 +96,35 @@ def test_slices_of_any_size_make_the_same_stream(policy: Policy) -> None:
     sliced = decode_batch(encoder.finish(hashes, links))
     assert [len(batch) for batch in sliced.to_batches()] == [1, 2, len(contents) - 3]
     assert sliced.to_pydict() == decode_batch(encode_batch(contents, hashes, links)).to_pydict()
+
+
+def test_columns_make_the_same_stream_as_rows(policy: Policy) -> None:
+    """`add_columns` (the writer: columns from `RowBuilder.columns`) sends what `add` sends for the
+    same rows."""
+    builder = RowBuilder(policy)
+    records = edge_records(policy)
+    contents = builder.contents(records, INGESTED_MS)
+    hashes = [row_hash(orjson.dumps(content)) for content in contents]
+    links = [Link("edge/0", 1, len(contents), b"\x03" * 32)]
+    by_columns = BatchEncoder()
+    by_columns.add_columns(builder.columns(records[:2], INGESTED_MS))
+    by_columns.add_columns(builder.columns(records[2:], INGESTED_MS))
+    by_rows = BatchEncoder()
+    by_rows.add(contents[:2])
+    by_rows.add(contents[2:])
+    assert by_columns.finish(hashes, links) == by_rows.finish(hashes, links)
+    with pytest.raises(ValueError, match="columns given"):
+        BatchEncoder().add_columns(builder.columns(records, INGESTED_MS)[:-1])
+
+
+def test_hash_array_is_the_hashes_converted_one_by_one() -> None:
+    hashes = [bytes([i]) * 32 for i in range(256)] + [b"\x00" * 31 + b"\xff"]
+    assert hash_array(hashes).equals(pa.array(hashes, pa.binary(32)))
+    assert hash_array([]).equals(pa.array([], pa.binary(32)))
+    with pytest.raises(ValueError, match=r"not \[31, 33\]"):
+        hash_array([b"a" * 31, b"b" * 33])  # 64 bytes joined: the length alone would pass
+    with pytest.raises(ValueError, match="not"):
+        hash_array([b"a" * 32, b"b" * 64])
 
 
 def test_finish_refuses_hashes_that_do_not_match_the_rows(policy: Policy) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from flowaudit.domain.checkpoint import Checkpoint, NoteSigner, open_checkpoint
@@ -19,7 +20,13 @@ from flowaudit.domain.merkle import (
     root_of,
     tree_nodes,
 )
-from flowaudit.sinks.merkle_store import MerkleStore, MerkleStoreError, extend_chain
+from flowaudit.sinks.merkle_store import (
+    CHECKPOINT_COLUMNS,
+    MerkleStore,
+    MerkleStoreError,
+    checkpoints_payload,
+    extend_chain,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +157,36 @@ def test_checkpoints_are_stored_per_link_and_open_with_the_public_key(merkle: Me
     opened = open_checkpoint(last.note, signer.verifier())
     assert (opened.size, opened.root) == (last.tree_size, last.root)
     assert merkle.checkpoints(CHAIN, chain_seq=3)[0].tree_size == sum(BATCHES[:3])
+
+
+def test_checkpoint_rows_of_several_chains_go_in_one_insert_exactly(merkle: MerkleStore) -> None:
+    """`insert_checkpoints` (the writer: every chain of a batch in one INSERT, as an Arrow stream):
+    what is read back is what was signed, a checkpoint without a time stored at the epoch, and a
+    retry with the same token adds nothing."""
+    signer = NoteSigner(ORIGIN, hashlib.sha256(b"log key").digest())
+    other = NoteSigner(ORIGIN.replace("/0", "/1"), hashlib.sha256(b"log key").digest())
+    first = Checkpoint(ORIGIN, 5, hashlib.sha256(b"a").digest(), time_ms=1_762_336_800_123)
+    second = Checkpoint(other.name, 7, hashlib.sha256(b"b").digest())
+    rows = [(CHAIN, 4, first, first.sign(signer)), (CHAIN[:-1] + "1", 9, second, second.sign(other))]
+    table = pa.ipc.open_stream(checkpoints_payload(rows)).read_all()
+    assert table.schema.names == list(CHECKPOINT_COLUMNS)
+    assert table.column("tree_size").to_pylist() == [5, 7]
+    merkle.insert_checkpoints(rows, "token-1")
+    merkle.insert_checkpoints(rows, "token-1")  # a retry of an insert that had succeeded
+    (one,) = merkle.checkpoints(CHAIN)
+    (two,) = merkle.checkpoints(CHAIN[:-1] + "1")
+    assert (one.chain_seq, one.tree_size, one.root, one.signed_at_ms, one.note) == (
+        4,
+        5,
+        first.root,
+        1_762_336_800_123,
+        rows[0][3],
+    )
+    assert (two.chain_seq, two.tree_size, two.root, two.signed_at_ms, two.note) == (
+        9,
+        7,
+        second.root,
+        0,
+        rows[1][3],
+    )
+    assert merkle.client.query(f"SELECT count() FROM {merkle.checkpoints_table}").result_rows == [(2,)]
