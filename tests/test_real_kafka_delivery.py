@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from flowaudit.common.settings import Settings
 from flowaudit.domain.policy import Policy
@@ -41,6 +42,39 @@ def workers() -> Iterator[list[WorkerProcess]]:
     yield started
     for worker in started:
         worker.ensure_stopped()
+
+
+FLOW_TOPICS = (
+    "FLOWAUDIT_TOPIC_DEVICE_SYNC",
+    "FLOWAUDIT_TOPIC_SHARING",
+    "FLOWAUDIT_TOPIC_SUBCONTRACTOR_TRANSFER",
+)
+
+
+def commits_behind(broker: RealKafka, topics: dict[str, str]) -> dict[tuple[str, int], tuple[int, int]]:
+    """The flow-topic partitions whose committed offset (of the test's group) is short of their end:
+    (topic, partition) → (committed, end)."""
+    admin = broker.admin()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, client_id="flowaudit-tests-ends")
+    try:
+        committed = {
+            (tp.topic, tp.partition): meta.offset
+            for tp, meta in admin.list_consumer_group_offsets(topics["FLOWAUDIT_CONSUMER_GROUP"]).items()
+        }
+        partitions = [
+            TopicPartition(topics[name], number)
+            for name in FLOW_TOPICS
+            for number in sorted(consumer.partitions_for_topic(topics[name]) or ())
+        ]
+        ends = consumer.end_offsets(partitions)
+    finally:
+        consumer.close()
+        admin.close()
+    return {
+        (tp.topic, tp.partition): (committed.get((tp.topic, tp.partition), -1), end)
+        for tp, end in ends.items()
+        if end > 0 and committed.get((tp.topic, tp.partition), -1) < end
+    }
 
 
 def test_partitions_move_between_two_workers_on_kafka(
@@ -74,6 +108,9 @@ def test_a_worker_killed_while_events_flow_loses_and_doubles_nothing(
     workers.append(restarted.start())
     producer.join(60)
     wait(lambda: audited(store)[1] >= len(producer.ids), 120, "every event audited")
+    # and the group's commits reach the end of every input partition while the workers run: a commit
+    # that waits at an offset never acknowledged would re-read, not lose, but must not stay stuck
+    wait(lambda: commits_behind(real_kafka, topics) == {}, 60, "the commits at the end of every partition")
     assert restarted.stop(signal.SIGTERM) == 0, restarted.log()
     assert second.stop(signal.SIGTERM) == 0, second.log()
     rows, distinct = audited(store)
