@@ -95,6 +95,7 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
     def _bump_seeks(self, partitions: Iterable[TP]) -> None:
         for tp in partitions:
             self._seeks[tp] = self._seeks.get(tp, 0) + 1
+        self._seek_version = getattr(self, "_seek_version", 0) + 1  # any seek at all, for getmany
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's fetch, less the records of a partition sought since the fetch returned (they are
@@ -102,23 +103,28 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         already read); offsets a fetch skipped between two of its records of a partition hold no
         record (a transaction marker, a compacted record) and are recorded as gaps."""
         seeks: dict[TP, int] | None = None
+        version = -1
         last: dict[TP, int] = {}
         async for tp, message in super().getmany(timeout):
             if seeks is None:  # the fetch is done: a seek from now on makes the rest of it stale
                 seeks = dict(self._seeks)
-            seek = self._seeks.get(tp, 0)
-            if seek != seeks.get(tp, 0):
+                version = getattr(self, "_seek_version", 0)
+            # per record, the common case costs one comparison: no seek since the fetch
+            if version != getattr(self, "_seek_version", 0) and self._seeks.get(tp, 0) != seeks.get(tp, 0):
                 continue
-            if self._delivered_seeks.get(tp, 0) != seek:
-                # the first record since a seek: Faust's fetch loop may have recorded, after the
-                # seek, the offset of a stale record it was delivering; that must not drop this one
-                self._delivered_seeks[tp] = seek
-                self._read_offset[tp] = None
-            skipped = skipped_within(last.get(tp), message.offset)
-            if skipped is not None:
+            offset = message.offset
+            previous = last.get(tp)
+            if previous is None:  # the fetch's first record of the partition
+                seek = seeks.get(tp, 0)
+                if self._delivered_seeks.get(tp, 0) != seek:
+                    # the first record since a seek: Faust's fetch loop may have recorded, after the
+                    # seek, the offset of a stale record it was delivering; that must not drop this one
+                    self._delivered_seeks[tp] = seek
+                    self._read_offset[tp] = None
+            elif (skipped := skipped_within(previous, offset)) is not None:
                 self._gap[tp].addi(*skipped)
                 self._gap[tp].merge_overlaps()
-            last[tp] = message.offset
+            last[tp] = offset
             yield tp, message
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
