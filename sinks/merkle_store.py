@@ -115,11 +115,7 @@ def nodes_payload(extensions: Sequence[tuple[str, Extension]]) -> bytes:
         ],
         schema=NODE_SCHEMA,
     )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, NODE_SCHEMA) as writer:
-        writer.write_batch(batch)
-    payload: bytes = sink.getvalue().to_pybytes()
-    return payload
+    return _arrow_stream(batch)
 
 
 def checkpoints_payload(rows: Sequence[tuple[str, int, Checkpoint, str]]) -> bytes:
@@ -139,8 +135,13 @@ def checkpoints_payload(rows: Sequence[tuple[str, int, Checkpoint, str]]) -> byt
         ],
         schema=CHECKPOINT_SCHEMA,
     )
+    return _arrow_stream(batch)
+
+
+def _arrow_stream(batch: pa.RecordBatch) -> bytes:
+    """One record batch as an Arrow IPC stream (FORMAT ArrowStream)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, CHECKPOINT_SCHEMA) as writer:
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
     payload: bytes = sink.getvalue().to_pybytes()
     return payload

@@ -55,6 +55,7 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         # per partition, bumped by every seek: records a fetch returned before it are not delivered
         self._seeks: dict[TP, int] = {}
         self._delivered_seeks: dict[TP, int] = {}  # the seek count of the last record delivered
+        self._seek_version = 0  # bumped by any seek at all: getmany's one comparison per record
 
     async def perform_seek(self) -> None:
         # what the fetch loop still holds of the input partitions is from before the seek (the
@@ -95,7 +96,7 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
     def _bump_seeks(self, partitions: Iterable[TP]) -> None:
         for tp in partitions:
             self._seeks[tp] = self._seeks.get(tp, 0) + 1
-        self._seek_version = getattr(self, "_seek_version", 0) + 1  # any seek at all, for getmany
+        self._seek_version += 1
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's fetch, less the records of a partition sought since the fetch returned (they are
@@ -108,9 +109,9 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         async for tp, message in super().getmany(timeout):
             if seeks is None:  # the fetch is done: a seek from now on makes the rest of it stale
                 seeks = dict(self._seeks)
-                version = getattr(self, "_seek_version", 0)
+                version = self._seek_version
             # per record, the common case costs one comparison: no seek since the fetch
-            if version != getattr(self, "_seek_version", 0) and self._seeks.get(tp, 0) != seeks.get(tp, 0):
+            if version != self._seek_version and self._seeks.get(tp, 0) != seeks.get(tp, 0):
                 continue
             offset = message.offset
             previous = last.get(tp)
@@ -122,10 +123,18 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
                     self._delivered_seeks[tp] = seek
                     self._read_offset[tp] = None
             elif (skipped := skipped_within(previous, offset)) is not None:
-                self._gap[tp].addi(*skipped)
-                self._gap[tp].merge_overlaps()
+                self._record_gap(tp, *skipped)
             last[tp] = offset
             yield tp, message
+
+    def _record_gap(self, tp: TP, begin: int, end: int) -> None:
+        """Offsets [begin, end) of `tp` hold no record: the commit may pass them."""
+        self._gap[tp].addi(begin, end)
+        self._gap[tp].merge_overlaps()
+
+    def _gaps_of(self, tp: TP) -> list[tuple[int, int]]:
+        gaps = self._gap.get(tp)
+        return [(gap.begin, gap.end) for gap in gaps] if gaps else []
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust's own gap inference, left out: it compares a record with the last one its fetch loop
@@ -140,15 +149,14 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         if start is None:
             return None
         acked = self._acked[tp]
-        gaps = self._gap.get(tp)
-        end = committable_run(start, acked, [(gap.begin, gap.end) for gap in gaps] if gaps else [])
+        end = committable_run(start, acked, self._gaps_of(tp))
         if end is None:
             return None
         covered = [offset for offset in acked if offset < end]
         acked[:] = [offset for offset in acked if offset >= end]
         self._acked_index[tp].difference_update(covered)
-        if gaps:
-            gaps.chop(0, end)
+        if tp in self._gap:
+            self._gap[tp].chop(0, end)
         self._commit_from[tp] = end
         return end
 
@@ -165,11 +173,8 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
         current: dict[TP, tuple[int, int]] = {}
         for tp, start in self._commit_from.items():
             above = [offset for offset in self._acked.get(tp, ()) if offset > start]
-            if above:
-                gaps = self._gap.get(tp)
-                intervals = [(gap.begin, gap.end) for gap in gaps] if gaps else []
-                if committable_run(start, self._acked[tp], intervals) is None:
-                    current[tp] = (start, min(above))
+            if above and committable_run(start, self._acked[tp], self._gaps_of(tp)) is None:
+                current[tp] = (start, min(above))
         return current
 
     async def reread_holes(self, now: float) -> int:
@@ -227,8 +232,7 @@ class WholeSeekConsumer(faust_aiokafka.Consumer):
                 start,
                 first - 1,
             )
-            self._gap[tp].addi(start, first)
-            self._gap[tp].merge_overlaps()
+            self._record_gap(tp, start, first)
 
     async def first_offset_from(self, tp: TP, offset: int) -> int | None:
         """The offset of the first record of `tp` at or after `offset`, read by a consumer of its own

@@ -70,7 +70,6 @@ class Hole:
     """A partition whose next commit offset is not acknowledged while later offsets are."""
 
     start: int
-    seen_at: float
     reread_at: float  # when the next re-read is due
     rereads: int = 0
 
@@ -94,7 +93,7 @@ def holes_to_look_at(
     for partition, (start, _lowest_acked) in current.items():
         hole = holes.get(partition)
         if hole is None:
-            holes[partition] = Hole(start, now, now + grace)
+            holes[partition] = Hole(start, now + grace)
             new.append((partition, start))
         elif now >= hole.reread_at:
             due.append((partition, start, hole.rereads))

@@ -36,6 +36,7 @@ class FakeFaustConsumer:
         self._committed_offset: dict[TP, int | None] = {}
         self._commit_from: dict[TP, int] = {}
         self._seeks: dict[TP, int] = {}
+        self._seek_version = 0
         self.sought: dict[TP, int] = {}
 
     _bump_seeks = WholeSeekConsumer._bump_seeks
@@ -159,6 +160,7 @@ def _consumer(commit_from: dict[TP, int], acked: dict[TP, list[int]], committed:
     consumer._read_offset = {}
     consumer._holes = {}
     consumer._seeks = {}
+    consumer._seek_version = 0
     consumer._delivered_seeks = {}
     consumer.app = SimpleNamespace(
         rebalancing=False, topics=SimpleNamespace(acks_enabled_for=lambda topic: True)

@@ -95,4 +95,4 @@ def test_a_closed_hole_is_forgotten_and_a_moved_one_begins_again() -> None:
     new, due = holes_to_look_at(holes, {"p1": (4, 9)}, now=1.0)  # p0 closed; p1's commit moved on
     assert (new, due) == ([("p1", 4)], [])
     assert set(holes) == {"p1"}
-    assert holes["p1"] == Hole(4, 1.0, 1.0 + HOLE_GRACE_SECONDS)
+    assert holes["p1"] == Hole(4, 1.0 + HOLE_GRACE_SECONDS)
